@@ -1,0 +1,54 @@
+"""Which model plays which role, and how it is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FAMILIES = ("auto", "seq2seq", "causal")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model by hub id, local path or ``tiny:<name>`` (built locally on first use)."""
+
+    name_or_path: str = "tiny:t5-small"
+    """Hub id (``google/flan-t5-large``), a local directory written by ``save_pretrained``,
+    or ``tiny:<name>`` for one of lmcot's offline tiny models (see ``lmcot make-tiny-models``)."""
+    family: str = "auto"
+    """``seq2seq`` (T5-like), ``causal`` (decoder-only) or ``auto`` (read from the model config)."""
+    dtype: str = "auto"
+    """``auto`` picks bfloat16 on a GPU that supports it and float32 on CPU."""
+    device: str = "auto"
+    """``auto`` (cuda when visible, else cpu), ``cpu`` or ``cuda``."""
+    backend: str = "hf"
+    """``hf`` (transformers generate), ``vllm`` (causal models on GPUs) or ``openai``
+    (any OpenAI-compatible endpoint: a black-box large LM)."""
+    base_url: str = ""
+    """For ``backend: openai``: the server's base URL, e.g. ``http://127.0.0.1:8000/v1``."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """For ``backend: openai``: the environment variable holding the API key (never the key itself)."""
+    max_concurrency: int = 8
+    """For ``backend: openai``: requests in flight at once."""
+    chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when a causal model has one."""
+    revision: str = ""
+    """Hub revision (branch, tag or commit); empty for the default."""
+
+    def __post_init__(self):
+        if not self.name_or_path:
+            raise ValueError("name_or_path is empty: give a hub id, a local path or tiny:t5-small")
+        for field, value, valid in (
+            ("family", self.family, FAMILIES),
+            ("dtype", self.dtype, DTYPES),
+            ("backend", self.backend, BACKENDS),
+        ):
+            if value not in valid:
+                raise ValueError(f"{field}={value!r} is not one of {', '.join(valid)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend=openai needs base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
