@@ -1,0 +1,47 @@
+# Two commands on a fresh clone: `make run` (install + the main job offline on the tiny
+# preset) and `make test` (install + the test suite). Everything installs into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/tiny
+CONFIG ?= tiny
+PYTEST_ARGS ?=
+
+# Offline by construction: the tiny preset builds its own models and ships its data.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+export LMCOT_TINY_DIR ?= $(CURDIR)/artifacts/tiny-models
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/artifacts/torch-extensions
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: install install-dev tiny-models run test test-fast bench clean
+
+# torch first and pinned (a bare `torch` would pull a multi-GB CUDA build), then the
+# package with the exact versions the tests ran on (constraints.txt).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+tiny-models: install
+	$(VENV)/bin/lmcot make-tiny-models
+
+run: tiny-models
+	$(VENV)/bin/lmcot eval --config $(CONFIG) --run-dir $(RUN_DIR)
+	@echo "report: $(RUN_DIR)/eval/lm_guided/report.md"
+
+test: tiny-models
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: tiny-models
+	$(PY) -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs artifacts .pytest_cache

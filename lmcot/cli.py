@@ -1,0 +1,106 @@
+"""The ``lmcot`` command: one sub-command per stage, plus scoring and tiny-model tools.
+
+Stage commands share ``--config CONFIG --run-dir RUN [--set section.field=value ...]``;
+the ``jobs/*.py`` scripts that ``ray job submit`` runs are thin calls into this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+
+# command -> (module with run(cfg, run_dir), help)
+STAGES = {
+    "eval": ("lmcot.stages.evaluate", "evaluate standard / CoT / LM-guided CoT on the dev split"),
+    "generate-rationales": ("lmcot.stages.rationales", "teacher rationales for the training set (Ray Data)"),
+    "distill": ("lmcot.stages.distill", "fine-tune the small LM on kept rationales (Ray Train + DeepSpeed)"),
+    "refine": ("lmcot.stages.refine", "RL-refine the small LM on rationale and task rewards (Ray Train)"),
+    "search": ("lmcot.stages.search", "search the reward weights (Ray Tune)"),
+    "run": ("lmcot.stages.pipeline", "the whole pipeline: rationales -> distill -> refine -> eval -> report"),
+}
+
+
+def _stage_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--config", default="tiny", help="preset name (tiny, paper, qwen) or YAML path [tiny]")
+    p.add_argument("--run-dir", required=True, help="run directory shared by all stages")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set eval.limit=8 (repeatable)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmcot", description="LM-guided chain-of-thought on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in STAGES.items():
+        p = _stage_parser(sub, name, help_text)
+        if name == "eval":
+            p.add_argument("--method", choices=["standard", "cot", "lm_guided"], help="shorthand for --set eval.method=")
+            p.add_argument("--self-consistency", type=int, metavar="K", help="shorthand for --set eval.self_consistency=")
+            p.add_argument("--limit", type=int, metavar="N", help="shorthand for --set eval.limit=")
+    score = sub.add_parser("score", help="official HotpotQA / 2Wiki answer metrics of a prediction file")
+    score.add_argument("--gold", required=True, help="official-format dataset JSON")
+    score.add_argument("--predictions", required=True, help='official prediction JSON {"answer": {id: text}}')
+    score.add_argument("--aliases", default=None, help="2Wiki id_aliases.json for alias-aware scoring")
+    tiny = sub.add_parser("make-tiny-models", help="build the offline tiny models (into the tiny: cache, or DIR)")
+    tiny.add_argument("dir", nargs="?", default=None,
+                      help="write plain <name>/ folders here instead of warming the tiny: cache")
+    return parser
+
+
+def _eval_overrides(args) -> list[str]:
+    extra = []
+    for flag, key in (("method", "method"), ("self_consistency", "self_consistency"), ("limit", "limit")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            extra.append(f"eval.{key}={value}")
+    return extra
+
+
+def run_stage(command: str, args) -> object:
+    from lmcot.config import load_config
+    from lmcot.rundir import RunDir, write_atomic
+
+    overrides = list(args.overrides) + (_eval_overrides(args) if command == "eval" else [])
+    cfg = load_config(args.config, overrides)
+    run_dir = RunDir(args.run_dir).ensure()
+    write_atomic(run_dir.config_file, cfg.to_yaml())
+    module = importlib.import_module(STAGES[command][0])
+    return module.run(cfg, run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LMCOT_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from lmcot.config import ConfigError
+
+    try:
+        if args.command == "score":
+            from lmcot.metrics import score_files
+
+            print(json.dumps(score_files(args.gold, args.predictions, args.aliases)))
+            return 0
+        if args.command == "make-tiny-models":
+            from lmcot.models import tiny_cache_dir
+            from lmcot.tiny import make_tiny_models
+
+            target, versioned = (args.dir, False) if args.dir else (tiny_cache_dir(), True)
+            for name, path in make_tiny_models(target, versioned=versioned).items():
+                print(f"{name}: {path}")
+            return 0
+        result = run_stage(args.command, args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        # Our own errors already name the field and the fix: show them without a traceback.
+        print(f"lmcot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The context text given to both LMs: paragraphs rendered one per line, fitted to a token budget.
+
+Gold paragraphs come first (in supporting-fact order), then the distractors in
+their original order. Putting gold first means a budget cut removes distractors
+before evidence, which keeps the tiny-budget runs meaningful; the ``gold`` mode
+drops distractors entirely (the paper's gold-context setting).
+
+The budget is counted with the real tokenizer that will read the prompt. Fitting
+is a binary search over whole paragraphs, then over the sentences of the first
+paragraph that does not fit, so a long context costs O(log n) tokenizer calls,
+not one per sentence. An example is never dropped: at worst the first gold
+paragraph's title (and the start of its first sentence) is cut token-wise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from lmcot.data import Example, Paragraph
+
+CONTEXT_MODES = ("all", "gold")
+
+
+def order_paragraphs(example: Example, mode: str = "all") -> list[Paragraph]:
+    """Paragraphs for ``mode``: gold first (gold-title order), then distractors (``all`` only).
+
+    In ``gold`` mode an example without usable supporting facts (e.g. a test split)
+    falls back to all paragraphs rather than an empty context.
+    """
+    if mode not in CONTEXT_MODES:
+        raise ValueError(f"data.context_mode={mode!r} is not one of {', '.join(CONTEXT_MODES)}")
+    by_title: dict[str, Paragraph] = {}
+    for p in example.paragraphs:
+        by_title.setdefault(p.title, p)
+    gold = [by_title[t] for t in example.gold_titles if t in by_title]
+    if mode == "gold" and gold:
+        return gold
+    gold_ids = {id(p) for p in gold}
+    return gold + [p for p in example.paragraphs if id(p) not in gold_ids]
+
+
+def render_paragraph(paragraph: Paragraph, n_sentences: int | None = None) -> str:
+    """``Title: sentence sentence ...`` on one line (first ``n_sentences`` sentences if given)."""
+    sentences = paragraph.sentences if n_sentences is None else paragraph.sentences[:n_sentences]
+    body = " ".join(s.strip() for s in sentences if s.strip())
+    return f"{paragraph.title}: {body}" if body else f"{paragraph.title}:"
+
+
+def _largest_fitting(n: int, fits: Callable[[int], bool]) -> int:
+    """Largest k in 0..n with fits(k), assuming fits is monotone (true up to some k, then false)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _truncate_tokens(text: str, tokenizer, max_tokens: int, count: Callable[[str], int]) -> str:
+    """Cut ``text`` to its first ``max_tokens`` tokens (re-checked: decode/encode may not round-trip)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = min(max_tokens, len(ids))
+    while keep > 0:
+        cut = tokenizer.decode(ids[:keep], skip_special_tokens=True).strip()
+        if cut and count(cut) <= max_tokens:
+            return cut
+        keep -= 1
+    return text.split(":", 1)[0]  # a budget below one token: still name the paragraph
+
+
+def fit_lines(paragraphs: Sequence[Paragraph], tokenizer, max_tokens: int) -> str:
+    """Join rendered paragraphs, keeping as much as fits in ``max_tokens`` tokens (see module doc)."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    lines = [render_paragraph(p) for p in paragraphs]
+    full = "\n".join(lines)
+    if count(full) <= max_tokens:
+        return full
+    k = _largest_fitting(len(lines) - 1, lambda j: count("\n".join(lines[:j])) <= max_tokens)
+    head = lines[:k]
+    boundary = paragraphs[k]
+
+    def with_partial(m: int) -> str:
+        return "\n".join(head + [render_paragraph(boundary, m)])
+
+    m = _largest_fitting(len(boundary.sentences), lambda j: j == 0 or count(with_partial(j)) <= max_tokens)
+    if m > 0:
+        return with_partial(m)
+    if head:
+        return "\n".join(head)
+    return _truncate_tokens(render_paragraph(boundary, 1), tokenizer, max_tokens, count)
+
+
+def build_context(example: Example, *, mode: str = "all", tokenizer=None, max_tokens: int = 0) -> str:
+    """The context string for ``example``: one ``Title: sentences`` line per paragraph, gold first.
+
+    With a ``tokenizer`` and ``max_tokens > 0`` the text is fitted to that many tokens
+    (counted without special tokens); without a tokenizer no budget is applied.
+    Raises ValueError for an unknown ``mode`` (``data.context_mode``) or a negative budget.
+    """
+    if max_tokens < 0:
+        raise ValueError(f"data.context_max_tokens must be >= 0, got {max_tokens}")
+    paragraphs = order_paragraphs(example, mode)
+    if tokenizer is None or max_tokens == 0:
+        return "\n".join(render_paragraph(p) for p in paragraphs)
+    return fit_lines(paragraphs, tokenizer, max_tokens)

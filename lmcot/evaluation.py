@@ -1,0 +1,103 @@
+"""Evaluate a method on official-format dev data: predictions, metrics and a short report.
+
+Pure core: the models come in as :class:`~lmcot.generation.Generator` objects, so the
+same loop serves the ``lmcot eval`` command, the pipeline and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from lmcot.config import EvalConfig, GenerationConfig
+from lmcot.context import build_context
+from lmcot.data import Example
+from lmcot.generation import Generator, Usage
+from lmcot.method import MethodResult, Question, run_method
+from lmcot.metrics import score_predictions
+from lmcot.rundir import write_atomic, write_json
+
+
+def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None, max_tokens: int = 0) -> list[Question]:
+    """Contexts built and fitted to the token budget (gold paragraphs first)."""
+    return [
+        Question(ex.id, ex.question, build_context(ex, mode=mode, tokenizer=tokenizer, max_tokens=max_tokens))
+        for ex in examples
+    ]
+
+
+def evaluate(
+    questions: Sequence[Question],
+    *,
+    method: str,
+    k: int,
+    small: Generator | None,
+    large: Generator,
+    gen: GenerationConfig,
+    chunk_size: int = 32,
+    desc: str = "eval",
+) -> list[MethodResult]:
+    """Run ``method`` over all questions in chunks (a progress bar per chunk)."""
+    results: list[MethodResult] = []
+    chunks = range(0, len(questions), chunk_size)
+    for start in tqdm(chunks, desc=desc, unit="chunk", disable=len(chunks) < 2):
+        results += run_method(method, questions[start : start + chunk_size], small=small, large=large, gen=gen, k=k)
+    return results
+
+
+def summarize(examples: Sequence[Example], results: Sequence[MethodResult], aliases: dict | None = None) -> dict:
+    """Official answer metrics plus the cost per question of each model."""
+    predictions = {"answer": {r.id: r.answer for r in results}}
+    metrics = score_predictions(list(examples), predictions, aliases)
+    n = max(1, len(results))
+    for role in ("small", "large"):
+        total = Usage()
+        for r in results:
+            total.add(r.usage[role])
+        metrics[f"{role}_calls_per_question"] = total.calls / n
+        metrics[f"{role}_tokens_per_question"] = (total.prompt_tokens + total.completion_tokens) / n
+    return metrics
+
+
+def write_outputs(out_dir: Path, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]]) -> dict:
+    """``predictions.json`` (official format), ``metrics.json``, ``details.jsonl`` and ``report.md``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answers = {r.id: r.answer for results, _ in per_dataset.values() for r in results}
+    write_json(out_dir / "predictions.json", {"answer": answers, "sp": {}})
+    summary = {
+        "method": cfg.method,
+        "self_consistency": cfg.self_consistency,
+        "label": cfg.output_label,
+        "datasets": {name: metrics for name, (_, metrics) in per_dataset.items()},
+    }
+    write_json(out_dir / "metrics.json", summary)
+    lines = []
+    for name, (results, _) in per_dataset.items():
+        for r in results:
+            lines.append(json.dumps({"dataset": name, "id": r.id, "answer": r.answer, "votes": r.votes,
+                                     "answers": r.answers, "rationales": r.rationales,
+                                     "usage": {k: u.as_dict() for k, u in r.usage.items()}}))
+    write_atomic(out_dir / "details.jsonl", "\n".join(lines) + "\n")
+    write_atomic(out_dir / "report.md", render_report(summary))
+    return summary
+
+
+def render_report(summary: dict) -> str:
+    rows = [
+        f"# Evaluation: {summary['label']}",
+        "",
+        f"Method `{summary['method']}`, self-consistency k={summary['self_consistency']}.",
+        "",
+        "| dataset | n | EM | F1 | precision | recall | large-LM calls/q | large-LM tokens/q | small-LM tokens/q |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in summary["datasets"].items():
+        rows.append(
+            f"| {name} | {m['n']} | {100 * m['em']:.1f} | {100 * m['f1']:.1f} | {100 * m['prec']:.1f} | "
+            f"{100 * m['recall']:.1f} | {m['large_calls_per_question']:.2f} | {m['large_tokens_per_question']:.0f} | "
+            f"{m['small_tokens_per_question']:.0f} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,187 @@
+"""Answer EM / F1 exactly as the official HotpotQA and 2WikiMultiHopQA scripts compute them.
+
+The paper reports these numbers, so they must match ``hotpot_evaluate_v1.py``
+(hotpotqa/hotpot) and ``2wikimultihop_evaluate_v1.1.py`` (Alab-NII/2wikimultihop)
+to the letter: the same normalisation (lower-case, drop punctuation, drop the
+articles a/an/the, squeeze whitespace), the same yes/no/noanswer rule (a
+yes/no/noanswer on either side that differs from the other side scores 0 F1),
+the same per-metric max over gold aliases (2Wiki v1.1), and the same averaging
+over *all* gold items, a missing prediction counting 0.
+
+Only the answer metrics are here: LM-guided CoT predicts no supporting facts or
+evidence triples. Deviations from the scripts, all for robustness only: an
+empty gold list scores 0 instead of dividing by zero; a 2Wiki gold record
+without ``answer_id`` just has no aliases instead of a ``KeyError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import string
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lmcot.data import DataError, Example, resolve_path
+
+log = logging.getLogger(__name__)
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_SPECIAL = ("yes", "no", "noanswer")
+METRIC_KEYS = ("em", "f1", "prec", "recall")
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, strip punctuation, remove articles, squeeze whitespace (official order).
+
+    >>> normalize_answer("The  Eiffel-Tower!")
+    'eiffeltower'
+    """
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def f1_score(prediction: str, ground_truth: str) -> tuple[float, float, float]:
+    """Token F1, precision and recall of normalised answers, with the official yes/no/noanswer rule.
+
+    >>> f1_score("yes", "no")
+    (0.0, 0.0, 0.0)
+    >>> f1_score("Paris France", "paris")
+    (0.6666666666666666, 0.5, 1.0)
+    """
+    pred = normalize_answer(prediction)
+    gold = normalize_answer(ground_truth)
+    if (pred in _SPECIAL or gold in _SPECIAL) and pred != gold:
+        return 0.0, 0.0, 0.0
+    pred_tokens, gold_tokens = pred.split(), gold.split()
+    num_same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if num_same == 0:
+        return 0.0, 0.0, 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall), precision, recall
+
+
+def exact_match_score(prediction: str, ground_truth: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
+
+
+def answer_metrics(prediction: str, gold_answers: Sequence[str]) -> dict:
+    """Max of each of em, f1, prec, recall over the gold aliases (each metric maximised on its own, as v1.1 does)."""
+    if isinstance(gold_answers, str):  # a bare string is a Sequence of characters: never what is meant
+        gold_answers = [gold_answers]
+    if not gold_answers:
+        raise ValueError("answer_metrics needs at least one gold answer")
+    best = dict.fromkeys(METRIC_KEYS, 0.0)
+    for gold in gold_answers:
+        em = exact_match_score(prediction, gold)
+        f1, prec, recall = f1_score(prediction, gold)
+        for key, value in zip(METRIC_KEYS, (em, f1, prec, recall)):
+            best[key] = max(best[key], value)
+    return best
+
+
+def _gold_fields(item: dict | Example) -> tuple[str, str, str]:
+    """(id, answer, answer_id) of an official gold record or an Example."""
+    if isinstance(item, Example):
+        return item.id, item.answer, item.answer_id
+    try:
+        return item["_id"], item["answer"], item.get("answer_id") or ""
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"gold record {str(item)[:80]!r} lacks {exc}; gold records need '_id' and 'answer'") from exc
+
+
+def _answers_of(predictions: Mapping) -> Mapping:
+    """Official prediction files nest answers under "answer"; a flat {id: text} mapping is accepted too."""
+    answers = predictions.get("answer")
+    return answers if isinstance(answers, Mapping) else predictions
+
+
+def score_predictions(gold: Sequence[dict] | Sequence[Example], predictions: Mapping,
+                      aliases: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """Average answer metrics over every gold item: {em, f1, prec, recall} in 0..1, plus n and missing.
+
+    ``predictions`` is the official ``{"answer": {id: text}, ...}`` or a flat ``{id: text}``.
+    ``aliases`` (from :func:`load_aliases`) adds the aliases of a gold record's ``answer_id``.
+    """
+    answers = _answers_of(predictions)
+    aliases = aliases or {}
+    totals = dict.fromkeys(METRIC_KEYS, 0.0)
+    missing = []
+    for item in gold:
+        rid, answer, answer_id = _gold_fields(item)
+        if rid not in answers:
+            missing.append(rid)
+            continue
+        golds = [answer] + [a for a in aliases.get(answer_id, ()) if a != answer]
+        pred = answers[rid]
+        scores = answer_metrics("" if pred is None else str(pred), golds)
+        for key in METRIC_KEYS:
+            totals[key] += scores[key]
+    n = len(gold)
+    if missing:
+        log.warning("%d of %d gold items have no prediction (scored 0), e.g. %s", len(missing), n, missing[:3])
+    result = {key: (value / n if n else 0.0) for key, value in totals.items()}
+    result.update(n=n, missing=len(missing))
+    return result
+
+
+def _read_json(path: str | Path, what: str) -> Any:
+    resolved = resolve_path(path)
+    try:
+        return json.loads(resolved.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{resolved}: the {what} is not valid JSON ({exc})") from exc
+
+
+def load_aliases(path: str | Path) -> dict[str, list[str]]:
+    """Read 2Wiki ``id_aliases.json``: entity id -> aliases plus demonyms.
+
+    The official file is JSON Lines, ``{"Q_id": ..., "aliases": [...], "demonyms": [...]}`` per line;
+    a plain JSON object ``{id: [alias, ...]}`` is accepted too.
+    """
+    resolved = resolve_path(path)
+    text = resolved.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and "Q_id" not in whole:
+        return {str(k): list(v) for k, v in whole.items()}
+    out: dict[str, list[str]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[rec["Q_id"]] = list(dict.fromkeys(rec["aliases"] + rec.get("demonyms", [])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{resolved}: line {lineno}: expected one JSON object per line with "
+                            f"Q_id, aliases, demonyms ({type(exc).__name__}: {exc}); "
+                            "use the official id_aliases.json layout") from exc
+    return out
+
+
+def score_files(gold_path: str | Path, predictions_path: str | Path,
+                aliases_path: str | Path | None = None) -> dict:
+    """Score an official prediction file against an official gold file (HotpotQA or 2Wiki).
+
+    Both layouts are read alike: the one difference that matters to answer scoring is 2Wiki's
+    ``answer_id``, through which the aliases (``id_aliases.json``) apply, as in the official v1.1
+    script; HotpotQA records have none, so aliases never touch them.
+    """
+    gold = _read_json(gold_path, "gold file")
+    if not isinstance(gold, list):
+        raise DataError(f"{gold_path}: the gold file must be a JSON list of official records")
+    predictions = _read_json(predictions_path, "prediction file")
+    if not isinstance(predictions, dict):
+        raise DataError(f"{predictions_path}: the prediction file must be a JSON object "
+                        '{"answer": {id: text}, "sp": {...}}')
+    aliases = load_aliases(aliases_path) if aliases_path else None
+    return score_predictions(gold, predictions, aliases)

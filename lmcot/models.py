@@ -1,0 +1,135 @@
+"""Loading the small and large LMs from a hub id, a local path or a tiny local build.
+
+One code path for all three: ``tiny:<name>`` is first built to a cache folder with
+``save_pretrained`` and then loaded exactly like a hub model, so the offline tests
+exercise the production loading code. Remote code is never trusted and weights are
+read from safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmcot.config import ModelSpec
+
+
+class ModelLoadError(ValueError):
+    """A model path or id cannot be used; the message names it and what was expected."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    family: str  # "seq2seq" | "causal"
+    path: str
+    device: torch.device
+
+
+def tiny_cache_dir() -> Path:
+    """Where ``tiny:`` models are built: ``$LMCOT_TINY_DIR`` or ``~/.cache/lmcot/tiny-models``."""
+    return Path(os.environ.get("LMCOT_TINY_DIR", Path.home() / ".cache" / "lmcot" / "tiny-models"))
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map ``tiny:<name>`` to its built folder (building it once); other values pass through."""
+    if name_or_path.startswith("tiny:"):
+        from lmcot.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(name_or_path[len("tiny:"):], tiny_cache_dir()))
+    return name_or_path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} but no CUDA GPU is visible; use device: cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def detect_family(path: str, declared: str = "auto", revision: str = "") -> str:
+    """``seq2seq`` or ``causal`` from the model config; fails clearly for anything else."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    local = Path(path)
+    if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+        raise ModelLoadError(
+            f"model path {path!r} has no config.json: expected a folder written by save_pretrained "
+            "(or a hub id such as google/flan-t5-large)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False, revision=revision or None)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot read the model config of {path!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]} "
+            "(expected a hub id or a local save_pretrained folder; offline runs need a local path or tiny:<name>)"
+        ) from None
+    if config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES and getattr(config, "is_encoder_decoder", False):
+        family = "seq2seq"
+    elif config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        family = "causal"
+    else:
+        raise ModelLoadError(
+            f"model {path!r} has model_type {config.model_type!r}, which is neither a seq2seq LM "
+            "(T5-like) nor a causal LM; lmcot supports those two families"
+        )
+    if declared != "auto" and declared != family:
+        raise ModelLoadError(f"model {path!r} is {family} but the config says family: {declared}")
+    return family
+
+
+def load_tokenizer(path: str, family: str, revision: str = ""):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False, revision=revision or None)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    # Decoder-only models continue from the end of the prompt, so pad on the left.
+    tok.padding_side = "left" if family == "causal" else "right"
+    return tok
+
+
+def load_model(spec: ModelSpec, *, for_training: bool = False) -> LoadedModel:
+    """Load a model and its tokenizer for generation (eval mode) or training."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    path = resolve_model_path(spec.name_or_path)
+    family = detect_family(path, spec.family, spec.revision)
+    tokenizer = load_tokenizer(path, family, spec.revision)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    model = cls.from_pretrained(
+        path, dtype=dtype, trust_remote_code=False, use_safetensors=True, revision=spec.revision or None
+    )
+    check_tokenizer_matches(model, tokenizer, path)
+    if not for_training:
+        model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, family=family, path=path, device=device)
+
+
+def check_tokenizer_matches(model, tokenizer, path: str) -> None:
+    """A tokenizer with ids beyond the embedding table would crash deep in torch; fail here."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ModelLoadError(
+            f"tokenizer of {path!r} has {len(tokenizer)} tokens but the model embeds only {vocab}: "
+            "save the tokenizer the model was trained with next to it"
+        )

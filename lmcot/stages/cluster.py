@@ -1,0 +1,26 @@
+"""Connecting to Ray: an existing cluster when there is one, else a small local one.
+
+``ray job submit`` and KubeRay set ``RAY_ADDRESS``; a laptop run without it starts a
+local cluster on loopback sized to the machine, so every stage works both ways.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process (no-op when already connected)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    env_vars = {k: v for k, v in os.environ.items()
+                if k.startswith(("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_"))}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                 object_store_memory=256 * 1024 * 1024)

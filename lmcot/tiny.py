@@ -1,0 +1,154 @@
+"""Tiny offline models: random-weight T5 and causal LMs with a locally trained tokenizer.
+
+No weights can be downloaded in tests or on an offline laptop, so lmcot builds its
+own: a byte-level BPE tokenizer trained on the shipped synthetic data and prompt
+templates, and small configs initialised from a fixed seed. They are saved with
+``save_pretrained`` and loaded back through :func:`lmcot.models.load_model`, the same
+code that loads hub models. A random T5 only ever emits ``<pad>``, so the saved
+generation config suppresses it; the model then writes (random) text that flows
+through the whole pipeline, and training teaches it real rationales.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from lmcot import prompts
+
+VOCAB_SIZE = 2048
+
+# name -> (family, size parameters). "small" plays the student, "large" the frozen LM.
+TINY_MODELS = {
+    "t5-small": ("seq2seq", dict(d_model=64, d_ff=128, num_layers=2, num_heads=4)),
+    "t5-large": ("seq2seq", dict(d_model=96, d_ff=192, num_layers=3, num_heads=4)),
+    "causal-small": ("causal", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)),
+    "causal-large": ("causal", dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4)),
+}
+
+_SPECIALS = {"seq2seq": ["<pad>", "</s>", "<unk>"], "causal": ["<|endoftext|>"]}
+
+
+def _corpus() -> list[str]:
+    """Text the tokenizer learns from: the shipped data files and every prompt template."""
+    texts = [getattr(prompts, name) for name in ("STANDARD", "COT", "TEACHER_RATIONALE", "SMALL_RATIONALE",
+                                                  "ANSWER_FROM_RATIONALE", "JUDGE")]
+    texts += [f"{a.definition} {a.question} yes no Yes No" for a in prompts.ASPECTS.values()]
+    data_dir = resources.files("lmcot") / "data"
+    for entry in sorted(data_dir.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            texts.append(entry.read_text())
+    return texts
+
+
+def build_tokenizer(family: str):
+    """Train a deterministic byte-level BPE tokenizer and wrap it for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    specials = _SPECIALS[family]
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if family == "seq2seq" else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    if family == "seq2seq":
+        # T5 appends </s> to every encoded sequence.
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=2048
+        )
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", model_max_length=2048,
+    )
+
+
+def build_model(name: str, tokenizer, seed: int = 0):
+    """A random-initialised model of one of :data:`TINY_MODELS`, matched to ``tokenizer``."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration
+
+    family, size = TINY_MODELS[name]
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    if family == "seq2seq":
+        config = T5Config(
+            vocab_size=vocab, d_kv=size["d_model"] // size["num_heads"], feed_forward_proj="gated-gelu",
+            num_decoder_layers=size["num_layers"], tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id, **size,
+        )
+        model = T5ForConditionalGeneration(config)
+        generation = GenerationConfig(
+            decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id],
+        )
+    else:
+        config = Qwen2Config(
+            vocab_size=vocab, num_key_value_heads=max(1, size["num_attention_heads"] // 2),
+            max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **size,
+        )
+        model = Qwen2ForCausalLM(config)
+        generation = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    model.generation_config = generation
+    return model
+
+
+def write_tiny_model(name: str, out_dir: Path, seed: int = 0) -> Path:
+    """Build and ``save_pretrained`` one tiny model (with tokenizer) into ``out_dir``."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    family = TINY_MODELS[name][0]
+    tokenizer = build_tokenizer(family)
+    model = build_model(name, tokenizer, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "lmcot_tiny.json").write_text(json.dumps({"name": name, "family": family, "seed": seed}) + "\n")
+    return out_dir
+
+
+def fingerprint() -> str:
+    """Changes whenever the tokenizer corpus or the model sizes change, so stale builds are not reused."""
+    digest = hashlib.sha256(json.dumps([_corpus(), TINY_MODELS, VOCAB_SIZE], sort_keys=True).encode())
+    return digest.hexdigest()[:12]
+
+
+def ensure_tiny_model(name: str, cache_dir: Path, versioned: bool = True) -> Path:
+    """Return the built folder of ``tiny:<name>``, building it once (safe across processes)."""
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model tiny:{name}; choose one of {', '.join('tiny:' + n for n in TINY_MODELS)}")
+    target = Path(cache_dir) / (f"{name}-{fingerprint()}" if versioned else name)
+    if (target / "lmcot_tiny.json").is_file():
+        return target
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per machine; the others wait and reuse
+        if not (target / "lmcot_tiny.json").is_file():
+            tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}."))
+            write_tiny_model(name, tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    return target
+
+
+def make_tiny_models(out_dir: str | Path, versioned: bool = False) -> dict[str, Path]:
+    """Build every tiny model under ``out_dir`` (the ``lmcot make-tiny-models`` command)."""
+    return {name: ensure_tiny_model(name, Path(out_dir), versioned=versioned) for name in TINY_MODELS}

@@ -1,0 +1,29 @@
+"""Shared test set-up: offline, tiny models in one cache, one Ray session per module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LMCOT_TINY_DIR", str(ROOT / "artifacts" / "tiny-models"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / "artifacts" / "torch-extensions"))
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local 2-CPU Ray cluster for one test module, shut down afterwards."""
+    import ray
+
+    from lmcot.stages.cluster import ensure_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
