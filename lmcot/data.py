@@ -162,8 +162,7 @@ def resolve_path(path: str | Path) -> Path:
         return resolved
     resolved = Path(text).expanduser()
     if not resolved.is_file():
-        raise DataError(f"{resolved}: file not found; check the dataset path "
-                        "(data.datasets[].train_path / dev_path) or use sample:<name>")
+        raise DataError(f"{resolved}: file not found; check the path (for a shipped sample use sample:<name>)")
     return resolved
 
 

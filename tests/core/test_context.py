@@ -1,0 +1,114 @@
+"""Context building: gold-first order, gold mode, token budgets with real (locally built) tokenizers."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from lmcot.context import build_context  # noqa: E402
+from lmcot.data import Example, Paragraph, load_json_file  # noqa: E402
+
+EXAMPLE = Example(
+    id="c1", question="Where was the director of Gray Dawn born?", answer="Ostra",
+    paragraphs=(
+        Paragraph("Noise One", ("Noise one is here.", "It says nothing.")),
+        Paragraph("Kel Varo", ("Kel Varo was a director.", " He was born in Ostra.", "He liked boats.")),
+        Paragraph("Noise Two", ("Noise two is here.",)),
+        Paragraph("Gray Dawn", ("Gray Dawn is a film directed by Kel Varo.", "It is long.")),
+    ),
+    supporting_facts=(("Gray Dawn", 0), ("Kel Varo", 1)), type="bridge", dataset="hotpotqa", level="easy",
+)
+
+
+def _texts():
+    dev = load_json_file("sample:hotpotqa_synthetic_dev", "hotpotqa")
+    yield from (f"{p.title}: {' '.join(p.sentences)}" for ex in dev for p in ex.paragraphs)
+    yield from (f"{p.title}: {' '.join(p.sentences)}" for p in EXAMPLE.paragraphs)
+
+
+@pytest.fixture(scope="module", params=["wordlevel", "bpe"])
+def tokenizer(request):
+    """A word-level and a byte-level BPE tokenizer, built here from the sample texts (no hub)."""
+    if request.param == "wordlevel":
+        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=["[UNK]"])
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def count(tokenizer, text):
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_all_mode_puts_gold_first_in_gold_order():
+    lines = build_context(EXAMPLE).split("\n")
+    assert [line.split(":")[0] for line in lines] == ["Gray Dawn", "Kel Varo", "Noise One", "Noise Two"]
+    assert lines[1] == "Kel Varo: Kel Varo was a director. He was born in Ostra. He liked boats."
+
+
+def test_gold_mode_keeps_only_gold():
+    assert build_context(EXAMPLE, mode="gold").split("\n") == [
+        "Gray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.",
+        "Kel Varo: Kel Varo was a director. He was born in Ostra. He liked boats.",
+    ]
+
+
+def test_gold_mode_without_supporting_facts_falls_back_to_all():
+    bare = Example("c2", "q", "a", EXAMPLE.paragraphs, (), "bridge", "hotpotqa")
+    assert build_context(bare, mode="gold") == build_context(bare, mode="all")
+
+
+def test_unknown_mode_and_negative_budget():
+    with pytest.raises(ValueError, match="data.context_mode.*all, gold"):
+        build_context(EXAMPLE, mode="distractor")
+    with pytest.raises(ValueError, match="context_max_tokens"):
+        build_context(EXAMPLE, max_tokens=-1)
+
+
+def test_no_budget_without_tokenizer_or_zero_budget(tokenizer):
+    full = build_context(EXAMPLE)
+    assert build_context(EXAMPLE, max_tokens=3) == full
+    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=0) == full
+    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=10_000) == full
+
+
+def test_budget_drops_trailing_paragraphs_then_sentences(tokenizer):
+    full = build_context(EXAMPLE)
+    gold_two = "\n".join(full.split("\n")[:2])
+    budget = count(tokenizer, gold_two)
+    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=budget) == gold_two
+    # A little more room: the next paragraph comes in partially, cut at a sentence boundary.
+    partial = gold_two + "\nNoise One: Noise one is here."
+    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=count(tokenizer, partial)) == partial
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 5, 8, 13, 21, 34, 55])
+def test_every_budget_fits_and_is_never_empty(tokenizer, budget):
+    text = build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=budget)
+    assert text.strip() and count(tokenizer, text) <= budget
+    # the first gold paragraph always leads; under a tiny budget its title itself is cut token-wise
+    assert text.startswith("Gray Dawn") or "Gray Dawn".startswith(text)
+
+
+def test_tight_budget_truncates_first_gold_paragraph_sentences(tokenizer):
+    one_sentence = "Gray Dawn: Gray Dawn is a film directed by Kel Varo."
+    text = build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=count(tokenizer, one_sentence))
+    assert text == one_sentence
+
+
+def test_budget_on_shipped_samples(tokenizer):
+    for ex in load_json_file("sample:hotpotqa_synthetic_dev", "hotpotqa")[:10]:
+        text = build_context(ex, tokenizer=tokenizer, max_tokens=64)
+        assert 0 < count(tokenizer, text) <= 64
+        assert text.startswith(ex.gold_titles[0])
