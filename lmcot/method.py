@@ -51,8 +51,8 @@ def majority_vote(answers: Sequence[str]) -> tuple[str, dict[str, int]]:
 
     >>> majority_vote(["Paris", "the Paris", "London", "paris."])
     ('Paris', {'Paris': 3, 'London': 1})
-    >>> majority_vote(["A", "B"])
-    ('A', {'A': 1, 'B': 1})
+    >>> majority_vote(["Oslo", "Bergen"])
+    ('Oslo', {'Oslo': 1, 'Bergen': 1})
     >>> majority_vote(["", ""])
     ('', {})
     """

@@ -1,0 +1,87 @@
+"""Config loading: presets, overrides, and errors that name the key and the fix."""
+
+import pytest
+
+from lmcot.config import Config, ConfigError, load_config, resolve_config_path
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper", "qwen"])
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, Config)
+    assert cfg.data.datasets, "every preset names at least one dataset"
+
+
+def test_paper_preset_is_the_papers_pair():
+    cfg = load_config("paper")
+    assert cfg.small.name_or_path == "google/flan-t5-large"
+    assert cfg.large.name_or_path == "google/flan-t5-xxl"
+    assert [d.name for d in cfg.data.datasets] == ["hotpotqa", "2wiki"]
+
+
+def test_overrides_reach_nested_fields_and_list_items():
+    cfg = load_config("tiny", ["eval.limit=3", "data.datasets.1.limit=5", "distill.scaling.zero_stage=3",
+                               "refine.reward_weights={task: 1.0, fluency: 0.5}"])
+    assert cfg.eval.limit == 3
+    assert cfg.data.datasets[1].limit == 5
+    assert cfg.distill.scaling.zero_stage == 3
+    assert cfg.refine.reward_weights == {"task": 1.0, "fluency": 0.5}
+
+
+def test_yaml_sections_merge_over_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  limit: 2\n")
+    cfg = load_config(path)
+    assert cfg.eval.limit == 2
+    assert cfg.eval.method == Config().eval.method
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("eval.limt=3", "did you mean 'eval.limit'"),
+        ("smal.name_or_path=x", "did you mean 'small'"),
+        ("eval.limit=abc", "eval.limit: expected int"),
+        ("eval.method=foo", "method='foo' is not one of"),
+        ("data.datasets.7.limit=1", "does not address a config field"),
+        ("eval.limit", "expected section.field=value"),
+        ("small.family=encoder", "family='encoder'"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match="tiny.yaml") as err:
+        load_config("tiny", [override])
+    assert expected in str(err.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("generation:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "bad.yaml" in message and "generation.temprature" in message and "generation.temperature" in message
+
+
+def test_missing_file_points_at_presets(tmp_path):
+    with pytest.raises(ConfigError, match="configs/tiny.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_preset_names_resolve_to_files():
+    assert resolve_config_path("tiny").name == "tiny.yaml"
+
+
+def test_section_hash_tracks_only_named_sections():
+    a = load_config("tiny")
+    b = load_config("tiny", ["eval.limit=1"])
+    c = load_config("tiny", ["distill.learning_rate=0.1"])
+    assert a.section_hash("distill") == b.section_hash("distill")
+    assert a.section_hash("distill") != c.section_hash("distill")
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config("tiny", ["eval.limit=4"])
+    path = tmp_path / "snap.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
