@@ -101,3 +101,23 @@ def render_report(summary: dict) -> str:
             f"{m['small_tokens_per_question']:.0f} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def judge_rationales(questions: Sequence[Question], results: Sequence[MethodResult], judge) -> dict[str, float]:
+    """Mean large-LM aspect score (P(yes)) of every rationale the method wrote.
+
+    ``judge`` is a :class:`lmcot.rewards.RewardJudge`; all aspects of all rationales go
+    to the large LM in one batched scoring call.
+    """
+    by_id = {q.id: q for q in questions}
+    qs, ctxs, rats = [], [], []
+    for r in results:
+        for rationale in r.rationales:
+            q = by_id[r.id]
+            qs.append(q.question)
+            ctxs.append(q.context)
+            rats.append(rationale)
+    if not rats:
+        return {}
+    scores = judge.aspect_scores(qs, ctxs, rats)
+    return {aspect: sum(values) / len(values) for aspect, values in scores.items()}

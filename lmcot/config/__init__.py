@@ -20,6 +20,7 @@ from lmcot.config.evaluation import EvalConfig
 from lmcot.config.generation import GenerationConfig
 from lmcot.config.loader import ConfigError, apply_overrides, build, overlay, read_yaml, to_dict
 from lmcot.config.models import ModelSpec
+from lmcot.config.pipeline import PipelineConfig
 from lmcot.config.rationales import RationalesConfig
 from lmcot.config.refine import RefineConfig
 from lmcot.config.search import SearchConfig
@@ -47,6 +48,7 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -102,6 +104,7 @@ __all__ = [
     "EvalConfig",
     "GenerationConfig",
     "ModelSpec",
+    "PipelineConfig",
     "RationalesConfig",
     "RefineConfig",
     "ScalingConfig",

@@ -1,0 +1,19 @@
+"""The end-to-end pipeline: which stages run and which evaluations the report holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``lmcot run``: rationales -> distill -> (search) -> refine -> evaluations -> report."""
+
+    self_consistency: int = 5
+    """k of the self-consistency rows of the report (each method is also run with k = 1)."""
+    judge_rationales: bool = True
+    """Score the rationales each model writes on the eight aspects (large-LM judge) for the report."""
+
+    def __post_init__(self):
+        if self.self_consistency < 2:
+            raise ValueError("self_consistency must be >= 2 (k = 1 rows are always run)")

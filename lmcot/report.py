@@ -1,0 +1,192 @@
+"""The paper-style report of a run: tables and plots from what the stages wrote.
+
+Reads only files in the run directory (``eval/*/metrics.json``, ``eval/*/aspects.json``,
+``refine/metrics.jsonl``, ``distill/metrics.jsonl``), so it can be rebuilt at any time
+without models: accuracy per dataset and method (the paper's table), rationale aspect
+scores per model, the large-LM cost per question, training curves, and one finding on
+whether rationale quality and accuracy moved together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lmcot.rundir import RunDir, write_atomic  # noqa: E402
+
+
+def load_evals(run_dir: RunDir) -> dict[str, dict]:
+    """label -> metrics.json of every finished evaluation, in a stable order."""
+    evals = {}
+    for path in sorted((run_dir.root / "eval").glob("*/metrics.json")):
+        evals[path.parent.name] = json.loads(path.read_text())
+    return evals
+
+
+def load_aspects(run_dir: RunDir) -> dict[str, dict[str, float]]:
+    out = {}
+    for path in sorted((run_dir.root / "eval").glob("*/aspects.json")):
+        out[path.parent.name] = json.loads(path.read_text())
+    return out
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def accuracy_table(evals: dict[str, dict]) -> str:
+    datasets = sorted({d for m in evals.values() for d in m["datasets"]})
+    head = "| method | k | " + " | ".join(f"{d} EM | {d} F1" for d in datasets) + " |"
+    sep = "|---|---:|" + "---:|---:|" * len(datasets)
+    rows = [head, sep]
+    for label, m in evals.items():
+        cells = []
+        for d in datasets:
+            s = m["datasets"].get(d)
+            cells += [f"{100 * s['em']:.1f}", f"{100 * s['f1']:.1f}"] if s else ["", ""]
+        rows.append(f"| {label} | {m['self_consistency']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def cost_table(evals: dict[str, dict]) -> str:
+    rows = ["| method | large-LM calls / q | large-LM tokens / q | small-LM tokens / q |", "|---|---:|---:|---:|"]
+    for label, m in evals.items():
+        ds = list(m["datasets"].values())
+        mean = lambda key: sum(d[key] for d in ds) / len(ds)  # noqa: E731
+        rows.append(f"| {label} | {mean('large_calls_per_question'):.2f} | {mean('large_tokens_per_question'):.0f} | "
+                    f"{mean('small_tokens_per_question'):.0f} |")
+    return "\n".join(rows)
+
+
+def aspect_table(aspects: dict[str, dict[str, float]]) -> str:
+    if not aspects:
+        return "_No rationales were judged._"
+    names = list(next(iter(aspects.values())))
+    rows = ["| rationales of | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, scores in aspects.items():
+        rows.append(f"| {label} | " + " | ".join(f"{scores[a]:.3f}" for a in names) + " |")
+    return "\n".join(rows)
+
+
+def mean_f1(metrics: dict) -> float:
+    ds = list(metrics["datasets"].values())
+    return sum(d["f1"] for d in ds) / len(ds)
+
+
+def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before: str, after: str) -> str:
+    """Did refinement move rationale quality and accuracy in the same direction?"""
+    if before not in evals or after not in evals or before not in aspects or after not in aspects:
+        return "Not enough results to compare the distilled and refined small LMs."
+    d_f1 = mean_f1(evals[after]) - mean_f1(evals[before])
+    quality = lambda label: sum(aspects[label].values()) / len(aspects[label])  # noqa: E731
+    d_q = quality(after) - quality(before)
+    together = (d_f1 > 0) == (d_q > 0) or (d_f1 == 0 and d_q == 0)
+    verdict = "moved together" if together else "moved apart"
+    return (f"From `{before}` to `{after}`, mean rationale quality changed by {d_q:+.3f} and mean F1 by "
+            f"{100 * d_f1:+.1f} points: quality and accuracy **{verdict}**. The paper observed that the "
+            "best-judged rationales do not always give the best answers; the reward-weight search trades the two.")
+
+
+def plot_accuracy(evals: dict[str, dict], path: Path) -> None:
+    datasets = sorted({d for m in evals.values() for d in m["datasets"]})
+    labels = list(evals)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 0.45 * len(labels) + 1.5), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        f1 = [100 * evals[label]["datasets"].get(d, {}).get("f1", 0.0) for label in labels]
+        em = [100 * evals[label]["datasets"].get(d, {}).get("em", 0.0) for label in labels]
+        ys = range(len(labels))
+        ax.barh([y + 0.2 for y in ys], f1, height=0.4, label="F1")
+        ax.barh([y - 0.2 for y in ys], em, height=0.4, label="EM")
+        ax.set_yticks(list(ys), labels)
+        ax.invert_yaxis()
+        ax.set_title(d)
+        ax.set_xlabel("%")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_cost(evals: dict[str, dict], path: Path) -> None:
+    labels = list(evals)
+    tokens = [sum(d["large_tokens_per_question"] for d in evals[l]["datasets"].values()) / len(evals[l]["datasets"])
+              for l in labels]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(labels) + 1.5))
+    ax.barh(labels, tokens)
+    ax.invert_yaxis()
+    ax.set_xlabel("large-LM tokens per question")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_aspects(aspects: dict[str, dict[str, float]], path: Path) -> None:
+    names = list(next(iter(aspects.values())))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(aspects)
+    for i, (label, scores) in enumerate(aspects.items()):
+        ax.bar([j + i * width for j in range(len(names))], [scores[a] for a in names], width=width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right")
+    ax.set_ylabel("judge P(yes)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(distill: list[dict], refine: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    loss = [(r["step"], r["loss"]) for r in distill if "loss" in r and "step" in r]
+    if loss:
+        axes[0].plot(*zip(*loss), label="train loss")
+    val = [(r["step"], r["eval_loss"]) for r in distill if "eval_loss" in r and "step" in r]
+    if val:
+        axes[0].plot(*zip(*val), marker="o", label="validation loss")
+    axes[0].set_title("distillation")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    steps = [r.get("step", i) for i, r in enumerate(refine)]
+    for key in ("reward", "loss", "kl"):
+        values = [r.get(key) for r in refine]
+        if any(v is not None for v in values):
+            axes[1].plot(steps, values, label=key)
+    axes[1].set_title("refinement")
+    axes[1].set_xlabel("step")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after: str = "lm_guided-refined",
+                 notes: list[str] | None = None) -> Path:
+    """Render ``RUN/report.md`` and its PNGs under ``RUN/report/``; returns the report path."""
+    evals, aspects = load_evals(run_dir), load_aspects(run_dir)
+    figures = run_dir.root / "report"
+    figures.mkdir(parents=True, exist_ok=True)
+    distill, refine = load_jsonl(run_dir.distill / "metrics.jsonl"), load_jsonl(run_dir.refine_metrics)
+    parts = ["# lmcot report", "", f"Run directory: `{run_dir.root}`", ""]
+    parts += notes or []
+    if evals:
+        plot_accuracy(evals, figures / "accuracy.png")
+        plot_cost(evals, figures / "cost.png")
+        parts += ["## Accuracy (EM / F1, %)", "", accuracy_table(evals), "", "![accuracy](report/accuracy.png)", "",
+                  "## Cost of each method", "", cost_table(evals), "", "![cost](report/cost.png)", ""]
+    parts += ["## Rationale quality (large-LM judge, P(yes) per aspect)", "", aspect_table(aspects), ""]
+    if aspects:
+        plot_aspects(aspects, figures / "aspects.png")
+        parts += ["![aspects](report/aspects.png)", ""]
+    if distill or refine:
+        plot_curves(distill, refine, figures / "curves.png")
+        parts += ["## Training curves", "", "![curves](report/curves.png)", ""]
+    parts += ["## Finding", "", finding(evals, aspects, before, after), ""]
+    write_atomic(run_dir.report, "\n".join(parts))
+    return run_dir.report
