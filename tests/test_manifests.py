@@ -1,0 +1,424 @@
+"""The KubeRay manifests in ``cluster/`` and the ``Dockerfile``, checked without a cluster.
+
+Every RayCluster, RayJob and RayService is validated against the ``openAPIV3Schema`` of the
+KubeRay v1.7.0 CRDs in ``../shared/kuberay-crds/`` made strict: an object schema that lists
+its ``properties`` rejects any other key (what ``kubectl apply --validate=strict`` does), and
+``x-kubernetes-int-or-string`` accepts exactly an int or a string. A misspelt field would
+otherwise be dropped silently by the API server and the pod would run without it.
+
+Then what a schema cannot say: every container has requests and limits and runs as non-root,
+the image and Ray version are pinned to what the tests ran on, Ray token auth is on and
+nothing is exposed outside the cluster, each RayJob's entrypoint parses with the real CLI
+into a real preset, its cluster has the GPUs that preset asks for, and the RayService's Serve
+config is the one in ``serve_configs/`` and parses into the lmcot config.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+             "RayService": "ray.io_rayservices.yaml"}
+# KubeRay appends 6 characters to RayJob / RayService names for their RayCluster, whose
+# name must leave room for "-serve-svc" in a 63-character Service name.
+MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
+JOB_SCRIPTS = {"generate-rationales": "generate_rationales.py", "distill": "distill.py",
+               "refine": "refine.py", "search": "search_reward_weights.py", "eval": "evaluate.py",
+               "pipeline": "pipeline.py"}
+GROUP_RESOURCE = {"small-lm-gpu": "small_lm", "large-lm-gpu": "large_lm"}
+AUTH = {"mode": "token", "secretName": "lmcot-ray-auth"}
+RUNS_CLAIM, RUNS_MOUNT = "lmcot-runs", "/mnt/runs"
+SERVE_IMPORT = "lmcot.stages.serve:build_app"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"(?im)^([A-Za-z0-9_.\-]+)==([^\s#]+)", path.read_text()))
+
+
+PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+RAY_VERSION = _pins(ROOT / "constraints.txt")["ray"]
+IMAGE = f"ghcr.io/lmcot/lmcot:{PROJECT_VERSION}"
+
+DOCS = [(path.name, doc) for path in sorted(CLUSTER.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text()) if doc]
+CRD_DOCS = [(name, doc) for name, doc in DOCS if doc.get("kind") in CRD_FILES]
+JOBS = [(name, doc) for name, doc in DOCS if doc.get("kind") == "RayJob"]
+SERVICES = [doc for _, doc in DOCS if doc.get("kind") == "RayService"]
+
+
+def _ids(pairs):
+    return [f"{name}:{doc['kind']}" for name, doc in pairs]
+
+
+# --- strict CRD schemas -------------------------------------------------------------------
+
+def strict(schema: dict) -> dict:
+    """A copy of an openAPIV3Schema in which unknown fields fail and int-or-string is typed."""
+    out = dict(schema)
+    if out.get("x-kubernetes-int-or-string") and "anyOf" not in out:
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in out:
+        out["properties"] = {k: strict(v) for k, v in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = strict(out[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in out:
+            out[key] = [strict(s) for s in out[key]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def validators():
+    """kind -> jsonschema validator of its strict v1 schema (skips where shared/ is absent)."""
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}: CI checks out shared/ beside the repository")
+    from jsonschema import Draft7Validator
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # 60k lines of CRD: libyaml is ~10x faster
+    out = {}
+    for kind, file in CRD_FILES.items():
+        crd = yaml.load((CRD_DIR / file).read_text(), Loader=loader)
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        out[kind] = Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+    return out
+
+
+def schema_errors(validators, doc: dict) -> list[str]:
+    """Every schema error of one manifest, as ``path: message``."""
+    errors = validators[doc["kind"]].iter_errors(doc)
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors)
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_manifest_matches_strict_kuberay_schema(validators, name, doc):
+    assert doc["apiVersion"] == "ray.io/v1"
+    assert schema_errors(validators, doc) == []
+
+
+def test_strict_schema_rejects_unknown_fields_and_wrong_types(validators):
+    (doc,) = [d for _, d in CRD_DOCS if d["kind"] == "RayCluster"]
+    assert schema_errors(validators, doc) == []
+
+    typo = copy.deepcopy(doc)
+    typo["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonroot"] = True
+    typo["spec"]["workerGroupSpecs"][0]["gpus"] = 1
+    typo["spec"]["authOption"] = {"mode": "token"}
+    errors = schema_errors(validators, typo)
+    for field in ("runAsNonroot", "gpus", "authOption"):
+        assert any(field in e and "Additional properties" in e for e in errors), (field, errors)
+
+    wrong = copy.deepcopy(doc)
+    wrong["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "4"
+    wrong["spec"]["authOptions"]["mode"] = "tokens"
+    limits = wrong["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    limits["cpu"] = [8]
+    errors = schema_errors(validators, wrong)
+    assert any(e.startswith("spec.workerGroupSpecs.0.maxReplicas") for e in errors), errors
+    assert any(e.startswith("spec.authOptions.mode") for e in errors), errors
+    assert any(e.startswith("spec.headGroupSpec.template.spec.containers.0.resources.limits.cpu")
+               for e in errors), errors
+
+    int_or_string = copy.deepcopy(doc)
+    int_or_string["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 8
+    assert schema_errors(validators, int_or_string) == []
+
+
+# --- what every manifest shares --------------------------------------------------------------
+
+def cluster_specs(doc: dict) -> list[dict]:
+    """The RayCluster specs a manifest creates."""
+    spec = doc["spec"]
+    return {"RayCluster": [spec], "RayJob": [spec.get("rayClusterSpec")],
+            "RayService": [spec.get("rayClusterConfig")]}[doc["kind"]]
+
+
+def pod_specs(doc: dict):
+    """(where, pod spec) for every pod a manifest creates."""
+    for spec in cluster_specs(doc):
+        if spec is None:
+            continue
+        yield "head", spec["headGroupSpec"]["template"]["spec"]
+        for group in spec.get("workerGroupSpecs", []):
+            yield group["groupName"], group["template"]["spec"]
+    if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
+        yield "submitter", doc["spec"]["submitterPodTemplate"]["spec"]
+
+
+def containers(doc: dict):
+    """(where, container, pod spec) for every container, the autoscaler sidecar included."""
+    for where, pod in pod_specs(doc):
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            yield f"{where}/{c['name']}", c, pod
+    for spec in cluster_specs(doc):
+        if spec and spec.get("enableInTreeAutoscaling"):
+            head_pod = spec["headGroupSpec"]["template"]["spec"]
+            yield "autoscaler", spec.get("autoscalerOptions", {}), head_pod
+
+
+QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+FACTOR = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity ("500m", "64Gi", 8) as a number."""
+    match = QUANTITY.match(str(value))
+    assert match, f"not a quantity: {value!r}"
+    return float(match.group(1)) * FACTOR[match.group(2)]
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_every_container_is_bounded_and_non_root(name, doc):
+    seen = 0
+    for where, c, pod in containers(doc):
+        seen += 1
+        res = c.get("resources", {})
+        requests, limits = res.get("requests", {}), res.get("limits", {})
+        for key in ("cpu", "memory"):
+            assert key in requests and key in limits, f"{name} {where}: needs {key} requests and limits"
+            assert quantity(requests[key]) <= quantity(limits[key]), f"{name} {where}: {key} request > limit"
+        if "nvidia.com/gpu" in limits:
+            assert requests.get("nvidia.com/gpu") == limits["nvidia.com/gpu"], f"{name} {where}: GPU request != limit"
+        sec, pod_sec = c.get("securityContext", {}), pod.get("securityContext", {})
+        assert sec.get("allowPrivilegeEscalation") is False, f"{name} {where}"
+        assert "ALL" in sec.get("capabilities", {}).get("drop", []), f"{name} {where}: drop ALL capabilities"
+        assert sec.get("privileged", False) is False, f"{name} {where}"
+        assert sec.get("runAsNonRoot", pod_sec.get("runAsNonRoot")) is True, f"{name} {where}"
+        assert sec.get("runAsUser", pod_sec.get("runAsUser")) == 1000, f"{name} {where}"
+        assert pod_sec.get("runAsNonRoot") is True and pod_sec.get("runAsUser") == 1000, f"{name} {where}"
+        assert not pod.get("hostNetwork") and not pod.get("hostPID"), f"{name} {where}"
+        assert all("hostPort" not in p for p in c.get("ports", [])), f"{name} {where}: hostPort"
+    assert seen >= 2
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_image_name_and_ray_version_are_pinned(name, doc):
+    assert RAY_VERSION == "2.60.0"
+    meta = doc["metadata"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", meta["name"]), "name must be a DNS-1035 label"
+    assert len(meta["name"]) <= MAX_NAME[doc["kind"]]
+    for spec in cluster_specs(doc):
+        assert spec["rayVersion"] == RAY_VERSION
+    for where, c, _ in containers(doc):
+        if where != "autoscaler" or "image" in c:  # the autoscaler defaults to the head's image
+            assert c["image"] == IMAGE, f"{name} {where}: {c['image']} (pinned, never :latest)"
+            assert c.get("imagePullPolicy") != "Always"
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_token_auth_on_and_nothing_exposed(name, doc):
+    for spec in cluster_specs(doc):
+        assert spec["authOptions"] == AUTH, "Ray token auth from the lmcot-ray-auth Secret"
+        head = spec["headGroupSpec"]
+        assert head["serviceType"] == "ClusterIP" and head["enableIngress"] is False
+        assert "headService" not in head and "ingressOptions" not in head
+        groups = [head] + spec.get("workerGroupSpecs", [])
+        for group in groups:
+            # KubeRay rejects rayStartParams labels, and resources set both there and per group.
+            assert "labels" not in group["rayStartParams"] and "resources" not in group
+            assert group["template"]["spec"].get("serviceAccountName") in (None, "default")
+    if doc["kind"] == "RayService":
+        assert doc["spec"].get("serveService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_no_ingress_or_external_service_and_pvc_shape():
+    kinds = {doc["kind"] for _, doc in DOCS}
+    assert {"RayCluster", "RayJob", "RayService", "PersistentVolumeClaim"} <= kinds
+    assert kinds <= set(CRD_FILES) | {"PersistentVolumeClaim", "Service", "Secret", "ConfigMap"}, kinds
+    for name, doc in DOCS:
+        assert doc.get("apiVersion") and doc.get("kind"), name
+        assert isinstance(doc.get("metadata", {}).get("name"), str), f"{name}: metadata.name"
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", name
+        if doc["kind"] == "Secret":
+            assert not doc.get("data") and not doc.get("stringData"), f"{name}: no secrets in git"
+    # KubeRay names a head Service <name>-head-svc (and a RayService's <name>-serve-svc):
+    # two manifests with one name would fight over it.
+    services = [f"{d['metadata']['name']}-{s}" for _, d in CRD_DOCS
+                for s in (("head-svc", "serve-svc") if d["kind"] == "RayService" else ("head-svc",))]
+    assert len(services) == len(set(services)), services
+    (pvc,) = [doc for _, doc in DOCS if doc["kind"] == "PersistentVolumeClaim"]
+    assert pvc["apiVersion"] == "v1" and pvc["metadata"]["name"] == RUNS_CLAIM
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "head and workers share it across nodes"
+    assert quantity(pvc["spec"]["resources"]["requests"]["storage"]) > 0
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_every_ray_pod_mounts_the_shared_run_dir(name, doc):
+    for where, pod in pod_specs(doc):
+        if where == "submitter":
+            continue
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0].get("volumeMounts", [])}
+        assert claims.get(mounts.get(RUNS_MOUNT)) == RUNS_CLAIM, f"{name} {where}: {RUNS_MOUNT}"
+        assert pod["containers"][0].get("workingDir") == "/home/ray/lmcot", "jobs/ paths are relative"
+
+
+# --- GPU groups and what the presets ask of them -------------------------------------------------
+
+def gpu_groups(spec: dict) -> dict[str, dict]:
+    """groupName -> {gpus (most the group can hold), cpus per pod, resource}."""
+    out = {}
+    for group in spec.get("workerGroupSpecs", []):
+        pod = group["template"]["spec"]
+        limits = pod["containers"][0]["resources"]["limits"]
+        gpus_per_pod = int(limits.get("nvidia.com/gpu", 0))
+        custom = json.loads(json.loads(group["rayStartParams"].get("resources", '"{}"')))
+        out[group["groupName"]] = {"gpus": gpus_per_pod * group["maxReplicas"],
+                                   "cpus": quantity(limits["cpu"]), "resources": custom,
+                                   "per_pod": gpus_per_pod, "group": group}
+    return out
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_gpu_groups_advertise_their_role(name, doc):
+    for spec in cluster_specs(doc):
+        head = spec["headGroupSpec"]
+        assert head["rayStartParams"].get("num-cpus") == "0", "job drivers and GCS only on the head"
+        assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
+        for group_name, g in gpu_groups(spec).items():
+            assert group_name in GROUP_RESOURCE and g["per_pod"] == 1
+            assert g["resources"] == {GROUP_RESOURCE[group_name]: 1}
+            group = g["group"]
+            assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"]
+            if group["minReplicas"] == 0:
+                assert spec.get("enableInTreeAutoscaling"), f"{group_name}: scale from zero needs the autoscaler"
+            pod = group["template"]["spec"]
+            assert pod["nodeSelector"] == {"lmcot/gpu-pool": group_name.removesuffix("-gpu")}
+
+
+def job_args(doc: dict):
+    """The entrypoint of a RayJob parsed by the real lmcot CLI: (script, parsed args)."""
+    from lmcot.cli import build_parser
+
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    assert argv[0] == "python" and argv[1].startswith("jobs/"), argv
+    script = ROOT / argv[1]
+    assert script.is_file(), f"{argv[1]} does not exist"
+    (command,) = re.findall(r'main\(\["([a-z-]+)"', script.read_text())
+    return script, build_parser().parse_args([command, *argv[2:]])
+
+
+def test_one_ray_job_per_stage():
+    assert sorted(name for name, _ in JOBS) == sorted(f"ray-job.{s}.yaml" for s in JOB_SCRIPTS)
+
+
+@pytest.mark.parametrize("name,doc", JOBS, ids=_ids(JOBS))
+def test_ray_job_entrypoint_runs_a_stage_on_a_preset(name, doc):
+    from lmcot.config import load_config
+
+    stage = name.removeprefix("ray-job.").removesuffix(".yaml")
+    script, args = job_args(doc)
+    assert script.name == JOB_SCRIPTS[stage]
+    assert (ROOT / "configs" / f"{args.config}.yaml").is_file(), f"no preset configs/{args.config}.yaml"
+    load_config(args.config, args.overrides)  # raises on a bad key or value
+    assert Path(args.run_dir).is_relative_to(RUNS_MOUNT), "the run dir must be on the shared volume"
+
+
+@pytest.mark.parametrize("name,doc", JOBS, ids=_ids(JOBS))
+def test_ray_job_owns_its_cluster_and_cleans_up(name, doc):
+    spec = doc["spec"]
+    assert "clusterSelector" not in spec and spec["rayClusterSpec"]
+    assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] >= 1
+    assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
+    assert not spec.get("entrypointNumCpus") and not spec.get("entrypointNumGpus"), "drivers run on the head"
+
+
+@pytest.mark.parametrize("name,doc", JOBS, ids=_ids(JOBS))
+def test_ray_job_cluster_holds_what_its_preset_asks(name, doc):
+    from lmcot.config import load_config
+
+    stage = name.removeprefix("ray-job.").removesuffix(".yaml")
+    _, args = job_args(doc)
+    cfg = load_config(args.config, args.overrides)
+    groups = gpu_groups(doc["spec"]["rayClusterSpec"])
+    small, large = groups.get("small-lm-gpu"), groups.get("large-lm-gpu")
+    needs = []
+    if stage in ("generate-rationales", "pipeline"):
+        r = cfg.rationales
+        needs.append((large, r.num_actors * r.gpus_per_actor, r.cpus_per_actor))
+    for section, stages in (("distill", ("distill", "pipeline")), ("refine", ("refine", "search", "pipeline"))):
+        scaling = getattr(cfg, section).scaling
+        if stage in stages and scaling.use_gpu:
+            needs.append((small, scaling.num_workers, scaling.cpus_per_worker))
+    if stage in ("refine", "search", "eval", "pipeline"):
+        needs.append((large, 1, 1))  # judge / answerer
+    if stage == "eval":
+        needs.append((small, 1, 1))  # the small LM writes the rationales
+    assert needs
+    for group, gpus, cpus in needs:
+        assert group is not None, f"{name}: a stage needs a GPU group it lacks"
+        assert group["gpus"] >= gpus and group["cpus"] >= cpus, (name, group["gpus"], gpus, cpus)
+
+
+# --- the RayService and its Serve config -------------------------------------------------------
+
+def test_ray_service_serves_the_lmcot_app_from_serve_configs():
+    (doc,) = SERVICES
+    serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    (app,) = serve["applications"]
+    assert app["import_path"] == SERVE_IMPORT
+    gpu_file = ROOT / "serve_configs" / "lmcot.gpu.yaml"
+    if gpu_file.is_file():
+        assert serve == yaml.safe_load(gpu_file.read_text()), "serveConfigV2 mirrors serve_configs/lmcot.gpu.yaml"
+    from lmcot.stages.serve import config_from_args  # what build_app parses its args with
+
+    serve_cfg = config_from_args(app["args"]).serve
+    groups = gpu_groups(doc["spec"]["rayClusterConfig"])
+    total_gpus = sum(g["gpus"] for g in groups.values())
+    wanted = sum(d.num_gpus * (d.max_replicas if d.autoscaling else d.num_replicas)
+                 for d in (serve_cfg.ingress, serve_cfg.rationalizer, serve_cfg.answerer))
+    assert 0 < wanted <= total_gpus, (wanted, total_gpus)
+    # The large LM needs more CPUs than a small-LM pod has, so it can only land on a large-LM GPU.
+    small, large = groups["small-lm-gpu"], groups["large-lm-gpu"]
+    assert small["cpus"] < serve_cfg.answerer.num_cpus <= large["cpus"]
+    assert serve_cfg.rationalizer.num_cpus <= small["cpus"]
+    env = {e["name"] for _, c, _ in containers(doc) if "env" in c for e in c["env"]}
+    if serve_cfg.auth_token_env:
+        assert serve_cfg.auth_token_env in env, "the bearer token reaches every Serve replica"
+
+
+# --- the image -------------------------------------------------------------------------------------
+
+def test_dockerfile_pins_what_the_tests_ran_on_and_runs_non_root():
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    froms = [l.split()[1] for l in lines if l.upper().startswith("FROM ")]
+    assert froms and all(":" in f and not f.endswith(":latest") for f in froms), froms
+    assert froms[-1] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"
+    (torch_pin,) = set(re.findall(r"\btorch==([0-9.]+)", (ROOT / "Makefile").read_text()))
+    assert re.search(rf"\btorch=={re.escape(torch_pin)}\b", text), f"torch=={torch_pin} as in the Makefile"
+    assert "-c constraints.txt" in text, "the exact versions of constraints.txt"
+    users = [l.split()[1] for l in lines if l.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image ends as a non-root user"
+    workdir = [l.split()[1] for l in lines if l.upper().startswith("WORKDIR ")]
+    assert workdir[-1] == "/home/ray/lmcot"
+    # .dockerignore is an allowlist: nothing but the package, its entry points and presets.
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    assert patterns[0] == "*"
+    kept = [p[1:].strip("/") for p in patterns if p.startswith("!")]
+    assert {"lmcot", "jobs", "configs", "constraints.txt", "pyproject.toml"} <= set(kept)
+    assert not {".venv", "artifacts", "runs", ".git", "tests"} & set(kept)
+    copied = re.findall(r"(?im)^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", text)
+    for sources in copied:
+        for src in sources.split():
+            assert src.strip("/") in kept, f"COPY {src}: not in the .dockerignore allowlist"
