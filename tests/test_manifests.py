@@ -19,7 +19,6 @@ import copy
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,7 @@ def _pins(path: Path) -> dict[str, str]:
     return dict(re.findall(r"(?im)^([A-Za-z0-9_.\-]+)==([^\s#]+)", path.read_text()))
 
 
-PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+PROJECT_VERSION = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
 RAY_VERSION = _pins(ROOT / "constraints.txt")["ray"]
 IMAGE = f"ghcr.io/lmcot/lmcot:{PROJECT_VERSION}"
 
@@ -132,6 +131,11 @@ def test_strict_schema_rejects_unknown_fields_and_wrong_types(validators):
     assert any(e.startswith("spec.authOptions.mode") for e in errors), errors
     assert any(e.startswith("spec.headGroupSpec.template.spec.containers.0.resources.limits.cpu")
                for e in errors), errors
+
+    for kind, typo_field in (("RayJob", "shutdownAfterJobFinish"), ("RayService", "serveConfigV3")):
+        other = copy.deepcopy(next(d for _, d in CRD_DOCS if d["kind"] == kind))
+        other["spec"][typo_field] = True
+        assert any(typo_field in e for e in schema_errors(validators, other)), kind
 
     int_or_string = copy.deepcopy(doc)
     int_or_string["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 8
