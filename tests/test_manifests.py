@@ -375,29 +375,36 @@ def test_ray_job_cluster_holds_what_its_preset_asks(name, doc):
 
 # --- the RayService and its Serve config -------------------------------------------------------
 
-def test_ray_service_serves_the_lmcot_app_from_serve_configs():
+def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
+    from lmcot.stages.serve import config_from_args  # what build_app parses its args with
+
     (doc,) = SERVICES
     serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     assert app["import_path"] == SERVE_IMPORT
-    gpu_file = ROOT / "serve_configs" / "lmcot.gpu.yaml"
-    if gpu_file.is_file():
-        assert serve == yaml.safe_load(gpu_file.read_text()), "serveConfigV2 mirrors serve_configs/lmcot.gpu.yaml"
-    from lmcot.stages.serve import config_from_args  # what build_app parses its args with
+    # serve_configs/lmcot.gpu.yaml, but serving the small LM that ray-job.refine.yaml trained.
+    refined = f"{RUNS_MOUNT}/paper/refine/model"
+    assert app["args"]["small"]["name_or_path"] == refined
+    expected = yaml.safe_load((ROOT / "serve_configs" / "lmcot.gpu.yaml").read_text())
+    expected["applications"][0]["args"]["small"]["name_or_path"] = refined
+    assert serve == expected, "serveConfigV2 mirrors serve_configs/lmcot.gpu.yaml"
 
     serve_cfg = config_from_args(app["args"]).serve
     groups = gpu_groups(doc["spec"]["rayClusterConfig"])
-    total_gpus = sum(g["gpus"] for g in groups.values())
-    wanted = sum(d.num_gpus * (d.max_replicas if d.autoscaling else d.num_replicas)
-                 for d in (serve_cfg.ingress, serve_cfg.rationalizer, serve_cfg.answerer))
-    assert 0 < wanted <= total_gpus, (wanted, total_gpus)
-    # The large LM needs more CPUs than a small-LM pod has, so it can only land on a large-LM GPU.
-    small, large = groups["small-lm-gpu"], groups["large-lm-gpu"]
-    assert small["cpus"] < serve_cfg.answerer.num_cpus <= large["cpus"]
-    assert serve_cfg.rationalizer.num_cpus <= small["cpus"]
-    env = {e["name"] for _, c, _ in containers(doc) if "env" in c for e in c["env"]}
-    if serve_cfg.auth_token_env:
-        assert serve_cfg.auth_token_env in env, "the bearer token reaches every Serve replica"
+    deployments = (serve_cfg.ingress, serve_cfg.rationalizer, serve_cfg.answerer)
+    most = {id(d): d.max_replicas if d.autoscaling else d.num_replicas for d in deployments}
+    wanted = sum(d.num_gpus * most[id(d)] for d in deployments)
+    assert 0 < wanted <= sum(g["gpus"] for g in groups.values()), "GPUs for every replica at full scale"
+    assert serve_cfg.answerer.num_gpus * most[id(serve_cfg.answerer)] <= groups["large-lm-gpu"]["gpus"]
+    assert serve_cfg.rationalizer.num_gpus * most[id(serve_cfg.rationalizer)] <= groups["small-lm-gpu"]["gpus"]
+    for d in deployments:
+        assert d.num_gpus <= 1 and any(d.num_cpus <= g["cpus"] for g in groups.values())
+    assert serve_cfg.auth_token_env, "the RayService serves with bearer auth"
+    for where, c, _ in containers(doc):
+        if where != "autoscaler":
+            env = {e["name"]: e for e in c.get("env", [])}
+            ref = env[serve_cfg.auth_token_env]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "lmcot-serve-auth", "key": "token"}, f"{where}: token from the Secret"
 
 
 # --- the image -------------------------------------------------------------------------------------
