@@ -15,10 +15,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     TOKENIZERS_PARALLELISM=false
 
-# torch first and pinned as in the Makefile, here the CUDA wheel from PyPI; then lmcot with the
-# exact versions of constraints.txt (ray==2.60.0 included, so the base's Ray stays put).
-RUN pip install torch==2.13.0
-COPY --chown=1000:100 pyproject.toml constraints.txt README.md ./
+# torch first and pinned as in the Makefile, here the CUDA wheel from PyPI; then lmcot. Both
+# take the exact versions of constraints.txt (ray==2.60.0 included, so the base's Ray stays put).
+COPY --chown=1000:100 constraints.txt ./
+RUN pip install -c constraints.txt torch==2.13.0
+COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 lmcot ./lmcot
 # Editable, so the presets in configs/ resolve next to the package (lmcot/config PRESETS_DIR).
 RUN pip install -c constraints.txt -e . \
