@@ -211,7 +211,7 @@ def test_every_container_is_bounded_and_non_root(name, doc):
 
 
 @pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
-def test_image_name_and_ray_version_are_pinned(name, doc):
+def test_name_image_and_ray_version_are_pinned(name, doc):
     assert RAY_VERSION == "2.60.0"
     meta = doc["metadata"]
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", meta["name"]), "name must be a DNS-1035 label"
