@@ -152,7 +152,6 @@ def plot_curves(distill: list[dict], refine: list[dict], path: Path) -> None:
         axes[0].plot(*zip(*val), marker="o", label="validation loss")
     axes[0].set_title("distillation")
     axes[0].set_xlabel("step")
-    axes[0].legend()
     steps = [r.get("step", i) for i, r in enumerate(refine)]
     for key in ("reward", "loss", "kl"):
         values = [r.get(key) for r in refine]
@@ -160,7 +159,9 @@ def plot_curves(distill: list[dict], refine: list[dict], path: Path) -> None:
             axes[1].plot(steps, values, label=key)
     axes[1].set_title("refinement")
     axes[1].set_xlabel("step")
-    axes[1].legend()
+    for ax in axes:
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

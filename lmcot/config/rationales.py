@@ -16,12 +16,21 @@ class RationalesConfig:
     filter: str = "em"
     """Keep a rationale when the teacher's answer from it is right: ``em`` or ``f1`` >= ``f1_threshold``."""
     f1_threshold: float = 0.5
+    """With ``filter: f1``: the least token F1 of the teacher's answer for a rationale to be kept."""
     num_actors: int = 2
     """Teacher generator actors in the Ray Data pool."""
     cpus_per_actor: float = 1.0
+    """CPUs reserved by each actor (Ray also caps the actor's torch threads to this)."""
     gpus_per_actor: float = 0.0
+    """GPUs per actor: 1 for a teacher on its own GPU; a fraction packs several actors on one GPU."""
     batch_size: int = 8
-    """Rows handed to one actor call."""
+    """Questions handed to one actor call (each yields ``samples_per_question`` rows)."""
+    shard_rows: int = 512
+    """Rows per parquet shard in ``RUN/rationales/``: a killed run loses at most the rows of one
+    unfinished shard, which a rerun regenerates."""
+    max_restarts: int = 3
+    """How often Ray restarts a dead teacher actor and retries its batch before the run fails
+    (-1: without limit). A failed run resumes on rerun."""
 
     def __post_init__(self):
         if self.samples_per_question < 1:
@@ -32,3 +41,9 @@ class RationalesConfig:
             raise ValueError("f1_threshold must be in [0, 1]")
         if self.num_actors < 1 or self.batch_size < 1:
             raise ValueError("num_actors and batch_size must be >= 1")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise ValueError("cpus_per_actor and gpus_per_actor must be >= 0")
+        if self.shard_rows < 1:
+            raise ValueError("shard_rows must be >= 1")
+        if self.max_restarts < -1:
+            raise ValueError("max_restarts must be >= -1 (-1: restart without limit)")

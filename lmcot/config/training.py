@@ -7,19 +7,31 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    """Ray Train workers and DeepSpeed for one training stage."""
+    """How one training stage runs on the cluster: Ray Train workers, DeepSpeed, precision, recovery."""
 
     num_workers: int = 2
     """Ray Train workers (data-parallel ranks)."""
     use_gpu: bool = False
+    """One GPU per worker (bf16 needs this); CPU workers use gloo."""
     cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (also its torch thread count on CPU)."""
     zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0-3)."""
+    """DeepSpeed ZeRO stage (0-3): 2 shards optimizer state and gradients, 3 also the weights."""
     bf16: bool = False
-    """bf16 mixed precision (GPUs)."""
+    """bf16 mixed precision (meant for GPUs; on CPU it is slow but allowed)."""
+    max_failures: int = 3
+    """Worker failures a run recovers from, each time resuming from the last checkpoint (-1: no limit)."""
+    checkpoints_to_keep: int = 2
+    """Ray Train checkpoints kept in storage (the oldest is deleted first)."""
 
     def __post_init__(self):
         if self.num_workers < 1:
             raise ValueError("num_workers must be >= 1")
+        if self.cpus_per_worker <= 0:
+            raise ValueError("cpus_per_worker must be > 0")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
+        if self.max_failures < -1:
+            raise ValueError("max_failures must be >= -1 (-1: retry without limit)")
+        if self.checkpoints_to_keep < 1:
+            raise ValueError("checkpoints_to_keep must be >= 1 (the last checkpoint is what a restart resumes from)")
