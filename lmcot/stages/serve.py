@@ -1,0 +1,468 @@
+"""Serving LM-guided CoT with Ray Serve: HTTP -> ingress -> small LM (k rationales) -> large LM -> vote.
+
+Three deployments, each with its own replicas and resources (``serve.*`` config):
+
+- ``Rationalizer``: the small LM. A request's k rationales are one sampled call
+  (``n=k``), and ``@serve.batch`` merges concurrent requests into one model call.
+- ``Answerer``: the large LM. ``@serve.batch`` merges the answer prompts of concurrent
+  requests; it also runs the OpenAI-compatible ``/openai/v1/completions`` and
+  ``/openai/v1/chat/completions`` (with ``logprobs`` for yes/no judging), so other
+  tools, lmcot's own ``backend: openai`` included, can use the large LM as a black box.
+- ``Ingress``: FastAPI. ``POST /v1/answer``, ``GET /healthz``, ``GET /v1/models`` and the
+  OpenAI routes under ``/openai/v1``. It validates, authenticates and limits every
+  request (``lmcot.stages.serve_http``), then runs the *core* method functions
+  (``lmcot.method.run_method``) over thin Generator adapters of the two deployment
+  handles, so the serving path and ``lmcot eval`` share one implementation of each method.
+
+The OpenAI routes live on the ingress (one application, one copy of the large LM,
+one auth and limit policy) and forward to the Answerer's ``complete`` method.
+Adaptive self-consistency samples in rounds and stops once
+``lmcot.method.vote_is_settled`` says the remaining samples cannot change the vote.
+
+Deploy with ``serve deploy serve_configs/lmcot.cpu.yaml`` (args: see :class:`AppArgs`) or
+from Python with ``serve.run(build_app({...}))``. No ``from __future__ import
+annotations`` here: Serve reads ``build_app``'s parameter annotation to parse its args.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+
+from lmcot import method as methods
+from lmcot.config import Config, ConfigError, from_dict, resolve_config_path, to_dict
+from lmcot.config.loader import apply_overrides, overlay, read_yaml
+from lmcot.generation import Generation, HFGenerator, make_generator
+from lmcot.method import Question, majority_vote, run_method, vote_is_settled
+from lmcot.stages import serve_http as http
+
+log = logging.getLogger(__name__)
+OPENAI_PREFIX = "/openai/v1"
+
+
+# -- calls between deployments ---------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerateCall:
+    """One caller's prompts and decoding settings; calls with equal settings share a model call."""
+
+    prompts: tuple[str, ...]
+    max_new_tokens: int
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def settings(self) -> tuple:
+        return (self.max_new_tokens, self.n, self.temperature, self.top_p)
+
+
+def _locked(lock: threading.Lock, fn, *args, **kwargs):
+    with lock:
+        return fn(*args, **kwargs)
+
+
+async def generate_batch(generator, lock: threading.Lock, calls: list[GenerateCall]) -> list[list[Generation]]:
+    """Run a ``@serve.batch`` of calls: one ``generate`` per distinct decoding setting, in a worker thread."""
+    results: list = [None] * len(calls)
+    groups: dict[tuple, list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault(call.settings(), []).append(i)
+    for (max_new_tokens, n, temperature, top_p), members in groups.items():
+        prompts = [p for i in members for p in calls[i].prompts]
+        outs = iter(await asyncio.to_thread(
+            _locked, lock, generator.generate, prompts,
+            max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
+        ))
+        for i in members:
+            results[i] = [next(outs) for _ in calls[i].prompts]
+    return results
+
+
+def _configure_batching(batched_method, spec) -> None:
+    batched_method.set_max_batch_size(spec.max_batch_size)
+    batched_method.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
+
+
+class HandleGenerator:
+    """The :class:`~lmcot.generation.Generator` Protocol over a model deployment's handle.
+
+    Lets the ingress run ``lmcot.method`` unchanged. It blocks, so it is called from a
+    worker thread, never the replica's event loop. Every call stops at ``deadline``
+    (``time.monotonic()``) and cancels its request. Seeds are not forwarded: calls of
+    different requests share one batched model call, and adaptive rounds must draw
+    fresh samples.
+    """
+
+    def __init__(self, handle, deadline: float):
+        self.handle = handle
+        self.deadline = deadline
+
+    def _wait(self, response):
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            return response.result(timeout_s=remaining)
+        except TimeoutError:
+            response.cancel()
+            raise
+
+    def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
+        call = GenerateCall(tuple(prompts), max_new_tokens, n, temperature, top_p)
+        return self._wait(self.handle.generate.remote(call))
+
+    def score_yes_no(self, prompts):
+        return self._wait(self.handle.score_yes_no.remote(tuple(prompts)))
+
+
+def trim_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """``text`` cut before the first stop sequence, and whether one was found.
+
+    >>> trim_at_stop("Paris. Question: x", ["Question:", "\\n"])
+    ('Paris. ', True)
+    """
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+@torch.inference_mode()
+def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens: int, n: int, temperature: float,
+                        top_p: float, top: int, stops: list[str]) -> dict:
+    """Completions with each token's log-probability and its ``top`` likeliest alternatives (OpenAI ``logprobs``).
+
+    Log-probabilities are the model's own next-token distribution (before temperature and
+    ``suppress_tokens``), which is what a yes/no judge reads. The end-of-sequence token is
+    listed too, so a one-token answer always has a distribution to read.
+    """
+    tok = gen.tokenizer
+    enc = gen._encode([gen._format(p) for p in prompts])
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    out = gen.model.generate(
+        **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
+        output_logits=True, return_dict_in_generate=True, **sampling,
+    )
+    steps = len(out.logits)
+    seqs = out.sequences[:, -steps:]  # the generated tokens, for both families
+    logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+    top = min(top, logp.shape[-1])
+    top_lp, top_ids = logp.topk(max(top, 1), dim=-1)
+    choices, completion_tokens = [], 0
+    for r in range(seqs.shape[0]):
+        ids = seqs[r].tolist()
+        length = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+        alternatives = []
+        for t in range(length):
+            merged: dict[str, float] = {}
+            for i, lp in zip(top_ids[r, t, :top].tolist(), top_lp[r, t, :top].tolist()):
+                name = tok.decode([i])  # two ids may spell the same text: add their probabilities
+                merged[name] = float(torch.logaddexp(torch.tensor(merged[name]), torch.tensor(lp))) if name in merged else lp
+            alternatives.append(merged)
+        text, stopped = trim_at_stop(tok.decode(ids[:length], skip_special_tokens=True).strip(), stops)
+        choices.append({
+            "text": text,
+            "finish_reason": "stop" if stopped or length < len(ids) or ids[length - 1] == tok.eos_token_id else "length",
+            "logprobs": {"tokens": [tok.decode([i]) for i in ids[:length]],
+                         "token_logprobs": [logp[r, t, ids[t]].item() for t in range(length)],
+                         "top_logprobs": alternatives},
+        })
+        completion_tokens += length
+    return {"choices": choices, "prompt_tokens": int(enc["attention_mask"].sum()), "completion_tokens": completion_tokens}
+
+
+# -- model deployments -------------------------------------------------------------------------
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Rationalizer:
+    """The small LM: k sampled rationales per request, concurrent requests batched into one call."""
+
+    def __init__(self, cfg: Config):
+        self.generator = make_generator(cfg.small, cfg.generation)
+        self.lock = threading.Lock()
+        _configure_batching(self.generate, cfg.serve.rationalizer)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def generate(self, calls: list[GenerateCall]) -> list[list[Generation]]:
+        return await generate_batch(self.generator, self.lock, calls)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Answerer:
+    """The frozen large LM: batched greedy answers, yes/no scores and OpenAI-style completions."""
+
+    def __init__(self, cfg: Config):
+        self.generator = make_generator(cfg.large, cfg.generation)
+        self.lock = threading.Lock()
+        _configure_batching(self.generate, cfg.serve.answerer)
+        _configure_batching(self.score_yes_no, cfg.serve.answerer)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def generate(self, calls: list[GenerateCall]) -> list[list[Generation]]:
+        return await generate_batch(self.generator, self.lock, calls)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def score_yes_no(self, prompt_lists: list[tuple[str, ...]]) -> list[list[float]]:
+        flat = [p for prompts in prompt_lists for p in prompts]
+        scores = iter(await asyncio.to_thread(_locked, self.lock, self.generator.score_yes_no, flat))
+        return [[next(scores) for _ in prompts] for prompts in prompt_lists]
+
+    async def complete(self, call: dict) -> dict:
+        """An OpenAI completion call (see ``serve_http.completion_call``): choices and token counts.
+
+        Without logprobs it joins the batched ``generate`` path; with them it runs its own
+        forward pass that keeps every step's logits (``serve_logprobs``).
+        """
+        prompts, n, stops = call["prompts"], call["n"], call["stop"]
+        if call["top_logprobs"] is not None:
+            return await asyncio.to_thread(
+                _locked, self.lock, logprob_completions, self.generator, prompts,
+                max_new_tokens=call["max_tokens"], n=n, temperature=call["temperature"],
+                top_p=call["top_p"], top=call["top_logprobs"], stops=stops,
+            )
+        gens = await self.generate(GenerateCall(
+            tuple(prompts), call["max_tokens"], n, call["temperature"], call["top_p"]))
+        choices = []
+        for g in gens:
+            full = g.completion_tokens >= call["max_tokens"] * n
+            for text in g.texts:
+                text, stopped = trim_at_stop(text, stops)
+                choices.append({"text": text, "logprobs": None,
+                                "finish_reason": "length" if full and not stopped else "stop"})
+        return {"choices": choices, "prompt_tokens": sum(g.prompt_tokens for g in gens),
+                "completion_tokens": sum(g.completion_tokens for g in gens)}
+
+
+# -- the ingress ---------------------------------------------------------------------------------
+api = http.new_api()
+
+_UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)
+
+
+def round_sizes(k: int, adaptive: bool, round_size: int) -> list[int]:
+    """Samples per round: all k at once, or rounds of ``round_size`` (a last round of one joins the one before).
+
+    >>> round_sizes(5, False, 2), round_sizes(5, True, 2), round_sizes(6, True, 2), round_sizes(3, True, 2)
+    ([5], [2, 3], [2, 2, 2], [3])
+    """
+    if not adaptive or k <= round_size:
+        return [k]
+    sizes = [round_size] * (k // round_size) + ([k % round_size] if k % round_size else [])
+    if sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return sizes
+
+
+def merge_results(a: methods.MethodResult, b: methods.MethodResult) -> methods.MethodResult:
+    """Two rounds of one question as one result, re-voted over all answers."""
+    answers = a.answers + b.answers
+    answer, votes = majority_vote(answers)
+    usage = {role: dataclasses.replace(u).add(b.usage[role]) for role, u in a.usage.items()}
+    return methods.MethodResult(a.id, answer, votes, a.rationales + b.rationales, answers, usage)
+
+
+def _as_api_error(exc: Exception, timeout_s: float) -> http.ApiError:
+    """Map a failure behind the ingress to a status: 504 timeout, 503 unavailable, 500 otherwise."""
+    if isinstance(exc, http.ApiError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return http.ApiError(504, f"the request took longer than {timeout_s:g}s (serve.request_timeout_s)")
+    if isinstance(exc, _UNAVAILABLE) or (isinstance(exc, RayServeException) and "unavailable" in str(exc).lower()):
+        return http.ApiError(503, f"a model replica is unavailable ({type(exc).__name__}); retry shortly",
+                             headers={"Retry-After": "1"})
+    log.exception("request failed")
+    return http.ApiError(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _auth_token(cfg: Config) -> str:
+    """The bearer token from ``$<serve.auth_token_env>``; '' when auth is off. Missing token: ConfigError."""
+    name = cfg.serve.auth_token_env
+    if not name:
+        return ""
+    token = os.environ.get(name, "")
+    if not token:
+        raise ConfigError(
+            f"serve.auth_token_env={name!r} but ${name} is empty or unset: export it where the cluster runs "
+            "(before `ray start`) or set serve.auth_token_env to '' to serve without auth"
+        )
+    return token
+
+
+def _context_tokenizer(cfg: Config):
+    """The large LM's tokenizer, to fit contexts to ``data.context_max_tokens``; None for remote backends."""
+    if cfg.large.backend != "hf" or cfg.data.context_max_tokens <= 0:
+        return None
+    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(cfg.large.name_or_path)
+    return load_tokenizer(path, detect_family(path, cfg.large.family, cfg.large.revision), cfg.large.revision)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validation, auth and limits, then the core method over the two LM deployments."""
+
+    def __init__(self, cfg: Config, rationalizer, answerer):
+        self.cfg = cfg
+        self.limits = cfg.serve
+        self.token = _auth_token(cfg)
+        self.rationalizer, self.answerer = rationalizer, answerer
+        self.pool = ThreadPoolExecutor(cfg.serve.ingress.max_ongoing_requests, thread_name_prefix="lmcot-ingress")
+        self.tokenizer = _context_tokenizer(cfg)
+
+    # -- routes ----------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        return http.models_body([(self.cfg.small.name_or_path, "rationalizer"), (self.cfg.large.name_or_path, "answerer")])
+
+    @api.post("/v1/answer")
+    async def answer(self, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        req = http.parse(http.AnswerRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
+        k, method, temperature, adaptive = req.resolved(self.limits, self.cfg.generation.temperature)
+        start = time.perf_counter()
+        result = await self._in_thread(self._answer, req, k, method, temperature, adaptive)
+        return {
+            "answer": result.answer, "votes": result.votes, "rationales": result.rationales,
+            "answers": result.answers, "method": method, "k": k, "samples": len(result.answers),
+            "usage": {role: u.as_dict() for role, u in result.usage.items()},
+            "latency_ms": round(1000 * (time.perf_counter() - start), 1),
+        }
+
+    @api.get(f"{OPENAI_PREFIX}/models")
+    async def openai_models(self, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        return http.models_body([(self.cfg.large.name_or_path, "answerer")])
+
+    @api.post(f"{OPENAI_PREFIX}/completions")
+    async def completions(self, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        req = http.parse(http.CompletionRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
+        call = self._openai_call(req, req.prompt, req.logprobs)
+        return http.completion_response(self.cfg.large.name_or_path, await self._complete(call))
+
+    @api.post(f"{OPENAI_PREFIX}/chat/completions")
+    async def chat_completions(self, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        req = http.parse(http.ChatCompletionRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        call = self._openai_call(req, [http.chat_prompt(req.messages)], top)
+        return http.chat_response(self.cfg.large.name_or_path, await self._complete(call))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _openai_call(self, req, prompts: list[str], top: int | None) -> dict:
+        if req.model and req.model != self.cfg.large.name_or_path:
+            raise http.ApiError(404, f"model: {req.model!r} is not served here; use {self.cfg.large.name_or_path!r} "
+                                     f"(GET {OPENAI_PREFIX}/models)", "model")
+        if top is not None and self.cfg.large.backend != "hf":
+            raise http.ApiError(422, f"logprobs: not available for large.backend={self.cfg.large.backend}", "logprobs")
+        return http.completion_call(req, prompts, top, default_max_tokens=16)
+
+    async def _complete(self, call: dict) -> dict:
+        try:
+            return await asyncio.wait_for(self.answerer.complete.remote(call), self.limits.request_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status below
+            raise _as_api_error(exc, self.limits.request_timeout_s) from None
+
+    async def _in_thread(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self.pool, fn, deadline, *args),
+                                          self.limits.request_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status below
+            raise _as_api_error(exc, self.limits.request_timeout_s) from None
+
+    def _answer(self, deadline: float, req, k: int, method: str, temperature: float, adaptive: bool):
+        """Run the core method in rounds (one round unless adaptive); stop once the vote is settled."""
+        gen = dataclasses.replace(self.cfg.generation, temperature=temperature)
+        context = http.context_text(req.context, self.tokenizer, self.cfg.data.context_max_tokens)
+        question = Question("request", req.question, context)
+        small, large = HandleGenerator(self.rationalizer, deadline), HandleGenerator(self.answerer, deadline)
+        sizes = round_sizes(k, adaptive, self.limits.adaptive_round_size)
+        result = None
+        for i, size in enumerate(sizes):
+            r = run_method(method, [question], small=small, large=large, gen=gen, k=size)[0]
+            result = r if result is None else merge_results(result, r)
+            remaining = sum(sizes[i + 1:])
+            if remaining and vote_is_settled(result.votes, remaining):
+                break
+        return result
+
+
+# -- application builder -------------------------------------------------------------------------
+class AppArgs(BaseModel):
+    """``args:`` of a Serve config application: a preset, config sections laid over it, dotted overrides.
+
+    ``{"config": "tiny", "serve": {"max_k": 8}, "set": ["generation.temperature=0.9"]}``: ``config``
+    is a preset name (``tiny``, ``paper``, ``qwen``) or an absolute YAML path; any other key is a
+    config section (``small``, ``large``, ``generation``, ``data``, ``serve``...) merged over it;
+    ``set`` applies ``section.field=value`` overrides last. Unknown keys fail with a suggestion.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    config: str = "tiny"
+    set: list[str] = []
+
+
+def config_from_args(args: AppArgs | dict) -> Config:
+    """The validated :class:`~lmcot.config.Config` that ``args`` describe (ConfigError naming the key)."""
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args)
+    path = resolve_config_path(args.config)
+    raw = overlay(Config, to_dict(Config()), read_yaml(path))
+    raw = overlay(Config, raw, dict(args.model_extra or {}))
+    source = f"{path} + serve args"
+    try:
+        apply_overrides(raw, list(args.set))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return from_dict(raw, source)
+
+
+def graph(cfg: Config):
+    """The bound application: Ingress over Rationalizer and Answerer, each with its ``serve.*`` resources."""
+    s = cfg.serve
+    rationalizer = Rationalizer.options(**s.rationalizer.deployment_options()).bind(cfg)
+    answerer = Answerer.options(**s.answerer.deployment_options()).bind(cfg)
+    return Ingress.options(**s.ingress.deployment_options()).bind(cfg, rationalizer, answerer)
+
+
+def build_app(args: AppArgs):
+    """Serve's typed application builder (``import_path: lmcot.stages.serve:build_app``).
+
+    The config is fully validated, and the auth token checked, before any replica starts.
+    """
+    cfg = config_from_args(args)
+    _auth_token(cfg)
+    return graph(cfg)
+
+
+def run(cfg: Config, run_dir=None) -> dict:
+    """Deploy the graph on the current Ray cluster (``RAY_ADDRESS`` or a local one) and return its URLs.
+
+    On a cluster the application outlives this call; on a local cluster started here it
+    lives as long as this process.
+    """
+    from lmcot.stages.cluster import ensure_ray
+
+    _auth_token(cfg)
+    ensure_ray()
+    serve.run(graph(cfg), name="lmcot", route_prefix="/")
+    url = "http://127.0.0.1:8000"
+    return {"app": "lmcot", "answer_url": f"{url}/v1/answer", "openai_base_url": f"{url}{OPENAI_PREFIX}",
+            "models": {"small": cfg.small.name_or_path, "large": cfg.large.name_or_path}}

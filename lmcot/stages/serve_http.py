@@ -1,0 +1,395 @@
+"""The HTTP edge of the serve graph: request schemas, limits, bearer auth, errors, OpenAI wire format.
+
+Kept apart from the deployments (``lmcot.stages.serve``) so the rules a request must
+pass are in one place and testable without a cluster. Every check runs in the
+ingress before a model is called, and every failure is a 4xx whose body names the
+field: ``{"error": {"message": "k: must be between 1 and 16 (serve.max_k), got 40",
+"type": "invalid_request_error", "param": "k"}, "detail": [...]}``, the OpenAI error
+shape (so OpenAI clients show the message) plus FastAPI-style ``detail`` entries.
+
+Bodies are read by hand (streamed, capped at ``serve.max_body_bytes``) and parsed with
+pydantic in strict mode, so a string where a number belongs, malformed JSON or an
+oversized body are 422/413, never a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+
+from lmcot.config import ServeConfig
+from lmcot.context import build_context
+from lmcot.data import Example, Paragraph
+
+
+class ApiError(Exception):
+    """A request the service refuses: HTTP ``status`` with a message naming ``param``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None,
+                 detail: list | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.headers, self.detail = status, message, param, headers, detail
+
+
+def error_body(message: str, param: str | None, kind: str = "invalid_request_error", detail: list | None = None) -> dict:
+    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param}}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def _api_error_handler(_request: Request, exc: ApiError) -> JSONResponse:
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return JSONResponse(error_body(exc.message, exc.param, kind, exc.detail), status_code=exc.status,
+                        headers=exc.headers)
+
+
+def _http_error_handler(_request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse(error_body(str(exc.detail), None), status_code=exc.status_code, headers=exc.headers)
+
+
+def new_api() -> FastAPI:
+    """The FastAPI app the ingress routes are declared on, with lmcot's error handlers."""
+    api = FastAPI(title="lmcot", description="LM-guided chain-of-thought: a small LM reasons, a large LM answers.")
+    api.add_exception_handler(ApiError, _api_error_handler)
+    api.add_exception_handler(HTTPException, _http_error_handler)
+    return api
+
+
+# -- auth and body -------------------------------------------------------------------------
+def check_bearer(request: Request, token: str) -> None:
+    """Raise 401 unless the request carries ``Authorization: Bearer <token>`` (no-op when token is empty)."""
+    if not token:
+        return
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise ApiError(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                       "authorization", {"WWW-Authenticate": "Bearer"})
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refused with 413 as soon as it exceeds ``max_bytes`` (declared or streamed)."""
+    too_big = ApiError(413, f"request body exceeds {max_bytes} bytes (serve.max_body_bytes)", "body")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse(model: type[BaseModel], body: bytes, limits: ServeConfig):
+    """Validate a JSON body into ``model`` (limits in the validation context); 422 naming the field."""
+    try:
+        return model.model_validate_json(body or b"null", context=limits)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
+                  for e in errors]
+        first = detail[0]
+        field = ".".join(str(p) for p in first["loc"][1:]) or "body"
+        raise ApiError(422, f"{field}: {first['msg']}", field, detail=detail) from None
+
+
+def _limits(info: ValidationInfo) -> ServeConfig:
+    return info.context if isinstance(info.context, ServeConfig) else ServeConfig()
+
+
+# -- /v1/answer ---------------------------------------------------------------------------
+class AnswerRequest(BaseModel):
+    """``POST /v1/answer``: one question, answered by ``method`` with ``k`` samples and a vote."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    question: str
+    context: Any = ""
+    """Plain text, or the official ``[[title, [sentence, ...]], ...]`` paragraphs."""
+    k: int | None = None
+    method: Literal["standard", "cot", "lm_guided"] | None = None
+    temperature: float | None = None
+    adaptive: bool | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, v: str, info: ValidationInfo) -> str:
+        limit = _limits(info).max_question_chars
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if len(v) > limit:
+            raise ValueError(f"has {len(v)} characters; the limit is {limit} (serve.max_question_chars)")
+        return v.strip()
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: Any, info: ValidationInfo) -> Any:
+        limits = _limits(info)
+        shape = "plain text or official [[title, [sentence, ...]], ...] paragraphs"
+        if isinstance(v, str):
+            size = len(v)
+        elif isinstance(v, list):
+            if len(v) > limits.max_paragraphs:
+                raise ValueError(f"has {len(v)} paragraphs; the limit is {limits.max_paragraphs} (serve.max_paragraphs)")
+            size = 0
+            for i, item in enumerate(v):
+                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                        and isinstance(item[1], list) and all(isinstance(s, str) for s in item[1])):
+                    raise ValueError(f"item {i} must be [title, [sentence, ...]], got {str(item)[:60]}")
+                size += len(item[0]) + sum(len(s) for s in item[1])
+        else:
+            raise ValueError(f"must be {shape}, got {type(v).__name__}")
+        if size > limits.max_context_chars:
+            raise ValueError(f"has {size} characters; the limit is {limits.max_context_chars} (serve.max_context_chars)")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: int | None, info: ValidationInfo) -> int | None:
+        max_k = _limits(info).max_k
+        if v is not None and not 1 <= v <= max_k:
+            raise ValueError(f"must be between 1 and {max_k} (serve.max_k), got {v}")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v <= 2:
+            raise ValueError(f"must be between 0 and 2, got {v}")
+        return v
+
+    def resolved(self, limits: ServeConfig, default_temperature: float) -> tuple[int, str, float, bool]:
+        """(k, method, temperature, adaptive) with the service defaults filled in; 422 if inconsistent."""
+        k = self.k if self.k is not None else limits.default_k
+        temperature = self.temperature if self.temperature is not None else default_temperature
+        if k > 1 and temperature <= 0:
+            raise ApiError(422, f"temperature: must be > 0 to draw k={k} samples (k = 1 is greedy)", "temperature")
+        adaptive = limits.adaptive if self.adaptive is None else self.adaptive
+        return k, self.method or limits.default_method, temperature, adaptive
+
+
+def context_text(context: str | list, tokenizer=None, max_tokens: int = 0) -> str:
+    """The context string for prompts, fitted to ``max_tokens`` (``lmcot.context`` for official paragraphs)."""
+    if isinstance(context, str):
+        text = context.strip()
+        if tokenizer is None or max_tokens <= 0:
+            return text
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
+    example = Example(
+        id="request", question="", answer="", paragraphs=tuple(Paragraph(t, tuple(s)) for t, s in context),
+        supporting_facts=(), type="", dataset="hotpotqa",
+    )
+    return build_context(example, mode="all", tokenizer=tokenizer, max_tokens=max_tokens)
+
+
+# -- OpenAI-compatible requests ---------------------------------------------------------------
+class _OpenAIRequest(BaseModel):
+    """Fields shared by ``/completions`` and ``/chat/completions`` (unknown fields are ignored, as OpenAI servers do)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str = ""
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, v: int | None, info: ValidationInfo) -> int | None:
+        limit = _limits(info).max_new_tokens
+        if v is not None and not 1 <= v <= limit:
+            raise ValueError(f"must be between 1 and {limit} (serve.max_new_tokens), got {v}")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, v: int, info: ValidationInfo) -> int:
+        if not 1 <= v <= _limits(info).max_k:
+            raise ValueError(f"must be between 1 and {_limits(info).max_k} (serve.max_k), got {v}")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temp(cls, v: float) -> float:
+        if not 0 <= v <= 2:
+            raise ValueError(f"must be between 0 and 2, got {v}")
+        return v
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("streaming is not supported; send stream: false")
+        return v
+
+    @model_validator(mode="after")
+    def _sampling(self):
+        if self.n > 1 and self.temperature <= 0:
+            raise ApiError(422, f"temperature: must be > 0 to draw n={self.n} completions (greedy gives one)",
+                           "temperature")
+        return self
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else [s for s in (self.stop or []) if s]
+
+
+def _top_logprobs_limit(v: int | None, info: ValidationInfo) -> int | None:
+    limit = _limits(info).max_top_logprobs
+    if v is not None and not 0 <= v <= limit:
+        raise ValueError(f"must be between 0 and {limit} (serve.max_top_logprobs), got {v}")
+    return v
+
+
+class CompletionRequest(_OpenAIRequest):
+    """``POST /openai/v1/completions``."""
+
+    prompt: str | list[str]
+    logprobs: int | None = None
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | list[str], info: ValidationInfo) -> list[str]:
+        limits = _limits(info)
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts or len(prompts) > limits.max_prompts:
+            raise ValueError(f"must hold 1 to {limits.max_prompts} prompts (serve.max_prompts), got {len(prompts)}")
+        if any(len(p) > limits.max_context_chars for p in prompts):
+            raise ValueError(f"a prompt is longer than {limits.max_context_chars} characters (serve.max_context_chars)")
+        return prompts
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _top_logprobs_limit(v, info)
+
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported; send echo: false")
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    """``POST /openai/v1/chat/completions`` (messages are flattened into one prompt, see :func:`chat_prompt`)."""
+
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    """Accepted as the newer spelling of ``max_tokens``."""
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alias_max_tokens(cls, data: Any) -> Any:
+        """``max_completion_tokens`` (the newer name) counts as ``max_tokens``."""
+        if isinstance(data, dict) and data.get("max_tokens") is None and "max_completion_tokens" in data:
+            data = {**data, "max_tokens": data["max_completion_tokens"]}
+        return data
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _top_logprobs_limit(v, info)
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v: list[ChatMessage], info: ValidationInfo) -> list[ChatMessage]:
+        limit = _limits(info).max_context_chars
+        if not v:
+            raise ValueError("must hold at least one message")
+        if sum(len(m.content) for m in v) > limit:
+            raise ValueError(f"are longer than {limit} characters together (serve.max_context_chars)")
+        return v
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """One user message is the prompt itself; a conversation becomes ``Role: text`` lines ending in ``Assistant:``.
+
+    >>> chat_prompt([ChatMessage(role="user", content="Is it? Answer yes or no.")])
+    'Is it? Answer yes or no.'
+    """
+    if len(messages) == 1 and messages[0].role == "user":
+        return messages[0].content
+    lines = [f"{m.role.capitalize()}: {m.content}" for m in messages]
+    return "\n\n".join(lines + ["Assistant:"])
+
+
+def completion_call(req: _OpenAIRequest, prompts: list[str], top: int | None, default_max_tokens: int) -> dict:
+    """The plain call the Answerer deployment runs for one OpenAI request."""
+    return {"prompts": prompts, "max_tokens": req.max_tokens or default_max_tokens, "n": req.n,
+            "temperature": req.temperature, "top_p": req.top_p, "top_logprobs": top, "stop": req.stops()}
+
+
+def completion_response(model: str, result: dict) -> dict:
+    """OpenAI ``text_completion`` body from the Answerer's result."""
+    choices = []
+    for i, c in enumerate(result["choices"]):
+        lp = None
+        if c.get("logprobs") is not None:
+            tokens = c["logprobs"]
+            offsets, pos = [], 0
+            for t in tokens["tokens"]:
+                offsets.append(pos)
+                pos += len(t)
+            lp = {**tokens, "text_offset": offsets}
+        choices.append({"index": i, "text": c["text"], "logprobs": lp, "finish_reason": c["finish_reason"]})
+    return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": choices, "usage": _usage(result)}
+
+
+def chat_response(model: str, result: dict) -> dict:
+    """OpenAI ``chat.completion`` body from the Answerer's result."""
+    choices = []
+    for i, c in enumerate(result["choices"]):
+        lp = None
+        if c.get("logprobs") is not None:
+            t = c["logprobs"]
+            lp = {"content": [
+                {"token": tok, "logprob": logprob, "bytes": list(tok.encode()),
+                 "top_logprobs": [{"token": a, "logprob": b, "bytes": list(a.encode())} for a, b in top.items()]}
+                for tok, logprob, top in zip(t["tokens"], t["token_logprobs"], t["top_logprobs"])
+            ]}
+        choices.append({"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": lp,
+                        "finish_reason": c["finish_reason"]})
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": choices, "usage": _usage(result)}
+
+
+def _usage(result: dict) -> dict:
+    p, c = result["prompt_tokens"], result["completion_tokens"]
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def models_body(models: list[tuple[str, str]]) -> dict:
+    """OpenAI ``/models`` list of (id, role) pairs."""
+    return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "lmcot", "role": role}
+                                       for m, role in models]}
