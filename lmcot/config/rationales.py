@@ -28,9 +28,9 @@ class RationalesConfig:
     shard_rows: int = 512
     """Rows per parquet shard in ``RUN/rationales/``: a killed run loses at most the rows of one
     unfinished shard, which a rerun regenerates."""
-    max_restarts: int = 3
-    """How often Ray restarts a dead teacher actor and retries its batch before the run fails
-    (-1: without limit). A failed run resumes on rerun."""
+    max_restarts: int = -1
+    """How often Ray restarts a dead teacher actor and retries its batches before the run fails.
+    -1 keeps Ray Data's default: restart and retry without limit. A failed run resumes on rerun."""
 
     def __post_init__(self):
         if self.samples_per_question < 1:

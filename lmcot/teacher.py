@@ -1,0 +1,382 @@
+"""The teacher's side of rationale distillation, without Ray: prompts, parsing, scoring, shards.
+
+Rationale distillation starts from the large LM's rationales for the training set,
+kept only where the teacher's own answer from the rationale is right. This module
+holds everything about that step that does not need a cluster, so it is tested in
+milliseconds and the Ray Data stage (``lmcot.stages.rationales``) is only plumbing:
+
+- :func:`question_rows` turns examples into one input row per question that still
+  needs samples; :func:`teacher_prompt` builds its context and prompt (in the actor,
+  with the teacher's tokenizer, so the budget is counted in the teacher's tokens).
+- :func:`generate_rows` runs a :class:`~lmcot.generation.Generator` on a batch of
+  those rows and returns one output row per (question, sample): ``k`` samples come
+  from one call with ``n=k`` (sampled at ``generation.temperature``), one sample is greedy.
+- :func:`judge_output` parses and scores one teacher output; an output with no
+  parsable answer is ``kept=False`` with a ``reason``, never an error.
+- :class:`ShardStore` owns ``RUN/rationales/``: it reads the (dataset, id, sample)
+  keys already written, writes parquet shards atomically (temporary name, then
+  rename), drops any row whose key is already on disk, and takes a lock so two runs
+  never write the same directory. A killed run loses at most the rows it had not
+  flushed yet; a rerun generates exactly those.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmcot.config import Config, DataConfig, ModelSpec, RationalesConfig
+from lmcot.context import build_context
+from lmcot.data import Example, parse_records, to_official_json
+from lmcot.generation import Generator
+from lmcot.metrics import answer_metrics
+from lmcot.prompts import split_rationale, teacher_rationale_prompt
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, int]
+"""(dataset, id, sample): one rationale row."""
+
+SCHEMA = pa.schema([
+    ("dataset", pa.string()),
+    ("id", pa.string()),
+    ("sample", pa.int64()),
+    ("question", pa.string()),
+    ("context", pa.string()),
+    ("rationale", pa.string()),
+    ("output", pa.string()),
+    ("teacher_answer", pa.string()),
+    ("gold_answer", pa.string()),
+    ("em", pa.float64()),
+    ("f1", pa.float64()),
+    ("kept", pa.bool_()),
+    ("reason", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("teacher", pa.string()),
+])
+"""Columns of every shard. ``output`` is the teacher's raw text; ``reason`` is empty for kept rows."""
+
+REASONS = ("empty_output", "no_answer", "wrong_answer", "low_f1")
+"""Why a row was not kept: no text at all, no answer cue, EM = 0 (``em`` filter), F1 below threshold."""
+
+SHARD_PREFIX = "part-"
+MANIFEST = "manifest.json"
+
+
+# -- input rows --------------------------------------------------------------------------
+def question_rows(examples: Sequence[Example], dataset: str, samples_per_question: int,
+                  done: set[Key] | frozenset = frozenset(), aliases: dict | None = None) -> list[dict]:
+    """One row per question that still lacks some of its ``samples_per_question`` samples.
+
+    A row carries the example as an official record (``record``, JSON) so the actor can
+    rebuild its context, the gold answers (answer first, then 2Wiki aliases) and the
+    sample indices still missing.
+
+    >>> from lmcot.data import Example, Paragraph
+    >>> ex = Example("q1", "Who?", "Ann", (Paragraph("A", ("Ann.",)),), (("A", 0),), "bridge", "hotpotqa")
+    >>> [(r["id"], r["samples"]) for r in question_rows([ex], "hotpotqa", 3, done={("hotpotqa", "q1", 1)})]
+    [('q1', [0, 2])]
+    """
+    aliases = aliases or {}
+    rows = []
+    for ex in examples:
+        missing = [s for s in range(samples_per_question) if (dataset, ex.id, s) not in done]
+        if not missing:
+            continue
+        golds = [ex.answer] + [a for a in aliases.get(ex.answer_id, ()) if a != ex.answer]
+        rows.append({
+            "dataset": dataset, "id": ex.id, "format": ex.dataset, "question": ex.question,
+            "golds": golds, "samples": missing,
+            "record": json.dumps(to_official_json([ex])[0], ensure_ascii=False),
+        })
+    return rows
+
+
+def expected_keys(examples: Sequence[Example], dataset: str, samples_per_question: int) -> set[Key]:
+    """Every (dataset, id, sample) key a complete run over ``examples`` writes."""
+    return {(dataset, ex.id, s) for ex in examples for s in range(samples_per_question)}
+
+
+def teacher_prompt(row: dict, data: DataConfig, tokenizer=None) -> tuple[str, str]:
+    """(context, prompt) of an input row: context fitted to ``data.context_max_tokens`` teacher tokens."""
+    example = parse_records([json.loads(row["record"])], row["format"], f"rationale row {row['id']}")[0]
+    context = build_context(example, mode=data.context_mode, tokenizer=tokenizer, max_tokens=data.context_max_tokens)
+    return context, teacher_rationale_prompt(example.question, context)
+
+
+# -- parsing and scoring -----------------------------------------------------------------
+def judge_output(text: str, golds: Sequence[str], rc: RationalesConfig) -> dict:
+    """Rationale, teacher answer, EM/F1 against the gold answers, and whether the filter keeps it.
+
+    >>> from lmcot.config import RationalesConfig
+    >>> r = judge_output("A is in B. So the answer is: Paris.", ["paris"], RationalesConfig())
+    >>> (r["rationale"], r["teacher_answer"], r["em"], r["kept"], r["reason"])
+    ('A is in B.', 'Paris', 1.0, True, '')
+    >>> judge_output("I do not know", ["paris"], RationalesConfig())["reason"]
+    'no_answer'
+    """
+    rationale, answer = split_rationale(text or "")
+    if not (text or "").strip():
+        return dict(rationale="", teacher_answer="", em=0.0, f1=0.0, kept=False, reason="empty_output")
+    if answer is None:
+        return dict(rationale=rationale, teacher_answer="", em=0.0, f1=0.0, kept=False, reason="no_answer")
+    scores = answer_metrics(answer, list(golds))
+    if rc.filter == "em":
+        kept, reason = scores["em"] == 1.0, "wrong_answer"
+    else:
+        kept, reason = scores["f1"] >= rc.f1_threshold, "low_f1"
+    return dict(rationale=rationale, teacher_answer=answer, em=scores["em"], f1=scores["f1"],
+                kept=bool(kept), reason="" if kept else reason)
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` integers that sum to it (the first ones get the remainder).
+
+    >>> split_evenly(7, 3)
+    [3, 2, 2]
+    """
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def call_seed(seed: int, rows: Sequence[dict]) -> int:
+    """A sampling seed fixed by the batch's ids, so a rerun of the same batch draws the same samples."""
+    return (seed + zlib.crc32("\n".join(r["id"] for r in rows).encode())) % (2**31)
+
+
+def generate_rows(generator: Generator, rows: Sequence[dict], cfg: Config, tokenizer=None,
+                  teacher: str = "") -> list[dict]:
+    """Generate the missing samples of each input row and return one output row per sample.
+
+    Rows needing the same number of samples share one ``generate`` call with ``n`` samples
+    per prompt. Sampling (``generation.temperature``) is used whenever
+    ``rationales.samples_per_question > 1``, greedy decoding otherwise.
+    """
+    gen, rc = cfg.generation, cfg.rationales
+    sampled = rc.samples_per_question > 1
+    prepared = [(row, *teacher_prompt(row, cfg.data, tokenizer)) for row in rows]
+    by_n: dict[int, list[tuple[dict, str, str]]] = {}
+    for item in prepared:
+        by_n.setdefault(len(item[0]["samples"]), []).append(item)
+    out = []
+    for n, items in sorted(by_n.items()):
+        generations = generator.generate(
+            [prompt for _, _, prompt in items], max_new_tokens=gen.rationale_max_new_tokens, n=n,
+            temperature=gen.temperature if sampled else 0.0, top_p=gen.top_p if sampled else 1.0,
+            seed=call_seed(gen.seed, [row for row, _, _ in items]),
+        )
+        for (row, context, _), g in zip(items, generations):
+            texts = list(g.texts) + [""] * (n - len(g.texts))  # a backend that returned fewer: judged empty
+            completion = split_evenly(g.completion_tokens, n)
+            for sample, text, tokens in zip(row["samples"], texts, completion):
+                out.append({
+                    "dataset": row["dataset"], "id": row["id"], "sample": int(sample), "question": row["question"],
+                    "context": context, "output": text, "gold_answer": row["golds"][0],
+                    **judge_output(text, row["golds"], rc),
+                    "prompt_tokens": int(g.prompt_tokens), "completion_tokens": int(tokens), "teacher": teacher,
+                })
+    return out
+
+
+def rows_to_table(rows: Sequence[dict]) -> pa.Table:
+    """Output rows as an Arrow table with :data:`SCHEMA` (column order and types fixed)."""
+    return pa.Table.from_pylist(list(rows), schema=SCHEMA)
+
+
+def teacher_manifest(cfg: Config) -> dict:
+    """What makes rationales comparable across reruns: teacher, prompt context and decoding."""
+    g = cfg.generation
+    return {
+        "teacher": cfg.large.name_or_path, "revision": cfg.large.revision, "backend": cfg.large.backend,
+        "context_mode": cfg.data.context_mode, "context_max_tokens": cfg.data.context_max_tokens,
+        "rationale_max_new_tokens": g.rationale_max_new_tokens,
+        "temperature": g.temperature if cfg.rationales.samples_per_question > 1 else 0.0,
+    }
+
+
+def teacher_tokenizer(spec: ModelSpec):
+    """The teacher's tokenizer for the context budget (``hf``/``vllm`` backends); None for an API teacher."""
+    if spec.backend == "openai":
+        return None
+    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(spec.name_or_path)
+    return load_tokenizer(path, detect_family(path, spec.family, spec.revision), spec.revision)
+
+
+# -- shards --------------------------------------------------------------------------------
+_SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d+)\.parquet$")
+
+
+@dataclass
+class ShardStore:
+    """The parquet shards of ``RUN/rationales/``: resume keys, atomic exactly-once writes, a writer lock.
+
+    Use as a context manager (``with ShardStore(path) as store:``): entering takes the lock,
+    removes temporary files left by a killed run and reads the keys already written.
+    """
+
+    root: Path
+    shard_rows: int = 512
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.written: set[Key] = set()
+        self._buffer: list[dict] = []
+        self._lock = None
+        self.new_rows = 0
+        self.new_shards = 0
+
+    # lifecycle
+    def __enter__(self) -> "ShardStore":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise RuntimeError(f"{self.root} is being written by another generate-rationales run; "
+                               "wait for it to finish or use another --run-dir") from None
+        for tmp in self.root.glob(f".{SHARD_PREFIX}*.tmp"):
+            tmp.unlink()  # a shard a killed run never finished: its rows are regenerated
+        self.written = read_keys(self.root)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def check_manifest(self, manifest: dict) -> None:
+        """Refuse to mix rationales from another teacher or prompt setting into existing shards."""
+        path = self.root / MANIFEST
+        if path.is_file() and self.written:
+            old = json.loads(path.read_text())
+            diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
+            if diff:
+                changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(f"{self.root} holds rationales written with other settings ({changes}); "
+                                 "use a new --run-dir, or delete that directory to regenerate")
+        from lmcot.rundir import write_json
+
+        write_json(path, manifest)
+
+    # writing
+    def add(self, rows: Iterable[dict]) -> int:
+        """Buffer rows whose key is not written yet; flush full shards. Returns the rows accepted."""
+        accepted = 0
+        pending = {(r["dataset"], r["id"], int(r["sample"])) for r in self._buffer}
+        for row in rows:
+            key = (row["dataset"], row["id"], int(row["sample"]))
+            if key in self.written or key in pending:
+                continue
+            pending.add(key)
+            self._buffer.append(row)
+            accepted += 1
+        while len(self._buffer) >= self.shard_rows:
+            self._write(self._buffer[: self.shard_rows])
+            self._buffer = self._buffer[self.shard_rows:]
+        return accepted
+
+    def flush(self) -> None:
+        """Write the buffered rows as a last, possibly short, shard."""
+        if self._buffer:
+            self._write(self._buffer)
+            self._buffer = []
+
+    def _write(self, rows: list[dict]) -> Path:
+        index = next_shard_index(self.root)
+        final = self.root / f"{SHARD_PREFIX}{index:06d}.parquet"
+        tmp = self.root / f".{final.name}.tmp"
+        pq.write_table(rows_to_table(rows), tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self.written.update((r["dataset"], r["id"], int(r["sample"])) for r in rows)
+        self.new_rows += len(rows)
+        self.new_shards += 1
+        log.info("rationales: wrote %s (%d rows, %d written in total)", final.name, len(rows), len(self.written))
+        return final
+
+
+def shard_paths(root: Path) -> list[Path]:
+    """The finished shards under ``root``, in write order."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _SHARD_RE.match(p.name))
+
+
+def next_shard_index(root: Path) -> int:
+    """One past the highest shard number present (0 for an empty directory)."""
+    indices = [int(_SHARD_RE.match(p.name).group(1)) for p in shard_paths(root)]
+    return max(indices, default=-1) + 1
+
+
+def read_keys(root: Path) -> set[Key]:
+    """The (dataset, id, sample) keys of every finished shard."""
+    keys: set[Key] = set()
+    for path in shard_paths(root):
+        t = pq.read_table(path, columns=["dataset", "id", "sample"])
+        keys.update(zip(t["dataset"].to_pylist(), t["id"].to_pylist(), t["sample"].to_pylist()))
+    return keys
+
+
+def read_rationales(root: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Every shard as one table (empty with :data:`SCHEMA` when none exists)."""
+    paths = shard_paths(root)
+    if not paths:
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(list(columns))
+    return pa.concat_tables([pq.read_table(p, columns=list(columns) if columns else None) for p in paths])
+
+
+def summarize(root: Path) -> dict:
+    """Totals over all shards: rows, kept, kept ratio, EM/F1, reasons and tokens, overall and per dataset."""
+    t = read_rationales(root, ["dataset", "kept", "reason", "em", "f1", "prompt_tokens", "completion_tokens"])
+    cols = {name: t[name].to_pylist() for name in t.column_names}
+
+    def block(idx: list[int]) -> dict:
+        n = len(idx)
+        kept = sum(1 for i in idx if cols["kept"][i])
+        reasons: dict[str, int] = {}
+        for i in idx:
+            if cols["reason"][i]:
+                reasons[cols["reason"][i]] = reasons.get(cols["reason"][i], 0) + 1
+        return {
+            "rows": n, "kept": kept, "kept_ratio": kept / n if n else 0.0,
+            "em": sum(cols["em"][i] for i in idx) / n if n else 0.0,
+            "f1": sum(cols["f1"][i] for i in idx) / n if n else 0.0,
+            "reasons": dict(sorted(reasons.items())),
+            "prompt_tokens": sum(cols["prompt_tokens"][i] for i in idx),
+            "completion_tokens": sum(cols["completion_tokens"][i] for i in idx),
+        }
+
+    everything = list(range(t.num_rows))
+    per_dataset: dict[str, list[int]] = {}
+    for i, name in enumerate(cols["dataset"]):
+        per_dataset.setdefault(name, []).append(i)
+    summary = block(everything)
+    summary["datasets"] = {name: block(idx) for name, idx in sorted(per_dataset.items())}
+    return summary
+
+
+def check_generation_settings(cfg: Config) -> None:
+    """Fail before any worker starts when the decoding settings cannot give the samples asked for."""
+    if cfg.rationales.samples_per_question > 1 and cfg.generation.temperature <= 0:
+        raise ValueError(
+            f"rationales.samples_per_question={cfg.rationales.samples_per_question} needs sampling, but "
+            "generation.temperature is 0: set generation.temperature > 0 (e.g. 0.7) or samples_per_question: 1"
+        )
+

@@ -1,0 +1,219 @@
+"""Teacher core: prompt rows, parsing and filtering, generation rows, and the shard store's resume bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lmcot.config import ModelSpec, RationalesConfig, load_config  # noqa: E402
+from lmcot.data import load_split  # noqa: E402
+from lmcot.metrics import load_aliases  # noqa: E402
+from lmcot.teacher import (SCHEMA, ShardStore, check_generation_settings, expected_keys, generate_rows,  # noqa: E402
+                           judge_output, next_shard_index, question_rows, read_keys, read_rationales,
+                           rows_to_table, shard_paths, split_evenly, summarize, teacher_manifest,
+                           teacher_prompt, teacher_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny", ["data.datasets.0.limit=6", "data.datasets.1.limit=3"])
+
+
+@pytest.fixture(scope="module")
+def examples(cfg):
+    return {spec.name: load_split(spec, "train") for spec in cfg.data.datasets}
+
+
+def row(dataset="hotpotqa", id="q1", sample=0, **extra) -> dict:
+    base = dict(dataset=dataset, id=id, sample=sample, question="Who?", context="A: b.", rationale="r", output="o",
+                teacher_answer="x", gold_answer="x", em=1.0, f1=1.0, kept=True, reason="", prompt_tokens=5,
+                completion_tokens=3, teacher="t")
+    return base | extra
+
+
+# -- parsing and filtering ------------------------------------------------------------------
+@pytest.mark.parametrize("text, golds, rc, expect", [
+    ("X is in Y. So the answer is: Paris.", ["Paris"], RationalesConfig(), (True, "", 1.0)),
+    ("X is in Y. So the answer is: London", ["Paris"], RationalesConfig(), (False, "wrong_answer", 0.0)),
+    ("So the answer is: the Paris", ["Paris"], RationalesConfig(), (True, "", 1.0)),  # official normalisation
+    ("So the answer is: Paris France", ["Paris"], RationalesConfig(filter="f1", f1_threshold=0.5), (True, "", 0.0)),
+    ("So the answer is: Paris France Europe", ["Paris"], RationalesConfig(filter="f1", f1_threshold=0.6),
+     (False, "low_f1", 0.0)),
+    ("So the answer is: USA", ["United States", "USA"], RationalesConfig(), (True, "", 1.0)),  # 2Wiki alias
+    ("a rambling rationale with no cue", ["Paris"], RationalesConfig(), (False, "no_answer", 0.0)),
+    ("So the answer is:", ["Paris"], RationalesConfig(), (False, "no_answer", 0.0)),
+    ("   ", ["Paris"], RationalesConfig(), (False, "empty_output", 0.0)),
+    ("", ["Paris"], RationalesConfig(), (False, "empty_output", 0.0)),
+])
+def test_judge_output_keeps_only_right_answers(text, golds, rc, expect):
+    r = judge_output(text, golds, rc)
+    assert (r["kept"], r["reason"], r["em"]) == expect
+    assert set(r) == {"rationale", "teacher_answer", "em", "f1", "kept", "reason"}
+    if r["reason"] not in ("no_answer", "empty_output"):
+        assert r["teacher_answer"] and "answer is" not in r["rationale"]
+
+
+def test_judge_output_rationale_is_the_text_before_the_cue():
+    r = judge_output("Ann was born in Oslo. Oslo is in Norway. So the answer is: Norway.", ["Norway"],
+                     RationalesConfig())
+    assert r["rationale"] == "Ann was born in Oslo. Oslo is in Norway." and r["teacher_answer"] == "Norway"
+
+
+@pytest.mark.parametrize("total, parts", [(0, 1), (7, 3), (64, 4), (1, 3)])
+def test_split_evenly_sums_to_total(total, parts):
+    pieces = split_evenly(total, parts)
+    assert len(pieces) == parts and sum(pieces) == total and max(pieces) - min(pieces) <= 1
+
+
+def test_many_samples_need_a_temperature():
+    check_generation_settings(load_config("tiny", ["rationales.samples_per_question=1", "generation.temperature=0"]))
+    with pytest.raises(ValueError, match="generation.temperature"):
+        check_generation_settings(load_config("tiny", ["rationales.samples_per_question=3",
+                                                       "generation.temperature=0"]))
+
+
+# -- input rows and prompts -----------------------------------------------------------------
+def test_question_rows_list_only_missing_samples(examples):
+    hotpot = examples["hotpotqa"]
+    done = {("hotpotqa", hotpot[0].id, 0), ("hotpotqa", hotpot[0].id, 1), ("hotpotqa", hotpot[1].id, 1),
+            ("2wiki", hotpot[2].id, 0)}  # another dataset's key never hides this dataset's question
+    rows = question_rows(hotpot, "hotpotqa", 2, done)
+    assert [r["id"] for r in rows] == [ex.id for ex in hotpot[1:]]
+    assert rows[0]["samples"] == [0] and all(r["samples"] == [0, 1] for r in rows[1:])
+    assert expected_keys(hotpot, "hotpotqa", 2) - done == {("hotpotqa", r["id"], s) for r in rows for s in r["samples"]}
+    json.dumps(rows)  # plain data: travels through Ray Data as Arrow
+
+
+def test_question_rows_carry_2wiki_aliases(cfg, examples):
+    spec = cfg.data.datasets[1]
+    aliases = load_aliases(spec.aliases_path)
+    rows = question_rows(examples["2wiki"], "2wiki", 1, aliases=aliases)
+    for r, ex in zip(rows, examples["2wiki"]):
+        assert r["golds"][0] == ex.answer
+        assert set(r["golds"][1:]) == set(aliases.get(ex.answer_id, ())) - {ex.answer}
+
+
+def test_teacher_prompt_rebuilds_the_context_in_the_teachers_token_budget(cfg, examples):
+    tok = teacher_tokenizer(cfg.large)
+    r = question_rows(examples["hotpotqa"][:1], "hotpotqa", 1)[0]
+    context, prompt = teacher_prompt(r, cfg.data, tok)
+    assert r["question"] in prompt and context in prompt and prompt.rstrip().endswith("Rationale:")
+    assert len(tok(context, add_special_tokens=False)["input_ids"]) <= cfg.data.context_max_tokens
+    unlimited, _ = teacher_prompt(r, cfg.data, None)
+    assert len(unlimited) > len(context)  # the shipped contexts exceed the tiny budget
+
+
+def test_api_teacher_has_no_tokenizer():
+    assert teacher_tokenizer(ModelSpec("gpt-x", backend="openai", base_url="http://127.0.0.1:1/v1")) is None
+
+
+def test_manifest_changes_with_the_teacher_not_with_the_pool(cfg):
+    base = teacher_manifest(cfg)
+    assert teacher_manifest(cfg.replace(rationales=RationalesConfig(num_actors=7, samples_per_question=2))) == base
+    assert teacher_manifest(cfg.replace(large=ModelSpec("tiny:causal-large"))) != base
+
+
+# -- generation with the real tiny teacher --------------------------------------------------
+@pytest.fixture(scope="module")
+def teacher(cfg):
+    import torch
+
+    from lmcot.generation import make_generator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from more, and loses a lot on a busy machine
+    yield make_generator(cfg.large, cfg.generation)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_generate_rows_one_row_per_missing_sample(cfg, examples, teacher, k):
+    cfg = load_config("tiny", [f"rationales.samples_per_question={k}", "generation.rationale_max_new_tokens=6"])
+    hotpot = examples["hotpotqa"][:2]
+    rows = question_rows(hotpot, "hotpotqa", k, done={("hotpotqa", hotpot[0].id, 0)})
+    out = generate_rows(teacher, rows, cfg, teacher.tokenizer, teacher="tiny:t5-large")
+    keys = [(r["dataset"], r["id"], r["sample"]) for r in out]
+    assert sorted(keys) == sorted(expected_keys(hotpot, "hotpotqa", k) - {("hotpotqa", hotpot[0].id, 0)})
+    assert rows_to_table(out).schema == SCHEMA
+    for r in out:
+        assert r["gold_answer"] == next(ex.answer for ex in hotpot if ex.id == r["id"])
+        assert r["prompt_tokens"] > 0 and 0 < r["completion_tokens"] <= 6
+        # The random tiny teacher states no answer: judged, never a crash.
+        assert r["kept"] is False and r["reason"] in ("no_answer", "empty_output", "wrong_answer")
+    if k == 1:  # greedy: the same prompt gives the same text
+        again = generate_rows(teacher, rows, cfg, teacher.tokenizer)
+        assert [r["output"] for r in again] == [r["output"] for r in out]
+
+
+# -- the shard store --------------------------------------------------------------------------
+def test_store_writes_whole_shards_and_never_a_key_twice(tmp_path):
+    with ShardStore(tmp_path, shard_rows=3) as store:
+        assert store.add([row(id=f"q{i}") for i in range(5)]) == 5
+        assert len(shard_paths(tmp_path)) == 1  # 3 rows flushed, 2 buffered
+        assert store.add([row(id="q0"), row(id="q4"), row(id="q4", sample=1), row(id="q4", sample=1)]) == 1
+        store.flush()
+        assert store.new_rows == 6 and store.new_shards == 2
+    assert read_keys(tmp_path) == {("hotpotqa", f"q{i}", 0) for i in range(5)} | {("hotpotqa", "q4", 1)}
+    assert read_rationales(tmp_path).num_rows == 6
+    with ShardStore(tmp_path, shard_rows=3) as store:  # a rerun: what is on disk is never written again
+        assert store.add([row(id=f"q{i}") for i in range(5)]) == 0
+        store.flush()
+        assert store.new_rows == 0
+    assert [p.name for p in shard_paths(tmp_path)] == ["part-000000.parquet", "part-000001.parquet"]
+
+
+def test_store_ignores_and_removes_a_killed_runs_temporary_shard(tmp_path):
+    with ShardStore(tmp_path, shard_rows=2) as store:
+        store.add([row(id="a"), row(id="b")])
+    (tmp_path / ".part-000001.parquet.tmp").write_bytes(b"PAR1 half a file")
+    assert read_keys(tmp_path) == {("hotpotqa", "a", 0), ("hotpotqa", "b", 0)}
+    with ShardStore(tmp_path, shard_rows=2) as store:
+        assert not list(tmp_path.glob(".*.tmp"))
+        assert next_shard_index(tmp_path) == 1
+        store.add([row(id="c")])
+        store.flush()
+    assert [p.name for p in shard_paths(tmp_path)] == ["part-000000.parquet", "part-000001.parquet"]
+
+
+def test_store_shards_have_the_schema(tmp_path):
+    with ShardStore(tmp_path, shard_rows=10) as store:
+        store.add([row(), row(id="q2", kept=False, reason="no_answer", teacher_answer="")])
+        store.flush()
+    assert pq.read_schema(shard_paths(tmp_path)[0]).remove_metadata() == SCHEMA
+
+
+def test_one_writer_at_a_time(tmp_path):
+    with ShardStore(tmp_path):
+        with pytest.raises(RuntimeError, match="another generate-rationales run"):
+            with ShardStore(tmp_path):
+                pass
+    with ShardStore(tmp_path):  # released on exit (and by the OS when a run is killed)
+        pass
+
+
+def test_manifest_refuses_mixing_teachers(cfg, tmp_path):
+    with ShardStore(tmp_path, shard_rows=1) as store:
+        store.check_manifest(teacher_manifest(cfg))
+        store.add([row()])
+    with ShardStore(tmp_path) as store:
+        store.check_manifest(teacher_manifest(cfg))  # same teacher: resumes
+        with pytest.raises(ValueError, match="teacher.*--run-dir"):
+            store.check_manifest(teacher_manifest(cfg.replace(large=ModelSpec("tiny:causal-large"))))
+
+
+def test_summarize_counts_rows_kept_reasons_and_tokens(tmp_path):
+    with ShardStore(tmp_path, shard_rows=2) as store:
+        store.add([row(id="a"), row(id="b", kept=False, reason="no_answer", em=0.0, f1=0.0),
+                   row(dataset="2wiki", id="c", kept=False, reason="wrong_answer", em=0.0, f1=0.5)])
+        store.flush()
+    s = summarize(Path(tmp_path))
+    assert (s["rows"], s["kept"], s["reasons"]) == (3, 1, {"no_answer": 1, "wrong_answer": 1})
+    assert s["kept_ratio"] == pytest.approx(1 / 3) and s["completion_tokens"] == 9 and s["prompt_tokens"] == 15
+    assert s["datasets"]["2wiki"]["rows"] == 1 and s["datasets"]["hotpotqa"]["kept_ratio"] == 0.5
+    assert summarize(tmp_path / "missing")["rows"] == 0
