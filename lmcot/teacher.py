@@ -30,7 +30,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,9 +38,11 @@ import pyarrow.parquet as pq
 from lmcot.config import Config, DataConfig, ModelSpec, RationalesConfig
 from lmcot.context import build_context
 from lmcot.data import Example, parse_records, to_official_json
-from lmcot.generation import Generator
 from lmcot.metrics import answer_metrics
 from lmcot.prompts import split_rationale, teacher_rationale_prompt
+
+if TYPE_CHECKING:
+    from lmcot.generation import Generator
 
 log = logging.getLogger(__name__)
 

@@ -217,3 +217,14 @@ def test_summarize_counts_rows_kept_reasons_and_tokens(tmp_path):
     assert s["kept_ratio"] == pytest.approx(1 / 3) and s["completion_tokens"] == 9 and s["prompt_tokens"] == 15
     assert s["datasets"]["2wiki"]["rows"] == 1 and s["datasets"]["hotpotqa"]["kept_ratio"] == 0.5
     assert summarize(tmp_path / "missing")["rows"] == 0
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error():
+    import importlib.util
+
+    from lmcot.generation import make_generator
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; the GPU tests cover it")
+    with pytest.raises(ImportError, match="backend=vllm needs vLLM.*backend: hf"):
+        make_generator(ModelSpec("tiny:causal-large", backend="vllm"))
