@@ -452,17 +452,29 @@ def build_app(args: AppArgs):
     return graph(cfg)
 
 
-def run(cfg: Config, run_dir=None) -> dict:
-    """Deploy the graph on the current Ray cluster (``RAY_ADDRESS`` or a local one) and return its URLs.
+def run(cfg: Config, run_dir=None, block: bool | None = None) -> dict:
+    """Deploy the graph on the current Ray cluster and return its URLs.
 
-    On a cluster the application outlives this call; on a local cluster started here it
-    lives as long as this process.
+    With ``RAY_ADDRESS`` set the application is deployed to that cluster and outlives
+    this call. Without it a local cluster is started here, Serve listens on
+    127.0.0.1:8000, and (``block`` defaults to True then) the call serves until Ctrl-C.
     """
     from lmcot.stages.cluster import ensure_ray
 
     _auth_token(cfg)
+    remote = bool(os.environ.get("RAY_ADDRESS"))
     ensure_ray()
+    if not remote:
+        serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     serve.run(graph(cfg), name="lmcot", route_prefix="/")
     url = "http://127.0.0.1:8000"
-    return {"app": "lmcot", "answer_url": f"{url}/v1/answer", "openai_base_url": f"{url}{OPENAI_PREFIX}",
-            "models": {"small": cfg.small.name_or_path, "large": cfg.large.name_or_path}}
+    summary = {"app": "lmcot", "answer_url": f"{url}/v1/answer", "openai_base_url": f"{url}{OPENAI_PREFIX}",
+               "models": {"small": cfg.small.name_or_path, "large": cfg.large.name_or_path}}
+    if block if block is not None else not remote:
+        log.warning("serving %s until Ctrl-C", summary)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return summary

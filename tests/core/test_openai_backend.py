@@ -7,7 +7,6 @@ lmcot's own Serve ``Answerer`` is tested in ``tests/stages/test_serve.py``.
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 import socket
@@ -17,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lmcot import openai_backend
 from lmcot.config import ModelSpec
 from lmcot.openai_backend import OpenAIError, OpenAIGenerator, yes_probability
 
@@ -87,10 +85,6 @@ def make(url, **kw):
     spec_kw = {k: kw.pop(k) for k in ("api_key_env", "max_concurrency") if k in kw}
     spec = ModelSpec("served-model", backend="openai", base_url=url, **spec_kw)
     return OpenAIGenerator(spec, backoff_s=kw.pop("backoff_s", 0.01), max_backoff_s=0.2, **kw)
-
-
-def test_doctests():
-    assert doctest.testmod(openai_backend).failed == 0
 
 
 def test_generate_sends_sampling_fields_and_reports_usage(monkeypatch):

@@ -7,6 +7,7 @@ fractions so both fit on 2 CPUs, and Serve is shut down at the end of the module
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import socket
@@ -22,6 +23,8 @@ from lmcot import prompts
 from lmcot.config import ConfigError, ModelSpec
 from lmcot.generation import HFGenerator
 from lmcot.openai_backend import OpenAIError, OpenAIGenerator
+from lmcot.stages import serve as serve_module
+from lmcot.stages import serve_http
 from lmcot.stages.serve import AppArgs, Ingress, build_app, config_from_args
 
 pytestmark = pytest.mark.ray
@@ -62,7 +65,12 @@ def served(ray_cluster):
     serve.shutdown()
 
 
-# -- builder and config files (no cluster) ---------------------------------------------------------
+# -- builder, config files and pure helpers (no cluster) ---------------------------------------------
+@pytest.mark.parametrize("module", [serve_module, serve_http])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
 @pytest.mark.parametrize("name", ["lmcot.cpu.yaml", "lmcot.gpu.yaml"])
 def test_serve_config_files_parse_into_the_config(name):
     doc = yaml.safe_load((ROOT / "serve_configs" / name).read_text())

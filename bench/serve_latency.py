@@ -1,0 +1,217 @@
+"""Serve latency benchmark: batching gain, HTTP overhead and a loopback load, printed as ratios.
+
+Runs the real graph (``lmcot.stages.serve``) on a local Ray cluster with the tiny models,
+sized so one model call costs about ``--call-ms`` of compute, and measures side by side
+in one run (calls interleaved, so a busy machine slows both sides alike):
+
+(a) one request with k=5 (5 rationales in one sampled call, 5 answers in one batched call)
+    against 5 sequential k=1 requests; goal: >= 3x.
+(b) p50 of an lm_guided k=1 request over HTTP against the same flow in-process
+    (``lmcot.method.run_method`` on the same models, one torch thread like a replica);
+    goal: <= 1.10x.
+(c) ``--clients`` concurrent clients for ``--seconds`` on 127.0.0.1: throughput, p50, p99,
+    errors; goal: 0 errors.
+
+    python bench/serve_latency.py                       # the full run (~3 min on 2 CPUs)
+    python bench/serve_latency.py --clients 8 --seconds 10 --repeats 5   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LMCOT_TINY_DIR", str(ROOT / "artifacts" / "tiny-models"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from lmcot import prompts  # noqa: E402
+from lmcot.config import ModelSpec  # noqa: E402
+from lmcot.data import load_split  # noqa: E402
+from lmcot.generation import HFGenerator  # noqa: E402
+from lmcot.method import Question, run_method  # noqa: E402
+from lmcot.stages.serve import config_from_args, graph  # noqa: E402
+from lmcot.stages.serve_http import context_text  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def time_call(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def calibrate(gen: HFGenerator, prompt: str, target_s: float) -> tuple[int, float]:
+    """max_new_tokens so that one greedy call on ``prompt`` takes about ``target_s``.
+
+    A call costs a fixed part (encoding the prompt) plus a part per new token: both are
+    measured (medians of 3 at 4 and 64 tokens) and solved for the target.
+    """
+    def measure(tokens: int) -> float:
+        gen.generate([prompt], max_new_tokens=tokens)  # warm
+        return statistics.median(time_call(lambda: gen.generate([prompt], max_new_tokens=tokens)) for _ in range(3))
+
+    lo, hi = 4, 64
+    t_lo, t_hi = measure(lo), measure(hi)
+    per_token = max((t_hi - t_lo) / (hi - lo), 1e-4)
+    tokens = max(1, min(512, round(lo + (target_s - t_lo) / per_token)))
+    return tokens, measure(tokens)
+
+
+async def load(url: str, body: dict, clients: int, seconds: float, timeout_s: float) -> dict:
+    """``clients`` closed-loop clients for ``seconds``: latencies of successes, count of errors."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+        async def worker():
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, json=body)
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                        continue
+                    key = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                errors[key] = errors.get(key, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"requests": len(latencies), "errors": errors, "wall_s": wall, "latencies": latencies}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--call-ms", type=float, default=200.0, help="target model compute per call (b)")
+    p.add_argument("--repeats", type=int, default=10, help="interleaved repeats for (a); 3x that for (b)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients for (c)")
+    p.add_argument("--seconds", type=float, default=60.0, help="duration of (c)")
+    p.add_argument("--load-k", type=int, default=3, help="self-consistency k of the (c) requests")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(1)  # a replica with a fractional CPU runs torch on one thread
+    base = config_from_args({"config": "tiny"})
+    example = load_split(base.data.datasets[0], "dev")[0]
+    official = [[par.title, list(par.sentences)] for par in example.paragraphs]
+
+    print(f"loading tiny models; calibrating one call to ~{args.call_ms:.0f} ms (1 torch thread)...", flush=True)
+    small, large = HFGenerator(base.small), HFGenerator(base.large)
+    context = context_text(official, large.tokenizer, base.data.context_max_tokens)
+    small_tokens, small_s = calibrate(small, prompts.small_rationale_prompt(example.question, context), args.call_ms / 1000)
+    rationale = small.generate([prompts.small_rationale_prompt(example.question, context)], max_new_tokens=small_tokens)[0].texts[0]
+    large_tokens, large_s = calibrate(
+        large, prompts.answer_from_rationale_prompt(example.question, context, rationale), args.call_ms / 1000)
+    print(f"  small LM: {small_tokens} new tokens = {1000 * small_s:.0f} ms; "
+          f"large LM: {large_tokens} new tokens = {1000 * large_s:.0f} ms", flush=True)
+
+    app_args = {
+        "config": "tiny",
+        "generation": {"rationale_max_new_tokens": small_tokens, "answer_max_new_tokens": large_tokens},
+        "serve": {"max_k": 8, "request_timeout_s": 120.0,
+                  "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 128},
+                  "rationalizer": {"num_cpus": 0.25, "max_ongoing_requests": 64, "max_batch_size": 16},
+                  "answerer": {"num_cpus": 0.25, "max_ongoing_requests": 64, "max_batch_size": 32}},
+    }
+    cfg = config_from_args(app_args)
+    gen = cfg.generation
+
+    import ray
+    from ray import serve
+
+    from lmcot.stages.cluster import ensure_ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ensure_ray(num_cpus=2)
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
+    serve.run(graph(cfg), name="lmcot", route_prefix="/", logging_config=quiet)
+    url = f"http://127.0.0.1:{port}/v1/answer"
+    request = {"question": example.question, "context": official, "method": "lm_guided"}
+    results: dict = {"small_tokens": small_tokens, "large_tokens": large_tokens,
+                     "small_call_ms": 1000 * small_s, "large_call_ms": 1000 * large_s}
+    try:
+        with httpx.Client(timeout=120) as client:
+            def post(k: int) -> dict:
+                r = client.post(url, json={**request, "k": k})
+                r.raise_for_status()
+                return r.json()
+
+            for _ in range(3):
+                post(1), post(5)  # warm every path
+
+            # (a) one k=5 request vs 5 sequential k=1 requests, interleaved
+            batched, sequential = [], []
+            for _ in range(args.repeats):
+                batched.append(time_call(lambda: post(5)))
+                sequential.append(time_call(lambda: [post(1) for _ in range(5)]))
+            a = statistics.median(sequential) / statistics.median(batched)
+            results["a"] = {"k5_batched_ms": 1000 * statistics.median(batched),
+                            "5x_k1_sequential_ms": 1000 * statistics.median(sequential), "speedup": a}
+
+            # (b) HTTP graph vs the same flow in-process, interleaved
+            def in_process_flow():  # what the ingress does: fit the context, then the core method
+                q = Question("bench", example.question,
+                             context_text(official, large.tokenizer, cfg.data.context_max_tokens))
+                return run_method("lm_guided", [q], small=small, large=large, gen=gen, k=1)
+
+            over_http, in_process = [], []
+            for _ in range(3 * args.repeats):
+                over_http.append(time_call(lambda: post(1)))
+                in_process.append(time_call(in_process_flow))
+            b = statistics.median(over_http) / statistics.median(in_process)
+            results["b"] = {"http_p50_ms": 1000 * statistics.median(over_http),
+                            "in_process_p50_ms": 1000 * statistics.median(in_process), "ratio": b}
+
+        # (c) bounded loopback load
+        print(f"load: {args.clients} clients x {args.seconds:.0f} s, lm_guided k={args.load_k}...", flush=True)
+        c = asyncio.run(load(url, {**request, "k": args.load_k}, args.clients, args.seconds, timeout_s=120))
+        lat = c.pop("latencies")
+        results["c"] = {**c, "clients": args.clients, "k": args.load_k,
+                        "throughput_rps": c["requests"] / c["wall_s"],
+                        "p50_ms": 1000 * pct(lat, 0.5) if lat else None, "p99_ms": 1000 * pct(lat, 0.99) if lat else None}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    a, b, c = results["a"], results["b"], results["c"]
+    print("\n| measurement | value | goal |")
+    print("|---|---|---|")
+    print(f"| (a) 5 sequential k=1 / one k=5 request | {a['5x_k1_sequential_ms']:.0f} ms / {a['k5_batched_ms']:.0f} ms "
+          f"= **{a['speedup']:.2f}x** | >= 3x |")
+    print(f"| (b) HTTP graph p50 / in-process p50 (lm_guided k=1) | {b['http_p50_ms']:.0f} ms / "
+          f"{b['in_process_p50_ms']:.0f} ms = **{b['ratio']:.3f}x** | <= 1.10x |")
+    errors = sum(c["errors"].values())
+    print(f"| (c) {c['clients']} clients x {c['wall_s']:.0f} s, k={c['k']} | {c['throughput_rps']:.2f} req/s, "
+          f"p50 {c['p50_ms']:.0f} ms, p99 {c['p99_ms']:.0f} ms, {c['requests']} ok, **{errors} errors** "
+          f"{c['errors'] or ''} | 0 errors |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
