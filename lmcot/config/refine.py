@@ -72,6 +72,16 @@ class RefineConfig:
     judge_timeout_s: float = 600.0
     """A reward call that takes longer fails the step (the run then resumes from its checkpoint)."""
 
+    def resources(self) -> dict[str, float]:
+        """CPUs and GPUs one refinement run holds: its training workers plus its judge actors.
+
+        >>> RefineConfig(judge_num_actors=2, judge_num_cpus=0.5).resources()
+        {'CPU': 3.0, 'GPU': 0.0}
+        """
+        s = self.scaling
+        return {"CPU": s.num_workers * s.cpus_per_worker + self.judge_num_actors * self.judge_num_cpus,
+                "GPU": float(s.num_workers if s.use_gpu else 0) + self.judge_num_actors * self.judge_num_gpus}
+
     def __post_init__(self):
         for name, value, valid in (
             ("algorithm", self.algorithm, ALGORITHMS),

@@ -1,0 +1,229 @@
+"""A compact GRPO / RLOO loop for encoder-decoder small LMs (T5), which TRL cannot train.
+
+One step: sample ``k`` rationales per prompt from the policy, score them with the
+lmcot rewards (one batched large-LM call per reward kind), turn the rewards into
+group-relative advantages, and take ``num_iterations`` clipped policy-gradient
+updates with a k3 KL penalty to the frozen reference (the distilled model). The
+algorithm itself is the pure tensor code of :mod:`lmcot.rl`; this module only
+schedules it.
+
+The optimiser is behind an *engine*: anything with ``module``, ``__call__``
+(forward), ``backward(loss)`` and ``step()``. The Ray Train stage passes the
+DeepSpeed engine (ZeRO-2 by default); tests and single-process runs pass
+:class:`PlainEngine`. Nothing here imports Ray or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from lmcot import rl
+from lmcot.config import RefineConfig
+
+# (prompts, completions, columns) -> (total reward per completion, {component: rewards})
+RewardFn = Callable[[list, list, dict], tuple[list, dict]]
+
+
+class Engine(Protocol):
+    """The slice of a DeepSpeed engine the loop uses."""
+
+    module: torch.nn.Module
+
+    def __call__(self, **inputs): ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None: ...
+
+
+class PlainEngine:
+    """A model and a torch AdamW optimiser behind the DeepSpeed engine's calling shape."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, max_grad_norm: float = 1.0):
+        self.module = model
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                           weight_decay=0.0)
+        self.max_grad_norm = max_grad_norm
+
+    def __call__(self, **inputs):
+        return self.module(**inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class Rollouts:
+    """``k`` sampled completions per prompt, grouped by prompt, ready for a forward pass."""
+
+    input_ids: torch.Tensor  # [N, S] encoder ids, each prompt repeated k times
+    attention_mask: torch.Tensor  # [N, S]
+    decoder_input_ids: torch.Tensor  # [N, T] start token + completion[:-1]
+    labels: torch.Tensor  # [N, T] the sampled tokens
+    mask: torch.Tensor  # [N, T] 1 up to and including the first eos
+    texts: list[str]
+
+
+def batch_indices(n_rows: int, step: int, per_rank: int, rank: int = 0, world_size: int = 1,
+                  seed: int = 0) -> list[int]:
+    """Row indices of one rank at one step: epochs of seeded shuffles, ranks take disjoint slices.
+
+    A pure function of (step, rank), so a resumed run draws exactly the batches it would have.
+
+    >>> batch_indices(4, 0, 2, rank=0, world_size=2) + batch_indices(4, 0, 2, rank=1, world_size=2)
+    [2, 0, 1, 3]
+    >>> sorted(batch_indices(4, 0, 2, 0, 2) + batch_indices(4, 0, 2, 1, 2)) == [0, 1, 2, 3]
+    True
+    """
+    if n_rows < 1:
+        raise ValueError("no training rows to draw from")
+    out = []
+    for j in range(per_rank):
+        position = (step * world_size + rank) * per_rank + j
+        epoch, offset = divmod(position, n_rows)
+        order = list(range(n_rows))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+@torch.no_grad()
+def sample_rollouts(model, tokenizer, prompts: Sequence[str], k: int, *, max_new_tokens: int,
+                    temperature: float = 1.0, top_p: float = 1.0, max_prompt_tokens: int = 512) -> Rollouts:
+    """Sample ``k`` completions per prompt (rows grouped by prompt) from an encoder-decoder model."""
+    device = next(model.parameters()).device
+    enc = tokenizer(list(prompts), padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt")
+    enc = {key: v.to(device) for key, v in enc.items()}
+    was_training = model.training
+    model.eval()
+    out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                         max_new_tokens=max_new_tokens, num_return_sequences=k,
+                         pad_token_id=tokenizer.pad_token_id)
+    model.train(was_training)
+    labels = out[:, 1:]
+    mask = rl.completion_mask(labels, tokenizer.eos_token_id)
+    labels = labels.masked_fill(mask == 0, tokenizer.pad_token_id)
+    return Rollouts(
+        input_ids=enc["input_ids"].repeat_interleave(k, dim=0),
+        attention_mask=enc["attention_mask"].repeat_interleave(k, dim=0),
+        decoder_input_ids=out[:, :-1],  # generate pads after eos, so no eos is ever fed back
+        labels=labels,
+        mask=mask,
+        texts=[t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)],
+    )
+
+
+def rollout_logps(forward, r: Rollouts, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs ``[N, T]`` of the sampled tokens under ``forward`` (a model or an engine).
+
+    Logits are divided by the sampling temperature, so the ratio compares the distributions
+    the samples were drawn from.
+    """
+    out = forward(input_ids=r.input_ids, attention_mask=r.attention_mask, decoder_input_ids=r.decoder_input_ids,
+                  use_cache=False)
+    return rl.seq2seq_token_logps(out.logits / temperature, r.labels)
+
+
+def grpo_step(engine: Engine, tokenizer, batch: Sequence[dict], *, reward_fn: RewardFn, cfg: RefineConfig,
+              max_new_tokens: int, ref_model=None, max_prompt_tokens: int = 512) -> dict:
+    """One RL step on a batch of rows (``prompt`` plus the reward columns); returns its metrics."""
+    start = time.perf_counter()
+    k = cfg.num_generations
+    model = engine.module
+    model.eval()  # no dropout: sampling and scoring see the same policy, so the first ratio is exactly 1
+    prompts = [row["prompt"] for row in batch]
+    r = sample_rollouts(model, tokenizer, prompts, k, max_new_tokens=max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, max_prompt_tokens=max_prompt_tokens)
+    sampled = time.perf_counter()
+
+    columns = {key: [row[key] for row in batch for _ in range(k)] for key in batch[0] if key != "prompt"}
+    total, components = reward_fn([p for p in prompts for _ in range(k)], r.texts, columns)
+    rewarded = time.perf_counter()
+    rewards = torch.tensor(total, dtype=torch.float32)
+    advantages = rl.group_advantages(rewards, k, cfg.algorithm, cfg.scale_rewards).to(r.labels.device)
+
+    with torch.no_grad():
+        old_logps = rollout_logps(model, r, cfg.temperature) if cfg.num_iterations > 1 else None
+        ref_logps = rollout_logps(ref_model, r, cfg.temperature) if ref_model is not None else None
+    for _ in range(cfg.num_iterations):
+        logps = rollout_logps(engine, r, cfg.temperature)
+        loss, stats = rl.grpo_loss(
+            logps, old_logps if old_logps is not None else logps.detach(), advantages, r.mask,
+            ref_logps=ref_logps, beta=cfg.beta, epsilon=cfg.epsilon, loss_type=cfg.loss_type,
+        )
+        engine.backward(loss)
+        engine.step()
+    end = time.perf_counter()
+
+    grouped = rewards.view(-1, k)
+    metrics = {f"reward/{name}": sum(v) / len(v) for name, v in components.items()}
+    metrics.update(
+        reward=rewards.mean().item(),
+        reward_std=grouped.std(dim=1).mean().item(),
+        frac_reward_zero_std=(grouped.std(dim=1) < 1e-6).float().mean().item(),
+        loss=loss.item(),
+        **stats,
+        completion_tokens=r.mask.sum(dim=1).float().mean().item(),
+        rollouts=len(r.texts),
+        step_seconds=end - start,
+        sample_seconds=sampled - start,
+        reward_seconds=rewarded - sampled,
+    )
+    return metrics
+
+
+def mean_across_ranks(metrics: dict) -> dict:
+    """Average numeric metrics over the ranks of an initialised ``torch.distributed`` group
+    (sums for ``rollouts``; maxima for times, since the slowest rank sets the pace)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return dict(metrics)
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+    world = torch.distributed.get_world_size()
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    summed, maxed = values.clone(), values.clone()
+    torch.distributed.all_reduce(summed)
+    torch.distributed.all_reduce(maxed, op=torch.distributed.ReduceOp.MAX)
+    out = dict(metrics)
+    for i, key in enumerate(keys):
+        if key == "rollouts":
+            out[key] = int(summed[i].item())
+        elif key.endswith("_seconds"):
+            out[key] = maxed[i].item()
+        else:
+            out[key] = summed[i].item() / world
+    return out
+
+
+def train(engine: Engine, tokenizer, rows: Sequence[dict], *, reward_fn: RewardFn, cfg: RefineConfig,
+          max_new_tokens: int, ref_model=None, start_step: int = 0, seed: int = 0, rank: int = 0,
+          world_size: int = 1, max_prompt_tokens: int = 512,
+          on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Steps ``start_step+1 .. cfg.max_steps``; ``on_step(step, metrics)`` after each (logging, checkpoints).
+
+    Metrics are averaged over ranks when ``torch.distributed`` is initialised, and carry
+    ``rollouts_per_s`` and ``reward_share`` (share of the step spent computing rewards).
+    """
+    history = []
+    for step in range(start_step, cfg.max_steps):
+        torch.manual_seed(seed * 1_000_003 + step * world_size + rank)
+        batch = [rows[i] for i in batch_indices(len(rows), step, cfg.prompts_per_step, rank, world_size, seed)]
+        metrics = mean_across_ranks(grpo_step(engine, tokenizer, batch, reward_fn=reward_fn, cfg=cfg,
+                                              max_new_tokens=max_new_tokens, ref_model=ref_model,
+                                              max_prompt_tokens=max_prompt_tokens))
+        metrics["step"] = step + 1
+        metrics["rollouts_per_s"] = metrics["rollouts"] / max(metrics["step_seconds"], 1e-9)
+        metrics["reward_share"] = metrics["reward_seconds"] / max(metrics["step_seconds"], 1e-9)
+        history.append(metrics)
+        if on_step is not None:
+            on_step(step + 1, metrics)
+    return history
