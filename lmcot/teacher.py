@@ -231,6 +231,8 @@ class ShardStore:
 
     root: Path
     shard_rows: int = 512
+    expected: int = 0
+    """Rows a complete run holds, for the progress line logged per shard (0: unknown)."""
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -309,7 +311,8 @@ class ShardStore:
         self.written.update((r["dataset"], r["id"], int(r["sample"])) for r in rows)
         self.new_rows += len(rows)
         self.new_shards += 1
-        log.info("rationales: wrote %s (%d rows, %d written in total)", final.name, len(rows), len(self.written))
+        total = f"{len(self.written)}/{self.expected}" if self.expected else str(len(self.written))
+        log.info("rationales: wrote %s (%d rows; %s rows written)", final.name, len(rows), total)
         return final
 
 

@@ -69,8 +69,9 @@ def build_dataset(cfg: Config, rows: list[dict]) -> ray.data.Dataset:
     # Ray Data already restarts dead actors and retries their tasks without limit; a bound is
     # passed only when asked for (through map_batches' remote args, deprecated after Ray 2.63).
     retries = {} if rc.max_restarts == -1 else {"max_restarts": rc.max_restarts, "max_task_retries": rc.max_restarts}
-    # One block per actor call, so each batch's rows reach the driver (and a shard) as soon as it is done.
-    blocks = max(1, min(-(-len(rows) // rc.batch_size), 10_000))
+    # One block per actor call, so each batch's rows reach the driver (and a shard) as soon as it is
+    # done; at least one block per actor, so a small run still uses the whole pool.
+    blocks = min(len(rows), max(rc.num_actors, min(-(-len(rows) // rc.batch_size), 10_000)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     return ds.map_batches(
         TeacherActor,
@@ -129,7 +130,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     datasets = _load_datasets(cfg)
     teacher_tokenizer(cfg.large)  # a wrong teacher path fails now, not in every actor
     expected = set().union(*(expected_keys(ex, name, rc.samples_per_question) for name, ex, _ in datasets))
-    with ShardStore(run_dir.rationales, rc.shard_rows) as store:
+    with ShardStore(run_dir.rationales, rc.shard_rows, expected=len(expected)) as store:
         store.check_manifest(teacher_manifest(cfg))
         already = len(expected & store.written)
         log.info("rationales: %d rows expected, %d already written", len(expected), already)
@@ -140,9 +141,11 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
             if not rows:
                 break
             ensure_ray()
-            for batch in build_dataset(cfg, rows).iter_batches(batch_size=None, batch_format="pyarrow"):
-                store.add(batch.to_pylist())
-            store.flush()
+            try:
+                for batch in build_dataset(cfg, rows).iter_batches(batch_size=None, batch_format="pyarrow"):
+                    store.add(batch.to_pylist())
+            finally:
+                store.flush()  # rows already generated are kept even when the run fails or is interrupted
         gen_wall = time.time() - gen_started
         missing = expected - store.written
         if missing:
