@@ -12,7 +12,8 @@ milliseconds and the Ray Data stage (``lmcot.stages.rationales``) is only plumbi
   those rows and returns one output row per (question, sample): ``k`` samples come
   from one call with ``n=k`` (sampled at ``generation.temperature``), one sample is greedy.
 - :func:`judge_output` parses and scores one teacher output; an output with no
-  parsable answer is ``kept=False`` with a ``reason``, never an error.
+  parsable answer is ``kept=False`` with a ``reason``, never an error (unless the
+  filter keeps everything: ``filter: f1`` with ``f1_threshold: 0``).
 - :class:`ShardStore` owns ``RUN/rationales/``: it reads the (dataset, id, sample)
   keys already written, writes parquet shards atomically (temporary name, then
   rename), drops any row whose key is already on disk, and takes a lock so two runs
@@ -70,7 +71,9 @@ SCHEMA = pa.schema([
 """Columns of every shard. ``output`` is the teacher's raw text; ``reason`` is empty for kept rows."""
 
 REASONS = ("empty_output", "no_answer", "wrong_answer", "low_f1")
-"""Why a row was not kept: no text at all, no answer cue, EM = 0 (``em`` filter), F1 below threshold."""
+"""What is wrong with a row's answer: no text at all, no answer cue (both set even when
+``f1_threshold: 0`` keeps the row), EM = 0 (``em`` filter), F1 below the threshold. Empty for a
+kept row with an answer."""
 
 SHARD_PREFIX = "part-"
 MANIFEST = "manifest.json"
@@ -129,10 +132,11 @@ def judge_output(text: str, golds: Sequence[str], rc: RationalesConfig) -> dict:
     'no_answer'
     """
     rationale, answer = split_rationale(text or "")
-    if not (text or "").strip():
-        return dict(rationale="", teacher_answer="", em=0.0, f1=0.0, kept=False, reason="empty_output")
     if answer is None:
-        return dict(rationale=rationale, teacher_answer="", em=0.0, f1=0.0, kept=False, reason="no_answer")
+        # No answer scores 0; only ``f1_threshold: 0`` (keep everything) accepts that.
+        keep_all = rc.filter == "f1" and rc.f1_threshold == 0.0
+        reason = "no_answer" if (text or "").strip() else "empty_output"
+        return dict(rationale=rationale, teacher_answer="", em=0.0, f1=0.0, kept=keep_all, reason=reason)
     scores = answer_metrics(answer, list(golds))
     if rc.filter == "em":
         kept, reason = scores["em"] == 1.0, "wrong_answer"

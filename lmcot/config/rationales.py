@@ -16,7 +16,9 @@ class RationalesConfig:
     filter: str = "em"
     """Keep a rationale when the teacher's answer from it is right: ``em`` or ``f1`` >= ``f1_threshold``."""
     f1_threshold: float = 0.5
-    """With ``filter: f1``: the least token F1 of the teacher's answer for a rationale to be kept."""
+    """With ``filter: f1``: the least token F1 of the teacher's answer for a rationale to be kept.
+    0 keeps every rationale, even one stating no answer (plumbing runs with a random teacher);
+    otherwise a rationale with no parsable answer is never kept."""
     num_actors: int = 2
     """Teacher generator actors in the Ray Data pool."""
     cpus_per_actor: float = 1.0

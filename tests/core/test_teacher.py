@@ -50,12 +50,16 @@ def row(dataset="hotpotqa", id="q1", sample=0, **extra) -> dict:
     ("So the answer is:", ["Paris"], RationalesConfig(), (False, "no_answer", 0.0)),
     ("   ", ["Paris"], RationalesConfig(), (False, "empty_output", 0.0)),
     ("", ["Paris"], RationalesConfig(), (False, "empty_output", 0.0)),
+    ("no cue", ["Paris"], RationalesConfig(filter="f1", f1_threshold=0.01), (False, "no_answer", 0.0)),
+    # f1_threshold 0 keeps everything (a random teacher's plumbing run); the reason still says why it is odd.
+    ("no cue", ["Paris"], RationalesConfig(filter="f1", f1_threshold=0.0), (True, "no_answer", 0.0)),
+    ("So the answer is: London", ["Paris"], RationalesConfig(filter="f1", f1_threshold=0.0), (True, "", 0.0)),
 ])
 def test_judge_output_keeps_only_right_answers(text, golds, rc, expect):
     r = judge_output(text, golds, rc)
     assert (r["kept"], r["reason"], r["em"]) == expect
     assert set(r) == {"rationale", "teacher_answer", "em", "f1", "kept", "reason"}
-    if r["reason"] not in ("no_answer", "empty_output"):
+    if r["teacher_answer"]:
         assert r["teacher_answer"] and "answer is" not in r["rationale"]
 
 
@@ -134,7 +138,8 @@ def teacher(cfg):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_generate_rows_one_row_per_missing_sample(cfg, examples, teacher, k):
-    cfg = load_config("tiny", [f"rationales.samples_per_question={k}", "generation.rationale_max_new_tokens=6"])
+    cfg = load_config("tiny", [f"rationales.samples_per_question={k}", "generation.rationale_max_new_tokens=6",
+                               "rationales.filter=em"])
     hotpot = examples["hotpotqa"][:2]
     rows = question_rows(hotpot, "hotpotqa", k, done={("hotpotqa", hotpot[0].id, 0)})
     out = generate_rows(teacher, rows, cfg, teacher.tokenizer, teacher="tiny:t5-large")

@@ -158,7 +158,7 @@ def teacher_actor_pids() -> list[int]:
 def test_killed_actor_is_restarted_and_every_row_written_once(ray_cluster, tmp_path):
     from lmcot.stages import rationales
 
-    cfg = load_config("tiny", overrides(40, 0))
+    cfg = load_config("tiny", overrides(40, 0) + ["rationales.filter=em"])
     run_dir = RunDir(tmp_path / "run")
     killed: list[int] = []
 
@@ -178,6 +178,9 @@ def test_killed_actor_is_restarted_and_every_row_written_once(ray_cluster, tmp_p
     got = written(run_dir.root)
     assert got == expected(cfg) and max(got.values()) == 1
     assert result["rows"] == sum(got.values()) == 80
+    # The random tiny teacher states no answer: under the em filter no row is kept, each says why.
+    table = read_rationales(run_dir.rationales, ["kept", "reason"])
+    assert not any(table["kept"].to_pylist()) and set(table["reason"].to_pylist()) <= {"no_answer", "empty_output"}
 
 
 def test_killed_driver_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path):
@@ -214,9 +217,8 @@ def test_killed_driver_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path)
     again = rationales.run(cfg, run_dir)
     assert again["new_rows"] == 0 and again["rows"] == sum(want.values())
     assert [(p.name, p.stat().st_mtime_ns) for p in shard_paths(run_dir.rationales)] == shards
-    table = read_rationales(run_dir.rationales)
-    # The random tiny teacher never states an answer: every row is judged, none crashes the run.
-    assert set(table["reason"].to_pylist()) <= {"no_answer", "empty_output", "wrong_answer"}
-    assert all(not k for k in table["kept"].to_pylist())
+    # The tiny preset keeps every rationale of its random teacher (f1 >= 0), noting it gave no answer.
+    table = read_rationales(run_dir.rationales, ["kept", "reason"])
+    assert all(table["kept"].to_pylist()) and set(table["reason"].to_pylist()) <= {"no_answer", "empty_output", ""}
     stats = json.loads((run_dir.rationales / "stats.json").read_text())
-    assert stats["rows"] == sum(want.values()) and stats["kept"] == 0 and len(stats["runs"]) == 2
+    assert stats["rows"] == stats["kept"] == sum(want.values()) and len(stats["runs"]) == 2
