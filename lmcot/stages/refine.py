@@ -188,6 +188,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     first, last = history[: max(1, len(history) // 4)], history[-max(1, len(history) // 4):]
     return {"model": str(run_dir.refine_model), "skipped": False, **meta, "steps": len(history),
             "reward_first": _mean(h["reward"] for h in first), "reward_last": _mean(h["reward"] for h in last),
+            "resumed_from_step": (result.metrics or {}).get("resumed_from_step", 0),
             "rollouts_per_s": _mean(h.get("rollouts_per_s", 0.0) for h in history),
             "reward_share": _mean(h.get("reward_share", 0.0) for h in history),
             "judge": judge_stats, "metrics": str(run_dir.refine_metrics), "wall_s": round(time.time() - started, 1)}
@@ -327,6 +328,7 @@ def _train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> N
                            task_metric=rc.task_metric, **columns)
 
     def on_step(step: int, metrics: dict) -> None:
+        metrics["resumed_from_step"] = start
         history.append(metrics)
         if rank == 0:
             append_metrics(metrics_path, metrics)
@@ -347,6 +349,8 @@ def _save_checkpoint(engine, tokenizer, folder: Path, step: int, history: list[d
     import ray.train
     import torch.distributed as dist
 
+    from lmcot.stages.train_common import _maybe_chaos_exit
+
     ctx = ray.train.get_context()
     engine.save_checkpoint(str(folder / "deepspeed"), tag=f"global_step{step}")
     if ctx.get_world_rank() == 0:
@@ -356,9 +360,12 @@ def _save_checkpoint(engine, tokenizer, folder: Path, step: int, history: list[d
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if ctx.get_local_rank() == 0 else None
-    ray.train.report({"step": step, "reward": history[-1]["reward"] if history else 0.0}, checkpoint=checkpoint,
+    latest = history[-1] if history else {}
+    ray.train.report({"step": step, "reward": latest.get("reward", 0.0),
+                      "resumed_from_step": latest.get("resumed_from_step", 0)}, checkpoint=checkpoint,
                      checkpoint_dir_name=f"checkpoint-{step:06d}",
                      delete_local_checkpoint_after_upload=checkpoint is not None)
+    _maybe_chaos_exit(ctx)  # the failure drill of train_common, inert unless its variable is set
 
 
 def build_causal_trainer(model_path: str, rows: list[dict], rc: RefineConfig, *, common: dict, max_new_tokens: int,
