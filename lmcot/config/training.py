@@ -19,6 +19,8 @@ class ScalingConfig:
     """DeepSpeed ZeRO stage (0-3): 2 shards optimizer state and gradients, 3 also the weights."""
     bf16: bool = False
     """bf16 mixed precision (meant for GPUs; on CPU it is slow but allowed)."""
+    torch_compile: bool = False
+    """``torch.compile`` the model in the HF trainer (GPUs: fuses T5's element-wise work; slow first steps)."""
     max_failures: int = 3
     """Worker failures a run recovers from, each time resuming from the last checkpoint (-1: no limit)."""
     checkpoints_to_keep: int = 2

@@ -1,0 +1,283 @@
+"""Rationale distillation: fine-tune the small LM on the teacher's kept rationales.
+
+``lmcot distill`` / ``jobs/distill.py`` reads the kept rows of ``RUN/rationales/``,
+builds (small-LM rationale prompt -> rationale) pairs (:mod:`lmcot.sft_data`) and
+trains the small LM on them with a Ray Train ``TorchTrainer``: every worker runs a
+Hugging Face trainer with DeepSpeed ZeRO (``distill.scaling.zero_stage``, default 2).
+Checkpoints go to ``RUN/distill/checkpoints/`` every ``distill.save_steps`` steps; a
+dead worker is replaced and training resumes from the last one
+(:mod:`lmcot.stages.train_common`). The final model is exported to
+``RUN/distill/model/`` (safetensors + tokenizer + generation config), the folder
+``lmcot eval --set small.name_or_path=RUN/distill/model`` uses as the small LM.
+
+One training path for both model families. Seq2seq models (T5) use transformers'
+``Seq2SeqTrainer``; causal models use the plain ``Trainer`` on the same data with the
+prompt tokens' labels set to -100, which is exactly completion-only loss (what TRL's
+``SFTTrainer(completion_only_loss=True)`` computes from its completion mask). TRL is
+not used here because its ``SFTTrainer`` fails on encoder-decoder models; a single
+path keeps one collator, one set of arguments and one checkpoint format for both,
+and the labels are unit-tested in :mod:`lmcot.sft_data`.
+
+Everything that can be wrong with the input is checked in the driver before any
+worker starts: no kept rationales, a missing model, a tokenizer that does not match
+the model, more workers than the cluster holds. At each evaluation the validation
+loss is logged together with the greedy rationales of a few validation prompts; the
+training loss is printed every ``distill.logging_steps`` steps.
+
+A run is named by a fingerprint of the model, the distill settings and the pairs:
+rerunning with the same inputs resumes the same Ray Train run (or returns at once when
+its model is already exported); changing any of them starts a new run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+from transformers import TrainerCallback
+
+from lmcot.config import Config, to_dict
+from lmcot.rundir import RunDir, write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_META = "lmcot_model.json"
+
+
+def prepare(cfg: Config, run_dir: RunDir) -> dict:
+    """Everything the workers need, built and checked in the driver (no Ray, no worker started).
+
+    Returns ``{model_path, family, tokenizer, train, val, samples, pairs, fingerprint}``
+    where ``train``/``val`` are :class:`lmcot.sft_data.TokenizedPairs`.
+    """
+    from transformers import AutoConfig
+
+    from lmcot.data import load_split
+    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+    from lmcot.sft_data import (build_pairs, check_tokenizer_vocab, encode_pairs, pairs_fingerprint,
+                                read_kept_rows, rebuild_contexts, rows_needing_context, sample_prompts, split_pairs)
+
+    dc, spec = cfg.distill, cfg.small
+    rows = read_kept_rows(run_dir.rationales)
+    if spec.backend == "openai":
+        raise ValueError("small.backend=openai: the small LM is trained here, so it must be a local or hub "
+                         "model (small.backend: hf)")
+    path = resolve_model_path(spec.name_or_path)
+    family = detect_family(path, spec.family, spec.revision)
+    tokenizer = load_tokenizer(path, family, spec.revision)
+    model_config = AutoConfig.from_pretrained(path, revision=spec.revision or None)
+    check_tokenizer_vocab(tokenizer, model_config.vocab_size, path)
+
+    contexts = {}
+    missing = rows_needing_context(rows)
+    if missing:
+        examples = {(ds.name, ex.id): ex for ds in cfg.data.datasets for ex in load_split(ds, "train")}
+        contexts = rebuild_contexts(missing, examples, mode=cfg.data.context_mode,
+                                    tokenizer=_teacher_tokenizer(cfg), max_tokens=cfg.data.context_max_tokens)
+    pairs = build_pairs(rows, contexts, limit=dc.limit)
+    train_pairs, val_pairs = split_pairs(pairs, dc.eval_fraction, cfg.seed)
+    encode = dict(family=family, max_source_tokens=dc.max_source_tokens, max_target_tokens=dc.max_target_tokens,
+                  chat_template=spec.chat_template)
+    train = encode_pairs(tokenizer, train_pairs, **encode)
+    val = encode_pairs(tokenizer, val_pairs, **encode) if val_pairs else None
+    if train.truncated_sources:
+        log.warning("distill: %d of %d prompts are longer than distill.max_source_tokens=%d and lose their start; "
+                    "the model sees them whole at inference: raise distill.max_source_tokens above the longest "
+                    "prompt (data.context_max_tokens + ~64)", train.truncated_sources, len(train), dc.max_source_tokens)
+    if train.truncated_targets:
+        log.warning("distill: %d of %d rationales are cut to distill.max_target_tokens=%d",
+                    train.truncated_targets, len(train), dc.max_target_tokens)
+    samples = sample_prompts(tokenizer, val_pairs or train_pairs, dc.sample_rationales, family, spec.chat_template)
+    digest = hashlib.sha256(json.dumps(
+        [pairs_fingerprint(pairs), to_dict(spec), to_dict(dc), cfg.seed, len(train_pairs)], sort_keys=True
+    ).encode()).hexdigest()[:12]
+    return dict(model_path=path, family=family, tokenizer=tokenizer, train=train, val=val, samples=samples,
+                pairs=len(pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs), fingerprint=digest,
+                truncated_prompts=train.truncated_sources)
+
+
+def _teacher_tokenizer(cfg: Config):
+    """The large LM's tokenizer: contexts were fitted to its token budget (None for an API teacher)."""
+    if cfg.large.backend == "openai":
+        return None
+    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(cfg.large.name_or_path)
+    return load_tokenizer(path, detect_family(path, cfg.large.family, cfg.large.revision), cfg.large.revision)
+
+
+def _done(run_dir: RunDir, fingerprint: str) -> dict | None:
+    meta = run_dir.distill_model / MODEL_META
+    if meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("fingerprint") == fingerprint:
+            return info
+    return None
+
+
+def run(cfg: Config, run_dir: RunDir) -> dict:
+    """Distill the small LM on kept rationales; returns a summary (model folder, losses, throughput)."""
+    import ray
+
+    from lmcot.stages.cluster import ensure_ray
+    from lmcot.stages.train_common import check_cluster_fits, export_model, fit, read_trainer_state
+
+    dc = cfg.distill
+    prep = prepare(cfg, run_dir)
+    name = f"distill-{prep['fingerprint']}"
+    done = _done(run_dir, prep["fingerprint"])
+    if done is not None:
+        log.info("distill: %s already holds the model of run %s; nothing to do", run_dir.distill_model, name)
+        return {"model": str(run_dir.distill_model), "skipped": True, **done}
+
+    ensure_ray()
+    check_cluster_fits(dc.scaling, "distill")
+    log.info("distill: %d pairs (%d train, %d validation), %s model %s, %d workers, ZeRO-%d -> run %s",
+             prep["pairs"], prep["train_pairs"], prep["val_pairs"], prep["family"], prep["model_path"],
+             dc.scaling.num_workers, dc.scaling.zero_stage, name)
+    data_ref = ray.put({"train": prep["train"], "val": prep["val"], "samples": prep["samples"]})
+    config = {
+        "data": data_ref, "model": cfg.small.name_or_path, "revision": cfg.small.revision,
+        "family": prep["family"], "distill": to_dict(dc), "seed": cfg.seed,
+    }
+    started = time.time()
+    result = fit(train_worker, config, scaling=dc.scaling, storage_path=run_dir.distill_checkpoints, name=name)
+    if result.checkpoint is None:
+        raise RuntimeError(f"distill run {name} finished without a checkpoint; see the worker logs above")
+    state = read_trainer_state(result.checkpoint)
+    metrics = result.metrics or {}
+    meta = {
+        "fingerprint": prep["fingerprint"], "run": name, "base_model": cfg.small.name_or_path,
+        "checkpoint": result.checkpoint.path, "step": state.get("global_step"),
+        "train_pairs": prep["train_pairs"], "val_pairs": prep["val_pairs"],
+        "train_loss": _last(state, "loss"), "eval_loss": _last(state, "eval_loss"),
+        "first_loss": _first(state, "loss"), "resumed_from_step": metrics.get("resumed_from_step"),
+        "truncated_prompts": prep["truncated_prompts"],
+    }
+    export_model(result.checkpoint, run_dir.distill_model, metadata=meta)
+    summary = {"model": str(run_dir.distill_model), "skipped": False, **meta,
+               "samples_per_second": metrics.get("samples_per_second"), "samples": metrics.get("samples", []),
+               "wall_s": round(time.time() - started, 1)}
+    write_json(run_dir.distill / "metrics.json", {**summary, "log_history": state.get("log_history", [])})
+    return summary
+
+
+def _last(state: dict, key: str):
+    values = [e[key] for e in state.get("log_history", []) if key in e]
+    return values[-1] if values else None
+
+
+def _first(state: dict, key: str):
+    values = [e[key] for e in state.get("log_history", []) if key in e]
+    return values[0] if values else None
+
+
+# -- inside each Ray Train worker ----------------------------------------------------------
+def train_worker(config: dict) -> None:
+    """The Ray Train loop of one worker: build the HF trainer, resume if Ray hands a checkpoint, train."""
+    import ray
+    import torch
+
+    from lmcot.config.distill import DistillConfig
+    from lmcot.config.loader import build
+    from lmcot.stages.train_common import RayReportCallback, resume_from
+
+    dc = build(DistillConfig, config["distill"])
+    data = ray.get(config["data"])
+    trainer, sampler = build_trainer(config, dc, data, zero=True)
+    trainer.add_callback(RayReportCallback(extra_metrics=lambda: {"samples": sampler.latest}))
+    torch.manual_seed(config["seed"])
+    with resume_from() as checkpoint:
+        trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
+    """The HF trainer of one worker (``zero=False``: no DeepSpeed, the single-process baseline of the bench)."""
+    import dataclasses
+
+    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, Seq2SeqTrainer,
+                              Seq2SeqTrainingArguments, Trainer)
+
+    from lmcot.models import load_tokenizer, resolve_model_path
+    from lmcot.sft_data import CompletionCollator
+    from lmcot.stages.train_common import hf_training_args
+
+    family = config["family"]
+    path = resolve_model_path(config["model"])
+    tokenizer = load_tokenizer(path, family, config.get("revision", ""))
+    scaling = dc.scaling if zero else dataclasses.replace(dc.scaling, zero_stage=0)
+    common = hf_training_args(scaling, output_dir=config["output_dir"], per_device_batch_size=dc.per_device_batch_size,
+                              gradient_accumulation_steps=dc.gradient_accumulation_steps,
+                              learning_rate=dc.learning_rate, seed=config["seed"])
+    if not zero:
+        common.pop("deepspeed")
+        common["ddp_backend"] = None
+    has_val = data.get("val") is not None and len(data["val"]) > 0
+    args = Seq2SeqTrainingArguments(
+        **common, num_train_epochs=dc.epochs, max_steps=dc.max_steps or -1, warmup_steps=dc.warmup_steps,
+        save_steps=dc.save_steps, logging_steps=dc.logging_steps,
+        eval_strategy="steps" if has_val else "no", eval_steps=dc.eval_steps,
+        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
+    )
+    # After the arguments: with ZeRO-3 in them, from_pretrained partitions the weights as it loads.
+    cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    model = cls.from_pretrained(path, revision=config.get("revision") or None, use_safetensors=True)
+    sampler = RationaleSampler(tokenizer, data.get("samples", []), family=family,
+                               max_new_tokens=dc.max_target_tokens, synced=dc.scaling.zero_stage == 3 and zero)
+    trainer_cls = Seq2SeqTrainer if family == "seq2seq" else Trainer
+    multiple = 8 if dc.scaling.use_gpu else 1
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=data["train"], eval_dataset=data["val"] if has_val else None,
+        data_collator=CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple),
+        processing_class=tokenizer, callbacks=[sampler],
+    )
+    if family == "seq2seq":
+        # T5's forward takes **kwargs but averages its loss itself, ignoring num_items_in_batch; the HF
+        # trainer would then multiply that mean by the number of ranks (loss and gradients N times too
+        # large). Declaring it makes the trainer average per rank and divide by accumulation instead.
+        trainer.model_accepts_loss_kwargs = False
+    return trainer, sampler
+
+
+class RationaleSampler(TrainerCallback):
+    """At each evaluation, greedy rationales for a few validation prompts, logged next to the reference.
+
+    Every rank generates (ZeRO-3 needs all ranks in each forward: ``synced_gpus``); rank 0 logs.
+    ``latest`` holds the last samples for the metrics reported to Ray Train.
+    """
+
+    def __init__(self, tokenizer, samples: list[dict], *, family: str, max_new_tokens: int, synced: bool = False):
+        self.tokenizer, self.samples, self.family = tokenizer, samples, family
+        self.max_new_tokens, self.synced = max_new_tokens, synced
+        self.latest: list[dict] = []
+
+    def generate(self, model) -> list[str]:
+        import torch
+
+        if not self.samples:
+            return []
+        enc = self.tokenizer([s["prompt"] for s in self.samples], return_tensors="pt", padding=True)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                 pad_token_id=self.tokenizer.pad_token_id, synced_gpus=self.synced)
+        if was_training:
+            model.train()
+        out = out[:, enc["input_ids"].shape[1]:] if self.family == "causal" else out[:, 1:]
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if not self.samples or model is None:
+            return
+        texts = self.generate(model)
+        self.latest = [{"id": s["id"], "generated": t, "reference": s["reference"]} for s, t in zip(self.samples, texts)]
+        if state.is_world_process_zero:
+            loss = (metrics or {}).get("eval_loss")
+            lines = [f"distill step {state.global_step}: eval_loss={loss if loss is None else round(loss, 4)}"]
+            lines += [f"  [{s['id']}] generated: {s['generated']!r}\n  [{s['id']}] reference: {s['reference']!r}"
+                      for s in self.latest]
+            print("\n".join(lines), flush=True)

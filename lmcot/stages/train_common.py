@@ -1,0 +1,305 @@
+"""Ray Train plumbing shared by the training stages (distillation and refinement).
+
+Both stages run a Hugging Face trainer (``Seq2SeqTrainer``/``Trainer``, TRL's
+``GRPOTrainer``) inside every worker of a Ray Train ``TorchTrainer``, with DeepSpeed
+ZeRO from ``lmcot.deepspeed_config``. What they share lives here, so the two stages
+checkpoint, resume and export the same way:
+
+- driver side: :func:`check_cluster_fits` (before any worker starts),
+  :func:`ray_scaling_config` / :func:`ray_run_config` (workers, absolute storage path,
+  ``FailureConfig``, ``CheckpointConfig``), :func:`fit` (all of it in one call),
+  :func:`export_model` (the final checkpoint -> a ``save_pretrained`` folder that
+  ``lmcot eval`` loads as a model) and :func:`read_trainer_state`;
+- worker side: :func:`hf_training_args` (the ``TrainingArguments`` keywords every
+  trainer shares: DeepSpeed dict, precision, device, logging), :class:`RayReportCallback`
+  (metrics and a checkpoint to Ray Train at every HF save) and :func:`resume_from`
+  (the HF checkpoint folder a restarted worker group resumes from).
+
+Checkpoint flow. The HF trainer writes ``checkpoint-N/`` (weights, tokenizer,
+``trainer_state.json``, DeepSpeed's per-rank ``global_stepN/`` shards, per-rank RNG
+states) into a node-local ``output_dir`` shared by the workers of a node. At each save
+every rank waits for the others (a barrier), then the node's local rank 0 reports that
+folder to Ray Train, which merges the folders of all nodes into
+``STORAGE/NAME/checkpoint-00000N/`` and deletes the local copy. When a worker dies,
+``FailureConfig(max_failures)`` restarts the group and :func:`resume_from` hands the
+latest merged checkpoint to ``trainer.train(resume_from_checkpoint=...)``, which
+restores weights, optimizer shards, scheduler, RNG and the data position. Rerunning
+a stage with the same ``NAME`` and storage path resumes too (Ray Train keeps a
+snapshot of its checkpoints there), so a killed driver loses no work either.
+
+Failure drill: with ``LMCOT_CHAOS_EXIT_AFTER_CHECKPOINT=/path/marker`` in the
+environment the last rank exits hard (``os._exit``) a few seconds after the first
+checkpoint it reports, once (the marker file records that it happened). The recovery
+tests use it; it is inert otherwise. Note that Ray Train learns of a reported
+checkpoint when it next polls the workers (every 2 s): a worker dying within that
+window costs the checkpoint's registration, and the restart resumes from the one before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import ray
+import ray.train
+from transformers import TrainerCallback
+
+from lmcot.config import ScalingConfig
+from lmcot.deepspeed_config import deepspeed_config
+
+log = logging.getLogger(__name__)
+
+CHAOS_ENV = "LMCOT_CHAOS_EXIT_AFTER_CHECKPOINT"
+"""Environment variable of the failure drill (see the module doc)."""
+
+_FORWARDED_ENV = ("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_")
+
+
+# -- driver side ---------------------------------------------------------------------------
+def check_cluster_fits(scaling: ScalingConfig, section: str) -> None:
+    """Fail before any worker starts when the workers cannot fit the cluster.
+
+    On a local cluster that is an error naming ``<section>.scaling``; on a remote one
+    (``RAY_ADDRESS`` set) only a warning, since an autoscaler may still add nodes.
+    """
+    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    need_gpu = scaling.num_workers if scaling.use_gpu else 0
+    have = ray.cluster_resources()
+    have_cpu, have_gpu = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if have_cpu >= need_cpu and have_gpu >= need_gpu:
+        return
+    msg = (f"{section}.scaling asks for {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPUs"
+           f"{' + 1 GPU' if scaling.use_gpu else ''} but the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
+    if os.environ.get("RAY_ADDRESS"):
+        log.warning("%s; waiting for the cluster to grow", msg)
+        return
+    raise ValueError(f"{msg}: lower {section}.scaling.num_workers / cpus_per_worker"
+                     f"{' or set use_gpu: false' if need_gpu and not have_gpu else ''}")
+
+
+def ray_scaling_config(scaling: ScalingConfig) -> ray.train.ScalingConfig:
+    """Ray Train workers of an lmcot ``ScalingConfig`` (one GPU each when ``use_gpu``)."""
+    return ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                   resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                                         **({"GPU": 1} if scaling.use_gpu else {})})
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's lmcot/HF/DeepSpeed environment variables, handed to every training worker."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
+
+
+def ray_run_config(scaling: ScalingConfig, storage_path: str | os.PathLike, name: str) -> ray.train.RunConfig:
+    """Storage (absolute path), failure recovery and checkpoint retention of one training run."""
+    storage = Path(storage_path)
+    if not storage.is_absolute():
+        raise ValueError(f"checkpoint storage {storage} must be an absolute path (Ray Train needs one)")
+    storage.mkdir(parents=True, exist_ok=True)
+    return ray.train.RunConfig(
+        name=name, storage_path=str(storage),
+        failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=scaling.checkpoints_to_keep),
+        # Ray Train's print patch would echo every worker line twice (logger + stdout).
+        worker_runtime_env={"env_vars": {**forwarded_env(), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+    )
+
+
+def fit(train_loop: Callable[[dict], None], config: dict, *, scaling: ScalingConfig,
+        storage_path: str | os.PathLike, name: str) -> ray.train.Result:
+    """Run ``train_loop(config)`` on every worker of a ``TorchTrainer``; returns the Ray Train result.
+
+    ``config`` should carry large data as object refs (``ray.put``), not inline.
+    ``config["output_dir"]`` is set to the node-local folder the HF trainer writes into.
+    """
+    from ray.train.torch import TorchTrainer
+
+    config = dict(config, output_dir=local_output_dir(name))
+    trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=ray_scaling_config(scaling),
+                           run_config=ray_run_config(scaling, storage_path, name))
+    return trainer.fit()
+
+
+def local_output_dir(name: str) -> str:
+    """Node-local scratch folder for the HF trainer's own checkpoints (the same path on every node)."""
+    return str(Path(tempfile.gettempdir()) / "lmcot-train" / name)
+
+
+def hf_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The folder holding ``config.json`` inside a checkpoint: the folder itself or its one sub-folder that has it."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    found = sorted(p.parent for p in path.glob("*/config.json"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"checkpoint {path} holds no single model folder (config.json); found {found}")
+    return found[0]
+
+
+def read_trainer_state(checkpoint: ray.train.Checkpoint) -> dict:
+    """The HF ``trainer_state.json`` of a checkpoint (global step, log history), or {} if absent."""
+    with checkpoint.as_directory() as d:
+        path = hf_checkpoint_dir(d) / "trainer_state.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: str | os.PathLike, *,
+                 tokenizer_source: str | None = None, metadata: dict | None = None) -> Path:
+    """Write the model of ``checkpoint`` to ``out_dir`` as ``save_pretrained`` safetensors + tokenizer.
+
+    The model is loaded back with ``AutoModelForSeq2SeqLM``/``AutoModelForCausalLM`` first,
+    so an export that succeeds is loadable by ``lmcot eval`` (``small.name_or_path: out_dir``).
+    The tokenizer comes from the checkpoint, else from ``tokenizer_source``. ``metadata`` is
+    written to ``out_dir/lmcot_model.json``. The folder is replaced atomically.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lmcot.models import detect_family
+
+    out = Path(out_dir)
+    ctx = checkpoint.as_directory() if isinstance(checkpoint, ray.train.Checkpoint) else contextlib.nullcontext(checkpoint)
+    with ctx as d:
+        src = hf_checkpoint_dir(d)
+        family = detect_family(str(src))
+        cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+        model = cls.from_pretrained(src, trust_remote_code=False)
+        has_tokenizer = any((src / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        if not has_tokenizer and tokenizer_source is None:
+            raise FileNotFoundError(f"checkpoint {src} has no tokenizer: pass tokenizer_source")
+        tokenizer = AutoTokenizer.from_pretrained(src if has_tokenizer else tokenizer_source, trust_remote_code=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lmcot_model.json").write_text(json.dumps({"family": family, **(metadata or {})}, indent=2) + "\n")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("exported %s model (%s) to %s", family, type(model).__name__, out)
+    return out
+
+
+# -- worker side ---------------------------------------------------------------------------
+def hf_training_args(scaling: ScalingConfig, *, output_dir: str, per_device_batch_size: int,
+                     gradient_accumulation_steps: int, learning_rate: float, seed: int = 0) -> dict:
+    """``TrainingArguments`` keywords every lmcot trainer shares (pass them to any subclass).
+
+    DeepSpeed ZeRO at ``scaling.zero_stage`` (its "auto" values filled from these same
+    arguments), bf16 when asked, CPU + gloo without GPUs, plain-text progress instead of
+    tqdm (worker logs reach the driver), no third-party loggers, checkpoints by steps.
+    """
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch_size,
+        per_device_eval_batch_size=per_device_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        deepspeed=deepspeed_config(scaling, hf_trainer=True),
+        bf16=scaling.bf16,
+        torch_compile=scaling.torch_compile,
+        use_cpu=not scaling.use_gpu,
+        ddp_backend=None if scaling.use_gpu else "gloo",
+        report_to="none",
+        disable_tqdm=True,
+        log_on_each_node=False,
+        save_strategy="steps",
+        save_total_limit=None,
+        dataloader_num_workers=0,
+        seed=seed,
+    )
+
+
+@contextlib.contextmanager
+def resume_from() -> Iterator[str | None]:
+    """The HF checkpoint folder of Ray Train's latest checkpoint (None on a fresh start).
+
+    Use around the whole ``trainer.train(resume_from_checkpoint=...)`` call: with cloud
+    storage the folder is a download that lives as long as the context.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as d:
+        path = str(hf_checkpoint_dir(d))
+        print(f"resuming from {path}", flush=True)  # worker stdout reaches the driver
+        yield path
+
+
+class RayReportCallback(TrainerCallback):
+    """Reports metrics and the HF checkpoint to Ray Train at every save (see the module doc).
+
+    Metrics: the latest value of everything the HF trainer logged (``loss``,
+    ``eval_loss``, ``learning_rate``, ...), ``step``, ``epoch``, ``samples_per_second``
+    over the optimizer steps since the last report (save and eval time excluded),
+    ``resumed_from_step`` (the step this worker group started at: 0, or the checkpoint's
+    step after a restart), plus ``extra_metrics()`` when given (e.g. sampled rationales).
+    """
+
+    def __init__(self, extra_metrics: Callable[[], dict] | None = None):
+        self.extra_metrics = extra_metrics
+        self._seen = 0
+        self._latest: dict = {}
+        self._step_time = 0.0
+        self._steps = 0
+        self._t0: float | None = None
+        self._start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start_step = state.global_step  # already restored when resuming
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is not None:
+            self._step_time += time.perf_counter() - self._t0
+            self._steps += 1
+            self._t0 = None
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        for entry in state.log_history[self._seen:]:
+            self._latest.update(entry)
+        self._seen = len(state.log_history)
+        ctx = ray.train.get_context()
+        global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * ctx.get_world_size()
+        metrics = {k: v for k, v in self._latest.items() if isinstance(v, (int, float, str))}
+        metrics.update(step=state.global_step, epoch=state.epoch or 0.0, resumed_from_step=self._start_step)
+        if self._steps:
+            metrics["samples_per_second"] = self._steps * global_batch / max(self._step_time, 1e-9)
+        self._step_time, self._steps = 0.0, 0
+        if self.extra_metrics is not None:
+            metrics.update(self.extra_metrics())
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank's shards are on disk before the node's folder is uploaded
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = None
+        if ctx.get_local_rank() == 0 and folder.is_dir():
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
+                         delete_local_checkpoint_after_upload=checkpoint is not None)
+        _maybe_chaos_exit(ctx)
+
+
+def _maybe_chaos_exit(ctx) -> None:
+    """The failure drill: the last rank exits hard once, after its first reported checkpoint."""
+    marker = os.environ.get(CHAOS_ENV)
+    if not marker or ctx.get_world_rank() != ctx.get_world_size() - 1 or Path(marker).exists():
+        return
+    # Ray Train registers a reported checkpoint when its controller next polls the workers
+    # (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s); die after that, as a real crash mid-run would.
+    time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
+    Path(marker).write_text(f"rank {ctx.get_world_rank()} exited at {time.time():.0f}\n")
+    print(f"{CHAOS_ENV} set: rank {ctx.get_world_rank()} exits now to exercise recovery", flush=True)
+    os._exit(1)
