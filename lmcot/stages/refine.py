@@ -312,7 +312,7 @@ def _train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> N
     engine, *_ = deepspeed.initialize(model=model, config=ds_config,
                                       model_parameters=[p for p in model.parameters() if p.requires_grad])
     if ref is not None:
-        ref.to(engine.device)
+        ref.to(engine.device, dtype=next(engine.module.parameters()).dtype)
     start, history = 0, []
     with resume_from() as path:
         if path is not None:

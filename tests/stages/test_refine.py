@@ -124,6 +124,19 @@ def test_causal_trl_grpo_learns_a_checkable_reward(tmp_path, one_thread):
     assert [h for h in trainer.state.log_history if "reward" in h][0]["rewards/digit_share/mean"] == rewards[0]
 
 
+def test_causal_rloo_trainer_runs(tmp_path, one_thread):
+    run_dir = distilled_run(tmp_path, "tiny:causal-small")
+    cfg = RefineConfig(algorithm="rloo", num_generations=2, prompts_per_step=2, max_steps=2, beta=0.04)
+    common = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=cfg.learning_rate,
+                  use_cpu=True, report_to="none", seed=0, disable_tqdm=True, save_strategy="no")
+    trainer = refine.build_causal_trainer(str(run_dir.distill_model), ROWS, cfg, common=common, max_new_tokens=4,
+                                          reward_funcs=[digit_share], reward_weights=[1.0])
+    assert type(trainer).__name__ == "RLOOTrainer"
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert len(logged) == 2 and "kl" in logged[0]
+
+
 # -- the stage on Ray Train + DeepSpeed with the large LM in its own actor --------------------
 def check_outputs(run_dir: RunDir, out: dict, steps: int, components: set[str]) -> list[dict]:
     lines = [json.loads(line) for line in run_dir.refine_metrics.read_text().splitlines()]
