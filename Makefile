@@ -33,9 +33,11 @@ install: $(VENV)/.installed
 tiny-models: install
 	$(VENV)/bin/lmcot make-tiny-models
 
+# The whole method on the tiny preset: rationales -> distill -> refine -> evaluations -> report.
+# A rerun skips every finished stage.
 run: tiny-models
-	$(VENV)/bin/lmcot eval --config $(CONFIG) --run-dir $(RUN_DIR)
-	@echo "report: $(RUN_DIR)/eval/lm_guided/report.md"
+	$(VENV)/bin/lmcot run --config $(CONFIG) --run-dir $(RUN_DIR)
+	@echo "report: $(RUN_DIR)/report.md"
 
 test: tiny-models
 	$(PY) -m pytest $(PYTEST_ARGS)
