@@ -30,9 +30,10 @@ class DeploymentSpec:
     """Requests one replica accepts at once; more wait in the caller's queue."""
     max_batch_size: int = 8
     """Requests merged into one model call by ``@serve.batch`` (model deployments only)."""
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.002
     """How long a partial batch waits for more requests before it runs. Keep it well below one
-    model call: under load, requests queue while the model runs and the next batch fills anyway."""
+    model call: it is added to every call at low load, while under load requests queue during
+    the running call and the next batch fills anyway."""
     autoscaling: bool = False
     """Scale replicas between ``min_replicas`` and ``max_replicas`` on ongoing requests."""
     min_replicas: int = 1

@@ -189,7 +189,7 @@ class Rationalizer:
         self.lock = threading.Lock()
         _configure_batching(self.generate, cfg.serve.rationalizer)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def generate(self, calls: list[GenerateCall]) -> list[list[Generation]]:
         return await generate_batch(self.generator, self.lock, calls)
 
@@ -204,11 +204,11 @@ class Answerer:
         _configure_batching(self.generate, cfg.serve.answerer)
         _configure_batching(self.score_yes_no, cfg.serve.answerer)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def generate(self, calls: list[GenerateCall]) -> list[list[Generation]]:
         return await generate_batch(self.generator, self.lock, calls)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_yes_no(self, prompt_lists: list[tuple[str, ...]]) -> list[list[float]]:
         flat = [p for prompts in prompt_lists for p in prompts]
         scores = iter(await asyncio.to_thread(_locked, self.lock, self.generator.score_yes_no, flat))
