@@ -67,7 +67,7 @@ def build_dataset(cfg: Config, rows: list[dict]) -> ray.data.Dataset:
     """The Ray Data pipeline from question rows to rationale rows (lazy until iterated)."""
     rc = cfg.rationales
     # Ray Data already restarts dead actors and retries their tasks without limit; a bound is
-    # passed only when asked for (through map_batches' remote args, deprecated after Ray 2.63).
+    # passed only when asked for (through map_batches' remote args, which Ray removes in 2.64).
     retries = {} if rc.max_restarts == -1 else {"max_restarts": rc.max_restarts, "max_task_retries": rc.max_restarts}
     # One block per actor call, so each batch's rows reach the driver (and a shard) as soon as it is
     # done; at least one block per actor, so a small run still uses the whole pool.
