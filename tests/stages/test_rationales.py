@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +116,7 @@ def test_job_submit_to_token_auth_cluster_on_loopback(tmp_path):
             assert api.get("/api/jobs/", headers={"Authorization": f"Bearer {token_file.read_text()}"}).is_success
     finally:
         stop_cluster(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     cfg = load_config("tiny", overrides(3, 2))
     got = written(run_dir)
     assert got == expected(cfg) and max(got.values()) == 1
