@@ -256,6 +256,7 @@ def _replicas(deployment: str) -> set[str]:
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_killed_replica_recovers_under_load(served):
     """Kill the Answerer replica while 3 clients send requests; once Serve has replaced it, all succeed."""
     import ray
