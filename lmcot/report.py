@@ -87,8 +87,13 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
     d_f1 = mean_f1(evals[after]) - mean_f1(evals[before])
     quality = lambda label: sum(aspects[label].values()) / len(aspects[label])  # noqa: E731
     d_q = quality(after) - quality(before)
-    together = (d_f1 > 0) == (d_q > 0) or (d_f1 == 0 and d_q == 0)
-    verdict = "moved together" if together else "moved apart"
+    sign = lambda x: (x > 1e-9) - (x < -1e-9)  # noqa: E731
+    if sign(d_q) == sign(d_f1):
+        verdict = "moved together"
+    elif sign(d_f1) == 0 or sign(d_q) == 0:
+        verdict = "moved apart (one changed, the other stayed flat)"
+    else:
+        verdict = "moved apart (in opposite directions)"
     return (f"From `{before}` to `{after}`, mean rationale quality changed by {d_q:+.3f} and mean F1 by "
             f"{100 * d_f1:+.1f} points: quality and accuracy **{verdict}**. The paper observed that the "
             "best-judged rationales do not always give the best answers; the reward-weight search trades the two.")
@@ -168,9 +173,15 @@ def plot_curves(distill: list[dict], refine: list[dict], path: Path) -> None:
 
 
 def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after: str = "lm_guided-refined",
-                 notes: list[str] | None = None) -> Path:
-    """Render ``RUN/report.md`` and its PNGs under ``RUN/report/``; returns the report path."""
+                 notes: list[str] | None = None, order: list[str] | None = None) -> Path:
+    """Render ``RUN/report.md`` and its PNGs under ``RUN/report/``; returns the report path.
+
+    ``order`` lists evaluation labels in the order the tables show them (others follow).
+    """
     evals, aspects = load_evals(run_dir), load_aspects(run_dir)
+    rank = {label: i for i, label in enumerate(order or [])}
+    evals = dict(sorted(evals.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+    aspects = dict(sorted(aspects.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
     figures = run_dir.root / "report"
     figures.mkdir(parents=True, exist_ok=True)
     distill, refine = load_jsonl(run_dir.distill / "metrics.jsonl"), load_jsonl(run_dir.refine_metrics)

@@ -16,11 +16,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    env_vars = {k: v for k, v in os.environ.items()
-                if k.startswith(("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_"))}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        # A submitted job (or KubeRay) already carries its runtime env; workers inherit the
+        # cluster's environment, and a second runtime env would clash with the job's.
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
+        env_vars = {k: v for k, v in os.environ.items()
+                    if k.startswith(("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_"))}
+        runtime_env = {"env_vars": env_vars} if env_vars else None
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  object_store_memory=256 * 1024 * 1024)

@@ -52,4 +52,12 @@ def test_finding_reports_quality_and_accuracy_moving_apart(tmp_path):
     write_json(run.eval_dir("lm_guided-refined") / "metrics.json", _metrics("lm_guided-refined", 1, 0.3, 1))
     write_json(run.eval_dir("lm_guided-distilled") / "aspects.json", {"fluency": 0.2})
     write_json(run.eval_dir("lm_guided-refined") / "aspects.json", {"fluency": 0.9})
-    assert "moved apart" in write_report(run).read_text()
+    assert "moved apart (in opposite directions)" in write_report(run).read_text()
+
+
+def test_tables_follow_the_given_order(tmp_path):
+    run = RunDir(tmp_path)
+    for label in ("cot", "standard"):
+        write_json(run.eval_dir(label) / "metrics.json", _metrics(label, 1, 0.1, 1))
+    text = write_report(run, order=["standard", "cot"]).read_text()
+    assert text.index("| standard | 1 |") < text.index("| cot | 1 |")
