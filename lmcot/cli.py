@@ -20,6 +20,7 @@ STAGES = {
     "distill": ("lmcot.stages.distill", "fine-tune the small LM on kept rationales (Ray Train + DeepSpeed)"),
     "refine": ("lmcot.stages.refine", "RL-refine the small LM on rationale and task rewards (Ray Train)"),
     "search": ("lmcot.stages.search", "search the reward weights (Ray Tune)"),
+    "serve": ("lmcot.stages.serve", "deploy the small-LM -> large-LM graph over HTTP (Ray Serve)"),
     "run": ("lmcot.stages.pipeline", "the whole pipeline: rationales -> distill -> refine -> eval -> report"),
 }
 

@@ -24,5 +24,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         env_vars = {k: v for k, v in os.environ.items()
                     if k.startswith(("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_"))}
         runtime_env = {"env_vars": env_vars} if env_vars else None
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+        # address="local": always a fresh cluster here, never one a `ray start` left behind.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  object_store_memory=256 * 1024 * 1024)
