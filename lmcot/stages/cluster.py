@@ -6,9 +6,12 @@ local cluster on loopback sized to the machine, so every stage works both ways.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
+
+log = logging.getLogger(__name__)
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -27,3 +30,20 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # address="local": always a fresh cluster here, never one a `ray start` left behind.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  object_store_memory=256 * 1024 * 1024)
+
+
+def require_resources(cpu: float, gpu: float, what: str, fix: str) -> None:
+    """Fail before anything starts when ``what`` cannot fit the cluster.
+
+    On a local cluster that is an error ending in ``fix`` (the config fields to change); on
+    a remote one (``RAY_ADDRESS`` set) only a warning, since an autoscaler may still add nodes.
+    """
+    have = ray.cluster_resources()
+    have_cpu, have_gpu = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if have_cpu >= cpu and have_gpu >= gpu:
+        return
+    msg = f"{what} but the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs"
+    if os.environ.get("RAY_ADDRESS"):
+        log.warning("%s; waiting for the cluster to grow", msg)
+        return
+    raise ValueError(f"{msg}: {fix}")

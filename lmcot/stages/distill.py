@@ -158,10 +158,17 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     }
     export_model(result.checkpoint, run_dir.distill_model, metadata=meta)
     summary = {"model": str(run_dir.distill_model), "skipped": False, **meta,
-               "samples_per_second": metrics.get("samples_per_second"), "samples": metrics.get("samples", []),
+               "samples_per_second": metrics.get("samples_per_second"),
+               "samples_per_second_windows": _windows(result), "samples": metrics.get("samples", []),
                "wall_s": round(time.time() - started, 1)}
     write_json(run_dir.distill / "metrics.json", {**summary, "log_history": state.get("log_history", [])})
     return summary
+
+
+def _windows(result) -> list[float]:
+    """samples/s between consecutive kept checkpoints, in step order (for benchmarks)."""
+    kept = sorted((m for _, m in result.best_checkpoints or []), key=lambda m: m.get("step", 0))
+    return [round(m["samples_per_second"], 3) for m in kept if "samples_per_second" in m]
 
 
 def _last(state: dict, key: str):

@@ -118,21 +118,16 @@ def _large_tokenizer(cfg: Config):
 
 def check_judges_fit(rc: RefineConfig) -> None:
     """Workers plus judge actors must fit the local cluster (a remote one may still grow: warn)."""
-    import os
+    from lmcot.stages.cluster import require_resources
 
-    import ray
-
-    need, have = rc.resources(), ray.cluster_resources()
-    if all(have.get(k, 0) >= v for k, v in need.items()):
-        return
-    msg = (f"refine needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs ({rc.scaling.num_workers} workers + "
-           f"{rc.judge_num_actors} judge actors) but the Ray cluster has {have.get('CPU', 0):g} CPUs and "
-           f"{have.get('GPU', 0):g} GPUs")
-    if os.environ.get("RAY_ADDRESS"):
-        log.warning("%s; waiting for the cluster to grow", msg)
-        return
-    raise ValueError(f"{msg}: lower refine.judge_num_cpus / judge_num_gpus / judge_num_actors or "
-                     "refine.scaling.num_workers / cpus_per_worker")
+    need = rc.resources()
+    require_resources(
+        need["CPU"], need["GPU"],
+        f"refine needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs ({rc.scaling.num_workers} workers + "
+        f"{rc.judge_num_actors} judge actors)",
+        "lower refine.judge_num_cpus / judge_num_gpus / judge_num_actors or refine.scaling.num_workers / "
+        "cpus_per_worker",
+    )
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:

@@ -125,22 +125,18 @@ def trial_resources(cfg: Config):
 
 def check_fits(cfg: Config) -> None:
     """``max_concurrent_trials`` trials (own process + judges + workers) must fit the local cluster."""
-    import ray
+    from lmcot.stages.cluster import require_resources
 
-    sc, rc, s = cfg.search, cfg.refine, cfg.refine.scaling
-    per_trial_cpu = sc.trial_cpus + rc.judge_num_actors * rc.judge_num_cpus + s.num_workers * s.cpus_per_worker
-    per_trial_gpu = sc.trial_gpus + rc.judge_num_actors * rc.judge_num_gpus + (s.num_workers if s.use_gpu else 0)
-    have = ray.cluster_resources()
+    sc = cfg.search
+    refine_need = cfg.refine.resources()
     n = sc.max_concurrent_trials
-    if have.get("CPU", 0) >= n * per_trial_cpu and have.get("GPU", 0) >= n * per_trial_gpu:
-        return
-    msg = (f"search.max_concurrent_trials={n} trials need {n * per_trial_cpu:g} CPUs and {n * per_trial_gpu:g} GPUs "
-           f"(each: search.trial_cpus/trial_gpus + refine judges + refine.scaling workers) but the Ray cluster has "
-           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
-    if os.environ.get("RAY_ADDRESS"):
-        log.warning("%s; waiting for the cluster to grow", msg)
-        return
-    raise ValueError(f"{msg}: lower search.max_concurrent_trials, refine.scaling.num_workers or the judges' resources")
+    cpu, gpu = n * (sc.trial_cpus + refine_need["CPU"]), n * (sc.trial_gpus + refine_need["GPU"])
+    require_resources(
+        cpu, gpu,
+        f"search.max_concurrent_trials={n} trials need {cpu:g} CPUs and {gpu:g} GPUs "
+        "(each: search.trial_cpus/trial_gpus + refine judges + refine.scaling workers)",
+        "lower search.max_concurrent_trials, refine.scaling.num_workers or the judges' resources",
+    )
 
 
 def fingerprint(cfg: Config, run_dir: RunDir) -> dict:

@@ -53,6 +53,7 @@ from transformers import TrainerCallback
 
 from lmcot.config import ScalingConfig
 from lmcot.deepspeed_config import deepspeed_config
+from lmcot.stages.cluster import require_resources
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,14 @@ _FORWARDED_ENV = ("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOK
 
 # -- driver side ---------------------------------------------------------------------------
 def check_cluster_fits(scaling: ScalingConfig, section: str) -> None:
-    """Fail before any worker starts when the workers cannot fit the cluster.
-
-    On a local cluster that is an error naming ``<section>.scaling``; on a remote one
-    (``RAY_ADDRESS`` set) only a warning, since an autoscaler may still add nodes.
-    """
-    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    """Fail before any worker starts when the workers cannot fit the cluster (see ``require_resources``)."""
     need_gpu = scaling.num_workers if scaling.use_gpu else 0
-    have = ray.cluster_resources()
-    have_cpu, have_gpu = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    if have_cpu >= need_cpu and have_gpu >= need_gpu:
-        return
-    msg = (f"{section}.scaling asks for {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPUs"
-           f"{' + 1 GPU' if scaling.use_gpu else ''} but the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
-    if os.environ.get("RAY_ADDRESS"):
-        log.warning("%s; waiting for the cluster to grow", msg)
-        return
-    raise ValueError(f"{msg}: lower {section}.scaling.num_workers / cpus_per_worker"
-                     f"{' or set use_gpu: false' if need_gpu and not have_gpu else ''}")
+    require_resources(
+        scaling.num_workers * scaling.cpus_per_worker, need_gpu,
+        f"{section}.scaling asks for {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPUs"
+        f"{' + 1 GPU' if scaling.use_gpu else ''}",
+        f"lower {section}.scaling.num_workers / cpus_per_worker" + (" or set use_gpu: false" if need_gpu else ""),
+    )
 
 
 def ray_scaling_config(scaling: ScalingConfig) -> ray.train.ScalingConfig:
