@@ -103,6 +103,11 @@ class HFGenerator:
         enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
+    def encode_prompts(self, prompts: Sequence[str]) -> dict:
+        """One padded batch of prompts on the model's device, chat-formatted as ``generate`` does
+        (for callers that run ``model.generate`` themselves, e.g. to read log-probabilities)."""
+        return self._encode([self._format(p) for p in prompts])
+
     def _count_completion(self, ids: torch.Tensor) -> int:
         """Tokens generated up to and including the first end-of-sequence token (padding excluded)."""
         row = ids.tolist()

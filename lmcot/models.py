@@ -106,6 +106,15 @@ def load_tokenizer(path: str, family: str, revision: str = ""):
     return tok
 
 
+def context_tokenizer(spec: ModelSpec):
+    """The tokenizer that fits contexts to ``spec``'s token budget; None for an API model
+    (``backend: openai``), whose contexts are then cut by characters."""
+    if spec.backend == "openai":
+        return None
+    path = resolve_model_path(spec.name_or_path)
+    return load_tokenizer(path, detect_family(path, spec.family, spec.revision), spec.revision)
+
+
 def load_model(spec: ModelSpec, *, for_training: bool = False) -> LoadedModel:
     """Load a model and its tokenizer for generation (eval mode) or training."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM

@@ -211,16 +211,6 @@ def teacher_manifest(cfg: Config) -> dict:
     }
 
 
-def teacher_tokenizer(spec: ModelSpec):
-    """The teacher's tokenizer for the context budget (``hf``/``vllm`` backends); None for an API teacher."""
-    if spec.backend == "openai":
-        return None
-    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(spec.name_or_path)
-    return load_tokenizer(path, detect_family(path, spec.family, spec.revision), spec.revision)
-
-
 # -- shards --------------------------------------------------------------------------------
 _SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d+)\.parquet$")
 

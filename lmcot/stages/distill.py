@@ -55,7 +55,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     from transformers import AutoConfig
 
     from lmcot.data import load_split
-    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+    from lmcot.models import context_tokenizer, detect_family, load_tokenizer, resolve_model_path
     from lmcot.sft_data import (build_pairs, check_tokenizer_vocab, encode_pairs, pairs_fingerprint,
                                 read_kept_rows, rebuild_contexts, rows_needing_context, sample_prompts, split_pairs)
 
@@ -75,7 +75,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     if missing:
         examples = {(ds.name, ex.id): ex for ds in cfg.data.datasets for ex in load_split(ds, "train")}
         contexts = rebuild_contexts(missing, examples, mode=cfg.data.context_mode,
-                                    tokenizer=_teacher_tokenizer(cfg), max_tokens=cfg.data.context_max_tokens)
+                                    tokenizer=context_tokenizer(cfg.large), max_tokens=cfg.data.context_max_tokens)
     pairs = build_pairs(rows, contexts, limit=dc.limit)
     train_pairs, val_pairs = split_pairs(pairs, dc.eval_fraction, cfg.seed)
     encode = dict(family=family, max_source_tokens=dc.max_source_tokens, max_target_tokens=dc.max_target_tokens,
@@ -96,16 +96,6 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     return dict(model_path=path, family=family, tokenizer=tokenizer, train=train, val=val, samples=samples,
                 pairs=len(pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs), fingerprint=digest,
                 truncated_prompts=train.truncated_sources)
-
-
-def _teacher_tokenizer(cfg: Config):
-    """The large LM's tokenizer: contexts were fitted to its token budget (None for an API teacher)."""
-    if cfg.large.backend == "openai":
-        return None
-    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(cfg.large.name_or_path)
-    return load_tokenizer(path, detect_family(path, cfg.large.family, cfg.large.revision), cfg.large.revision)
 
 
 def _done(run_dir: RunDir, fingerprint: str) -> dict | None:

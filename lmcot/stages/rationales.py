@@ -35,10 +35,11 @@ from ray.data import ActorPoolStrategy
 from lmcot.config import Config
 from lmcot.data import load_split
 from lmcot.metrics import load_aliases
+from lmcot.models import context_tokenizer
 from lmcot.rundir import RunDir, write_json
 from lmcot.stages.cluster import ensure_ray
 from lmcot.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows,
-                           rows_to_table, summarize, teacher_manifest, teacher_tokenizer)
+                           rows_to_table, summarize, teacher_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     started = time.time()
     check_generation_settings(cfg)
     datasets = _load_datasets(cfg)
-    teacher_tokenizer(cfg.large)  # a wrong teacher path fails now, not in every actor
+    context_tokenizer(cfg.large)  # a wrong teacher path fails now, not in every actor
     expected = set().union(*(expected_keys(ex, name, rc.samples_per_question) for name, ex, _ in datasets))
     with ShardStore(run_dir.rationales, rc.shard_rows, expected=len(expected)) as store:
         store.check_manifest(teacher_manifest(cfg))

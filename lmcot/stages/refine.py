@@ -84,6 +84,7 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
     from lmcot.data import load_split
     from lmcot.evaluation import prepare_questions
     from lmcot.metrics import load_aliases
+    from lmcot.models import context_tokenizer
     from lmcot.prompts import small_rationale_prompt
     from lmcot.sft_data import format_prompt
 
@@ -95,7 +96,7 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
         raise ValueError("refine needs training questions: data.datasets has no train split with examples")
     random.Random(cfg.seed).shuffle(pool)
     pool = pool[:n]
-    questions = prepare_questions([ex for ex, _ in pool], mode=cfg.data.context_mode, tokenizer=_large_tokenizer(cfg),
+    questions = prepare_questions([ex for ex, _ in pool], mode=cfg.data.context_mode, tokenizer=context_tokenizer(cfg.large),
                                   max_tokens=cfg.data.context_max_tokens)
     rows = []
     for (ex, aliases), q in zip(pool, questions):
@@ -104,16 +105,6 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
                                cfg.small.chat_template)
         rows.append({"prompt": prompt, "question": q.question, "context": q.context, "answer": golds})
     return rows
-
-
-def _large_tokenizer(cfg: Config):
-    """The large LM's tokenizer (None for an API model: contexts are then cut by characters)."""
-    if cfg.large.backend == "openai":
-        return None
-    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(cfg.large.name_or_path)
-    return load_tokenizer(path, detect_family(path, cfg.large.family, cfg.large.revision), cfg.large.revision)
 
 
 def check_judges_fit(rc: RefineConfig) -> None:
@@ -344,7 +335,7 @@ def _save_checkpoint(engine, tokenizer, folder: Path, step: int, history: list[d
     import ray.train
     import torch.distributed as dist
 
-    from lmcot.stages.train_common import _maybe_chaos_exit
+    from lmcot.stages.train_common import maybe_chaos_exit
 
     ctx = ray.train.get_context()
     engine.save_checkpoint(str(folder / "deepspeed"), tag=f"global_step{step}")
@@ -360,7 +351,7 @@ def _save_checkpoint(engine, tokenizer, folder: Path, step: int, history: list[d
                       "resumed_from_step": latest.get("resumed_from_step", 0)}, checkpoint=checkpoint,
                      checkpoint_dir_name=f"checkpoint-{step:06d}",
                      delete_local_checkpoint_after_upload=checkpoint is not None)
-    _maybe_chaos_exit(ctx)  # the failure drill of train_common, inert unless its variable is set
+    maybe_chaos_exit(ctx)  # the failure drill of train_common, inert unless its variable is set
 
 
 def build_causal_trainer(model_path: str, rows: list[dict], rc: RefineConfig, *, common: dict, max_new_tokens: int,

@@ -45,6 +45,7 @@ from lmcot.config import Config, ConfigError, from_dict, resolve_config_path, to
 from lmcot.config.loader import apply_overrides, overlay, read_yaml
 from lmcot.generation import Generation, HFGenerator, make_generator
 from lmcot.method import Question, majority_vote, run_method, vote_is_settled
+from lmcot.models import context_tokenizer
 from lmcot.stages import serve_http as http
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens:
     listed too, so a one-token answer always has a distribution to read.
     """
     tok = gen.tokenizer
-    enc = gen._encode([gen._format(p) for p in prompts])
+    enc = gen.encode_prompts(prompts)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
     out = gen.model.generate(
         **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
@@ -295,16 +296,6 @@ def _auth_token(cfg: Config) -> str:
     return token
 
 
-def _context_tokenizer(cfg: Config):
-    """The large LM's tokenizer, to fit contexts to ``data.context_max_tokens``; None for remote backends."""
-    if cfg.large.backend != "hf" or cfg.data.context_max_tokens <= 0:
-        return None
-    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(cfg.large.name_or_path)
-    return load_tokenizer(path, detect_family(path, cfg.large.family, cfg.large.revision), cfg.large.revision)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class Ingress:
@@ -316,7 +307,8 @@ class Ingress:
         self.token = _auth_token(cfg)
         self.rationalizer, self.answerer = rationalizer, answerer
         self.pool = ThreadPoolExecutor(cfg.serve.ingress.max_ongoing_requests, thread_name_prefix="lmcot-ingress")
-        self.tokenizer = _context_tokenizer(cfg)
+        # Contexts are fitted to the large LM's token budget (None: API backends cut by characters).
+        self.tokenizer = context_tokenizer(cfg.large) if cfg.data.context_max_tokens > 0 else None
 
     # -- routes ----------------------------------------------------------------------------
     @api.get("/healthz")

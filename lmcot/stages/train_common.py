@@ -280,10 +280,10 @@ class RayReportCallback(TrainerCallback):
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
                          delete_local_checkpoint_after_upload=checkpoint is not None)
-        _maybe_chaos_exit(ctx)
+        maybe_chaos_exit(ctx)
 
 
-def _maybe_chaos_exit(ctx) -> None:
+def maybe_chaos_exit(ctx) -> None:
     """The failure drill: the last rank exits hard once, after its first reported checkpoint."""
     marker = os.environ.get(CHAOS_ENV)
     if not marker or ctx.get_world_rank() != ctx.get_world_size() - 1 or Path(marker).exists():

@@ -14,10 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from lmcot.config import ModelSpec, RationalesConfig, load_config  # noqa: E402
 from lmcot.data import load_split  # noqa: E402
 from lmcot.metrics import load_aliases  # noqa: E402
+from lmcot.models import context_tokenizer  # noqa: E402
 from lmcot.teacher import (SCHEMA, ShardStore, check_generation_settings, expected_keys, generate_rows,  # noqa: E402
                            judge_output, next_shard_index, question_rows, read_keys, read_rationales,
                            rows_to_table, shard_paths, split_evenly, summarize, teacher_manifest,
-                           teacher_prompt, teacher_tokenizer)
+                           teacher_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_question_rows_carry_2wiki_aliases(cfg, examples):
 
 
 def test_teacher_prompt_rebuilds_the_context_in_the_teachers_token_budget(cfg, examples):
-    tok = teacher_tokenizer(cfg.large)
+    tok = context_tokenizer(cfg.large)
     r = question_rows(examples["hotpotqa"][:1], "hotpotqa", 1)[0]
     context, prompt = teacher_prompt(r, cfg.data, tok)
     assert r["question"] in prompt and context in prompt and prompt.rstrip().endswith("Rationale:")
@@ -114,7 +115,7 @@ def test_teacher_prompt_rebuilds_the_context_in_the_teachers_token_budget(cfg, e
 
 
 def test_api_teacher_has_no_tokenizer():
-    assert teacher_tokenizer(ModelSpec("gpt-x", backend="openai", base_url="http://127.0.0.1:1/v1")) is None
+    assert context_tokenizer(ModelSpec("gpt-x", backend="openai", base_url="http://127.0.0.1:1/v1")) is None
 
 
 def test_manifest_changes_with_the_teacher_not_with_the_pool(cfg):
