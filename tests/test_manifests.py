@@ -336,6 +336,17 @@ def test_ray_job_entrypoint_runs_a_stage_on_a_preset(name, doc):
 
 
 @pytest.mark.parametrize("name,doc", JOBS, ids=_ids(JOBS))
+def test_ray_job_pins_each_model_to_its_gpu_group(name, doc):
+    from lmcot.config import load_config
+
+    _, args = job_args(doc)
+    cfg = load_config(args.config, args.overrides)
+    assert (cfg.small.ray_resource, cfg.large.ray_resource) == ("small_lm", "large_lm")
+    for group_name, g in gpu_groups(doc["spec"]["rayClusterSpec"]).items():
+        assert set(g["resources"]) <= {cfg.small.ray_resource, cfg.large.ray_resource}, group_name
+
+
+@pytest.mark.parametrize("name,doc", JOBS, ids=_ids(JOBS))
 def test_ray_job_owns_its_cluster_and_cleans_up(name, doc):
     spec = doc["spec"]
     assert "clusterSelector" not in spec and spec["rayClusterSpec"]
@@ -363,10 +374,12 @@ def test_ray_job_cluster_holds_what_its_preset_asks(name, doc):
         scaling = getattr(cfg, section).scaling
         if stage in stages and scaling.use_gpu:
             needs.append((small, scaling.num_workers, scaling.cpus_per_worker))
-    if stage in ("refine", "search", "eval", "pipeline"):
-        needs.append((large, 1, 1))  # judge / answerer
-    if stage == "eval":
-        needs.append((small, 1, 1))  # the small LM writes the rationales
+    if stage in ("refine", "search", "pipeline"):
+        needs.append((large, 1, 1))  # judge
+    if stage in ("eval", "pipeline"):
+        # The driver runs on the CPU-only head: the evaluation must run in its own GPU actor.
+        assert cfg.eval.on_cluster and cfg.eval.num_gpus >= 1, f"{name}: set eval.on_cluster and eval.num_gpus"
+        needs.append((large, cfg.eval.num_gpus, cfg.eval.num_cpus))
     assert needs
     for group, gpus, cpus in needs:
         assert group is not None, f"{name}: a stage needs a GPU group it lacks"
@@ -382,11 +395,14 @@ def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
     serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     assert app["import_path"] == SERVE_IMPORT
-    # serve_configs/lmcot.gpu.yaml, but serving the small LM that ray-job.refine.yaml trained.
+    # serve_configs/lmcot.gpu.yaml, but serving the small LM that ray-job.refine.yaml trained,
+    # each model pinned to its GPU group.
     refined = f"{RUNS_MOUNT}/paper/refine/model"
     assert app["args"]["small"]["name_or_path"] == refined
     expected = yaml.safe_load((ROOT / "serve_configs" / "lmcot.gpu.yaml").read_text())
-    expected["applications"][0]["args"]["small"]["name_or_path"] = refined
+    args = expected["applications"][0]["args"]
+    args["small"].update(name_or_path=refined, ray_resource="small_lm")
+    args["large"].update(ray_resource="large_lm")
     assert serve == expected, "serveConfigV2 mirrors serve_configs/lmcot.gpu.yaml"
 
     serve_cfg = config_from_args(app["args"]).serve

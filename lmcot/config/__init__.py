@@ -18,7 +18,7 @@ from lmcot.config.data import DataConfig, DatasetSpec
 from lmcot.config.distill import DistillConfig
 from lmcot.config.evaluation import EvalConfig
 from lmcot.config.generation import GenerationConfig
-from lmcot.config.loader import ConfigError, apply_overrides, build, overlay, read_yaml, to_dict
+from lmcot.config.loader import ConfigError, apply_overrides, build, fingerprint_dict, overlay, read_yaml, to_dict
 from lmcot.config.models import ModelSpec
 from lmcot.config.pipeline import PipelineConfig
 from lmcot.config.rationales import RationalesConfig
@@ -61,7 +61,7 @@ class Config:
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections: a stage reruns when what it reads changes."""
-        payload = {s: to_dict(getattr(self, s)) for s in sections}
+        payload = {s: fingerprint_dict(getattr(self, s)) for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -110,6 +110,7 @@ __all__ = [
     "ScalingConfig",
     "SearchConfig",
     "ServeConfig",
+    "fingerprint_dict",
     "from_dict",
     "load_config",
     "resolve_config_path",

@@ -20,6 +20,14 @@ class EvalConfig:
     """Evaluate the first N dev examples of each dataset (0: all)."""
     label: str = ""
     """Name of the output folder ``RUN/eval/<label>/``; empty: the method name plus ``-sc<K>`` when K > 1."""
+    on_cluster: bool = False
+    """Run the evaluation in one Ray actor holding both LMs (sized by ``num_cpus``/``num_gpus``,
+    on the large LM's ``ray_resource`` group) instead of the calling process. Needed on a GPU
+    cluster, whose job drivers run on a CPU-only head; off, ``lmcot eval`` needs no cluster."""
+    num_cpus: float = 1.0
+    """CPUs of the evaluation actor (``on_cluster`` only)."""
+    num_gpus: float = 0.0
+    """GPUs of the evaluation actor (``on_cluster`` only): 1 for the large LM and the small LM on one GPU."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -28,6 +36,8 @@ class EvalConfig:
             raise ValueError("self_consistency must be >= 1")
         if self.limit < 0:
             raise ValueError("limit must be >= 0 (0 means all)")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError("num_cpus and num_gpus must be >= 0")
 
     @property
     def output_label(self) -> str:

@@ -157,3 +157,17 @@ def to_dict(obj) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def fingerprint_dict(obj) -> Any:
+    """:func:`to_dict` without the fields that only say where work runs (dataclass field
+    metadata ``fingerprint=False``, e.g. ``ModelSpec.ray_resource``): what a stage's
+    fingerprint hashes, so moving work to other nodes reruns and renames nothing."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: fingerprint_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("fingerprint", True)}
+    if isinstance(obj, (list, tuple)):
+        return [fingerprint_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: fingerprint_dict(v) for k, v in obj.items()}
+    return obj

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FAMILIES = ("auto", "seq2seq", "causal")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("hf", "vllm", "openai")
+PLACEMENT_AMOUNT = 0.001
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,23 @@ class ModelSpec:
     """Wrap prompts in the tokenizer's chat template when a causal model has one."""
     revision: str = ""
     """Hub revision (branch, tag or commit); empty for the default."""
+    ray_resource: str = field(default="", metadata={"fingerprint": False})
+    """A custom Ray resource that pins every actor or worker holding this model to the worker
+    group offering it (``small_lm`` / ``large_lm`` in ``cluster/ray-cluster.lmcot.yaml``), so
+    the autoscaler grows the right GPU group; empty: any node with the CPUs/GPUs it needs."""
+
+    def placement(self) -> dict[str, float]:
+        """Extra Ray resources of one actor or worker holding this model.
+
+        A token amount, as Ray's own ``accelerator_type`` constraint uses: it selects the
+        group, while the CPU/GPU requests still decide how many actors share a node.
+
+        >>> ModelSpec(ray_resource="large_lm").placement()
+        {'large_lm': 0.001}
+        >>> ModelSpec().placement()
+        {}
+        """
+        return {self.ray_resource: PLACEMENT_AMOUNT} if self.ray_resource else {}
 
     def __post_init__(self):
         if not self.name_or_path:
@@ -50,5 +68,8 @@ class ModelSpec:
             raise ValueError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend=openai needs base_url, e.g. http://127.0.0.1:8000/v1")
+        if self.ray_resource in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"ray_resource={self.ray_resource!r} is a built-in Ray resource: name a custom one "
+                             "(e.g. large_lm) that the worker group meant for this model offers")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")

@@ -62,13 +62,21 @@ class DeploymentSpec:
         if self.target_ongoing_requests <= 0:
             raise ValueError(f"target_ongoing_requests must be > 0, got {self.target_ongoing_requests}")
 
-    def deployment_options(self) -> dict:
-        """Keyword arguments for ``Deployment.options`` (replicas, actor resources, autoscaling)."""
-        actor = {"num_cpus": self.num_cpus}
+    def deployment_options(self, placement: dict[str, float] | None = None) -> dict:
+        """Keyword arguments for ``Deployment.options`` (replicas, actor resources, autoscaling).
+
+        ``placement``: extra Ray resources per replica (the model's ``ray_resource``).
+
+        >>> DeploymentSpec(num_gpus=1).deployment_options({"large_lm": 0.001})["ray_actor_options"]
+        {'num_cpus': 0.25, 'num_gpus': 1, 'resources': {'large_lm': 0.001}}
+        """
+        actor: dict = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             actor["num_gpus"] = self.num_gpus
         if self.memory_gb:
             actor["memory"] = int(self.memory_gb * 1024**3)
+        if placement:
+            actor["resources"] = dict(placement)
         options: dict = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
         if self.autoscaling:
             options["autoscaling_config"] = {

@@ -32,17 +32,20 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                  object_store_memory=256 * 1024 * 1024)
 
 
-def require_resources(cpu: float, gpu: float, what: str, fix: str) -> None:
-    """Fail before anything starts when ``what`` cannot fit the cluster.
+def require_resources(need: dict[str, float], what: str, fix: str) -> None:
+    """Fail before anything starts when ``need`` (Ray resource -> amount) cannot fit the cluster.
 
-    On a local cluster that is an error ending in ``fix`` (the config fields to change); on
-    a remote one (``RAY_ADDRESS`` set) only a warning, since an autoscaler may still add nodes.
+    On a local cluster that is an error saying ``what`` needs it and ending in ``fix`` (the
+    config fields to change); on a remote one (``RAY_ADDRESS`` set) only a warning, since an
+    autoscaler may still add nodes.
     """
     have = ray.cluster_resources()
-    have_cpu, have_gpu = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    if have_cpu >= cpu and have_gpu >= gpu:
+    short = {k: v for k, v in need.items() if v > 0 and have.get(k, 0.0) < v}
+    if not short:
         return
-    msg = f"{what} but the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs"
+    has = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in short)
+    wants = ", ".join(f"{v:g} {k}" for k, v in short.items())
+    msg = f"{what}; that needs {wants} but the Ray cluster has {has}"
     if os.environ.get("RAY_ADDRESS"):
         log.warning("%s; waiting for the cluster to grow", msg)
         return

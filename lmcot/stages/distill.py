@@ -38,7 +38,7 @@ import time
 
 from transformers import TrainerCallback
 
-from lmcot.config import Config, to_dict
+from lmcot.config import Config, fingerprint_dict, to_dict
 from lmcot.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
                     train.truncated_targets, len(train), dc.max_target_tokens)
     samples = sample_prompts(tokenizer, val_pairs or train_pairs, dc.sample_rationales, family, spec.chat_template)
     digest = hashlib.sha256(json.dumps(
-        [pairs_fingerprint(pairs), to_dict(spec), to_dict(dc), cfg.seed, len(train_pairs)], sort_keys=True
+        [pairs_fingerprint(pairs), fingerprint_dict(spec), to_dict(dc), cfg.seed, len(train_pairs)], sort_keys=True
     ).encode()).hexdigest()[:12]
     return dict(model_path=path, family=family, tokenizer=tokenizer, train=train, val=val, samples=samples,
                 pairs=len(pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs), fingerprint=digest,
@@ -123,7 +123,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         return {"model": str(run_dir.distill_model), "skipped": True, **done}
 
     ensure_ray()
-    check_cluster_fits(dc.scaling, "distill")
+    check_cluster_fits(dc.scaling, "distill", cfg.small.placement())
     log.info("distill: %d pairs (%d train, %d validation), %s model %s, %d workers, ZeRO-%d -> run %s",
              prep["pairs"], prep["train_pairs"], prep["val_pairs"], prep["family"], prep["model_path"],
              dc.scaling.num_workers, dc.scaling.zero_stage, name)
@@ -133,7 +133,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         "family": prep["family"], "distill": to_dict(dc), "seed": cfg.seed,
     }
     started = time.time()
-    result = fit(train_worker, config, scaling=dc.scaling, storage_path=run_dir.distill_checkpoints, name=name)
+    result = fit(train_worker, config, scaling=dc.scaling, storage_path=run_dir.distill_checkpoints, name=name,
+                 placement=cfg.small.placement())
     if result.checkpoint is None:
         raise RuntimeError(f"distill run {name} finished without a checkpoint; see the worker logs above")
     state = read_trainer_state(result.checkpoint)

@@ -1,13 +1,17 @@
 """Evaluation stage: load the models a method needs, answer the dev split, write results.
 
-It runs in the driver process: evaluation sets are small (7.4k HotpotQA dev questions)
-next to generation for training, and keeping it in-process keeps ``lmcot eval`` usable
-without a cluster. The models are built once and shared across datasets.
+Where it runs is ``eval.on_cluster``: off, in the calling process (evaluation sets are
+small next to training generation, and ``lmcot eval`` then needs no cluster); on, in one
+Ray actor with ``eval.num_cpus``/``num_gpus`` on the large LM's worker group, because on a
+GPU cluster the job driver runs on a CPU-only head. Either way an :class:`Evaluator` keeps
+the models loaded between evaluations (the pipeline runs six with one large LM).
 """
 
 from __future__ import annotations
 
-from lmcot.config import Config
+import dataclasses
+
+from lmcot.config import Config, ModelSpec, to_dict
 from lmcot.data import load_split
 from lmcot.evaluation import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
 from lmcot.generation import make_generator
@@ -16,18 +20,86 @@ from lmcot.rewards import RewardJudge
 from lmcot.rundir import RunDir, write_json
 
 
-def run(cfg: Config, run_dir: RunDir, small=None, large=None, judge_aspects: bool = False) -> dict:
-    """Evaluate ``cfg.eval`` on every dataset's dev split; returns the metrics summary.
+def run(cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:
+    """Evaluate ``cfg.eval`` on every dataset's dev split (``lmcot eval``); returns the metrics summary."""
+    evaluator = open_evaluator(cfg)
+    try:
+        return evaluator.evaluate(cfg, run_dir, judge_aspects)
+    finally:
+        evaluator.close()
 
-    ``small``/``large`` may be passed in (already loaded generators) to reuse models.
+
+class Evaluator:
+    """Runs evaluations, keeping the large LM and the latest small LM loaded between them."""
+
+    def __init__(self):
+        self._loaded: dict[str, tuple[dict, object]] = {}
+
+    def _generator(self, role: str, spec: ModelSpec, cfg: Config):
+        key = {"spec": to_dict(spec), "generation": to_dict(cfg.generation)}
+        if role not in self._loaded or self._loaded[role][0] != key:
+            self._loaded.pop(role, None)  # free the old model before loading the next
+            self._loaded[role] = (key, make_generator(spec, cfg.generation))
+        return self._loaded[role][1]
+
+    def evaluate(self, cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:
+        """One evaluation (``cfg.eval`` with ``cfg.small`` as the small LM); see :func:`evaluate_with`."""
+        large = self._generator("large", cfg.large, cfg)
+        small = self._generator("small", cfg.small, cfg) if cfg.eval.method == "lm_guided" else None
+        return evaluate_with(cfg, run_dir, small=small, large=large, judge_aspects=judge_aspects)
+
+    def close(self) -> None:
+        self._loaded.clear()
+
+
+class RemoteEvaluator:
+    """An :class:`Evaluator` in a Ray actor sized by ``eval.num_cpus``/``num_gpus``."""
+
+    def __init__(self, cfg: Config):
+        import ray
+
+        from lmcot.stages.cluster import ensure_ray, require_resources
+
+        ev = cfg.eval
+        ensure_ray()
+        need = {"CPU": ev.num_cpus, "GPU": ev.num_gpus, **cfg.large.placement()}
+        require_resources(
+            need, "eval.on_cluster runs the evaluation in one actor (eval.num_cpus / num_gpus, large.ray_resource)",
+            "lower eval.num_cpus / num_gpus, clear large.ray_resource, or set eval.on_cluster: false to evaluate "
+            "in this process")
+        self._actor = ray.remote(Evaluator).options(
+            num_cpus=ev.num_cpus, num_gpus=ev.num_gpus, resources=cfg.large.placement() or None,
+        ).remote()
+
+    def evaluate(self, cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:
+        import ray
+
+        return ray.get(self._actor.evaluate.remote(cfg, run_dir, judge_aspects))
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self._actor)
+
+
+def open_evaluator(cfg: Config) -> Evaluator | RemoteEvaluator:
+    """Where this config's evaluations run: here, or in a Ray actor (``eval.on_cluster``)."""
+    return RemoteEvaluator(cfg) if cfg.eval.on_cluster else Evaluator()
+
+
+def with_small_lm(cfg: Config, path: str | None) -> Config:
+    """``cfg`` with the small LM at ``path`` (a trained model folder); unchanged for None."""
+    return cfg if path is None else dataclasses.replace(cfg, small=dataclasses.replace(cfg.small, name_or_path=path))
+
+
+def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: bool = False) -> dict:
+    """Evaluate ``cfg.eval`` with loaded generators; writes ``RUN/eval/<label>/``.
+
     With ``judge_aspects``, the large LM also scores every rationale on the eight aspects
     (``aspects.json`` beside the metrics).
     """
     ev = cfg.eval
     datasets = {spec.name: (spec, load_split(spec, "dev")) for spec in cfg.data.datasets}
-    large = large or make_generator(cfg.large, cfg.generation)
-    if ev.method == "lm_guided" and small is None:
-        small = make_generator(cfg.small, cfg.generation)
     tokenizer = getattr(large, "tokenizer", None)
     per_dataset = {}
     judged: tuple[list, list] = ([], [])

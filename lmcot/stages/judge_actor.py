@@ -131,11 +131,15 @@ class JudgeActor:
 
 
 def start_judges(spec: ModelSpec, generation: GenerationConfig, *, num_actors: int, num_cpus: float,
-                 num_gpus: float, batch_size: int, batch_wait_ms: float, timeout_s: float = 600.0) -> list:
-    """Start the judge pool and wait until every actor has loaded its model (or fail naming the config)."""
+                 num_gpus: float, batch_size: int, batch_wait_ms: float, timeout_s: float = 600.0,
+                 placement: dict[str, float] | None = None) -> list:
+    """Start the judge pool and wait until every actor has loaded its model (or fail naming the config).
+
+    ``placement``: extra Ray resources per actor (the large LM's ``ray_resource``).
+    """
     from lmcot.config import to_dict
 
-    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=64)
+    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=64, resources=placement or None)
     actors = [JudgeActor.options(**options).remote(to_dict(spec), to_dict(generation), batch_size, batch_wait_ms)
               for _ in range(num_actors)]
     refs = [a.ready.remote() for a in actors]

@@ -18,7 +18,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from lmcot.config import Config, EvalConfig, load_config
+from lmcot.config import Config, load_config
 from lmcot.manifest import chain_hash, is_fresh, read_manifest, write_manifest
 from lmcot.report import write_report
 from lmcot.rundir import RunDir
@@ -79,26 +79,26 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
                           refine_cfg.section_hash("seed", "large", "generation", "refine"))
     step("refine", run_dir.refine, h_refine, lambda: _stage("refine").run(refine_cfg, run_dir))
 
-    models: dict[str, object] = {}
+    evaluate = _stage("evaluate")
+    evaluator = None  # opened at the first evaluation that has to run: a rerun loads no model
 
-    def generator(path: str | None):
-        from lmcot.generation import make_generator
-
-        key = path or "large"
-        if key not in models:
-            spec = cfg.large if path is None else replace(cfg.small, name_or_path=path)
-            models[key] = make_generator(spec, cfg.generation)
-        return models[key]
+    def run_eval(ecfg: Config, judge: bool) -> dict:
+        nonlocal evaluator
+        evaluator = evaluator or evaluate.open_evaluator(ecfg)
+        return evaluator.evaluate(ecfg, run_dir, judge)
 
     model_hash = {str(run_dir.distill_model): h_distill, str(run_dir.refine_model): h_refine, None: None}
     eval_inputs = cfg.section_hash("data", "large", "generation")
-    for label, method, k, small_path in eval_plan(cfg, run_dir):
-        ecfg = replace(cfg, eval=EvalConfig(method=method, self_consistency=k, limit=cfg.eval.limit, label=label))
-        h = chain_hash("eval", label, method, k, cfg.eval.limit, eval_inputs, model_hash[small_path])
-        step(label, run_dir.eval_dir(label), h, lambda: _stage("evaluate").run(
-            ecfg, run_dir, large=generator(None), small=generator(small_path) if small_path else None,
-            judge_aspects=cfg.pipeline.judge_rationales and k == 1,
-        ))
+    try:
+        for label, method, k, small_path in eval_plan(cfg, run_dir):
+            ecfg = evaluate.with_small_lm(
+                replace(cfg, eval=replace(cfg.eval, method=method, self_consistency=k, label=label)), small_path)
+            h = chain_hash("eval", label, method, k, cfg.eval.limit, eval_inputs, model_hash[small_path])
+            step(label, run_dir.eval_dir(label), h,
+                 lambda: run_eval(ecfg, cfg.pipeline.judge_rationales and k == 1))  # noqa: B023 (called at once)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
 
     report = write_report(run_dir, order=[label for label, *_ in eval_plan(cfg, run_dir)], notes=[
         f"Small LM `{cfg.small.name_or_path}`, large LM `{cfg.large.name_or_path}`; "

@@ -82,6 +82,7 @@ def build_dataset(cfg: Config, rows: list[dict]) -> ray.data.Dataset:
         compute=ActorPoolStrategy(size=rc.num_actors),
         num_cpus=rc.cpus_per_actor,
         num_gpus=rc.gpus_per_actor or None,
+        resources=cfg.large.placement() or None,  # the teacher's worker group (large.ray_resource)
         **retries,
     )
 

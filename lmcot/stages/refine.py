@@ -37,7 +37,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from lmcot.config import Config, RefineConfig, to_dict
+from lmcot.config import Config, RefineConfig, fingerprint_dict, to_dict
 from lmcot.rundir import RunDir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     meta_file = model_dir / MODEL_META
     base = meta_file.read_text() if meta_file.is_file() else str((model_dir / "config.json").stat().st_mtime)
     digest = hashlib.sha256(json.dumps(
-        [base, to_dict(rc), to_dict(cfg.large), to_dict(cfg.generation), to_dict(cfg.data), cfg.seed],
+        [base, to_dict(rc), fingerprint_dict(cfg.large), to_dict(cfg.generation), to_dict(cfg.data), cfg.seed],
         sort_keys=True).encode()).hexdigest()[:12]
     return dict(model_path=str(model_dir), family=family, rows=rows, plan=plan, aspects=aspects, fingerprint=digest)
 
@@ -107,15 +107,24 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
     return rows
 
 
-def check_judges_fit(rc: RefineConfig) -> None:
+def refine_resources(cfg: Config) -> dict[str, float]:
+    """Ray resources one refinement run holds: training workers plus judge actors, each with
+    its model's placement resource (``small.ray_resource`` / ``large.ray_resource``)."""
+    rc = cfg.refine
+    need = dict(rc.resources())
+    for spec, count in ((cfg.small, rc.scaling.num_workers), (cfg.large, rc.judge_num_actors)):
+        for key, amount in spec.placement().items():
+            need[key] = need.get(key, 0.0) + count * amount
+    return need
+
+
+def check_judges_fit(cfg: Config) -> None:
     """Workers plus judge actors must fit the local cluster (a remote one may still grow: warn)."""
     from lmcot.stages.cluster import require_resources
 
-    need = rc.resources()
+    rc = cfg.refine
     require_resources(
-        need["CPU"], need["GPU"],
-        f"refine needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs ({rc.scaling.num_workers} workers + "
-        f"{rc.judge_num_actors} judge actors)",
+        refine_resources(cfg), f"refine runs {rc.scaling.num_workers} training workers and {rc.judge_num_actors} judge actors",
         "lower refine.judge_num_cpus / judge_num_gpus / judge_num_actors or refine.scaling.num_workers / "
         "cpus_per_worker",
     )
@@ -138,14 +147,15 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         return {"model": str(run_dir.refine_model), "skipped": True, **json.loads(meta_file.read_text())}
 
     ensure_ray()
-    check_cluster_fits(rc.scaling, "refine")
-    check_judges_fit(rc)
+    check_cluster_fits(rc.scaling, "refine", cfg.small.placement())
+    check_judges_fit(cfg)
     log.info("refine: %s model %s, %s, rewards %s, %d workers (ZeRO-%d), %d judge actors -> run %s",
              prep["family"], prep["model_path"], rc.algorithm, prep["plan"], rc.scaling.num_workers,
              rc.scaling.zero_stage, rc.judge_num_actors, name)
     judges = start_judges(cfg.large, cfg.generation, num_actors=rc.judge_num_actors, num_cpus=rc.judge_num_cpus,
                           num_gpus=rc.judge_num_gpus, batch_size=rc.judge_batch_size,
-                          batch_wait_ms=rc.judge_batch_wait_ms, timeout_s=rc.judge_timeout_s)
+                          batch_wait_ms=rc.judge_batch_wait_ms, timeout_s=rc.judge_timeout_s,
+                          placement=cfg.large.placement())
     config = {
         "rows": ray.put(prep["rows"]), "judges": judges, "model_path": prep["model_path"], "family": prep["family"],
         "plan": prep["plan"], "aspects": prep["aspects"], "refine": to_dict(rc), "seed": cfg.seed,
@@ -155,7 +165,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     }
     started = time.time()
     try:
-        result = fit(train_worker, config, scaling=rc.scaling, storage_path=run_dir.refine_checkpoints, name=name)
+        result = fit(train_worker, config, scaling=rc.scaling, storage_path=run_dir.refine_checkpoints, name=name,
+                     placement=cfg.small.placement())
         judge_stats = JudgeClient(judges, rc.judge_timeout_s).stats()
     finally:
         for actor in judges:

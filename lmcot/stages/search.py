@@ -49,7 +49,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lmcot.config import Config, EvalConfig, from_dict, to_dict
+from lmcot.config import Config, EvalConfig, fingerprint_dict, from_dict, to_dict
 from lmcot.rundir import RunDir, write_atomic, write_json
 from lmcot.search_space import (
     TrialResult,
@@ -117,6 +117,7 @@ def trial_resources(cfg: Config):
     sc, rc = cfg.search, cfg.refine
     head = {k: v for k, v in (("CPU", sc.trial_cpus), ("GPU", sc.trial_gpus)) if v > 0}
     judge = {k: v for k, v in (("CPU", rc.judge_num_cpus), ("GPU", rc.judge_num_gpus)) if v > 0}
+    judge.update(cfg.large.placement())  # the judges' worker group, inside the trial's group
     bundles = [head] + ([judge] * rc.judge_num_actors if judge else [])
     if not any(bundles):
         bundles = [{"memory": 1}]
@@ -126,15 +127,17 @@ def trial_resources(cfg: Config):
 def check_fits(cfg: Config) -> None:
     """``max_concurrent_trials`` trials (own process + judges + workers) must fit the local cluster."""
     from lmcot.stages.cluster import require_resources
+    from lmcot.stages.refine import refine_resources
 
     sc = cfg.search
-    refine_need = cfg.refine.resources()
+    per_trial = refine_resources(cfg)
+    per_trial["CPU"] += sc.trial_cpus
+    per_trial["GPU"] += sc.trial_gpus
     n = sc.max_concurrent_trials
-    cpu, gpu = n * (sc.trial_cpus + refine_need["CPU"]), n * (sc.trial_gpus + refine_need["GPU"])
     require_resources(
-        cpu, gpu,
-        f"search.max_concurrent_trials={n} trials need {cpu:g} CPUs and {gpu:g} GPUs "
-        "(each: search.trial_cpus/trial_gpus + refine judges + refine.scaling workers)",
+        {k: n * v for k, v in per_trial.items()},
+        f"search.max_concurrent_trials={n} runs {n} trials at once (each: search.trial_cpus/trial_gpus + "
+        "refine judges + refine.scaling workers)",
         "lower search.max_concurrent_trials, refine.scaling.num_workers or the judges' resources",
     )
 
@@ -143,8 +146,8 @@ def fingerprint(cfg: Config, run_dir: RunDir) -> dict:
     """What a search depends on; a restored search must have the same."""
     meta = run_dir.distill_model / "lmcot_model.json"
     search = {k: v for k, v in to_dict(cfg.search).items() if k not in RUN_ONLY_FIELDS}
-    return {"search": search, "refine": to_dict(cfg.refine), "small": to_dict(cfg.small),
-            "large": to_dict(cfg.large), "data": to_dict(cfg.data), "generation": to_dict(cfg.generation),
+    return {"search": search, "refine": to_dict(cfg.refine), "small": fingerprint_dict(cfg.small),
+            "large": fingerprint_dict(cfg.large), "data": to_dict(cfg.data), "generation": to_dict(cfg.generation),
             "seed": cfg.seed, "distill_model": meta.read_text() if meta.is_file() else ""}
 
 

@@ -429,8 +429,8 @@ def config_from_args(args: AppArgs | dict) -> Config:
 def graph(cfg: Config):
     """The bound application: Ingress over Rationalizer and Answerer, each with its ``serve.*`` resources."""
     s = cfg.serve
-    rationalizer = Rationalizer.options(**s.rationalizer.deployment_options()).bind(cfg)
-    answerer = Answerer.options(**s.answerer.deployment_options()).bind(cfg)
+    rationalizer = Rationalizer.options(**s.rationalizer.deployment_options(cfg.small.placement())).bind(cfg)
+    answerer = Answerer.options(**s.answerer.deployment_options(cfg.large.placement())).bind(cfg)
     return Ingress.options(**s.ingress.deployment_options()).bind(cfg, rationalizer, answerer)
 
 

@@ -64,22 +64,32 @@ _FORWARDED_ENV = ("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOK
 
 
 # -- driver side ---------------------------------------------------------------------------
-def check_cluster_fits(scaling: ScalingConfig, section: str) -> None:
+def check_cluster_fits(scaling: ScalingConfig, section: str, placement: dict[str, float] | None = None) -> None:
     """Fail before any worker starts when the workers cannot fit the cluster (see ``require_resources``)."""
-    need_gpu = scaling.num_workers if scaling.use_gpu else 0
+    per_worker = worker_resources(scaling, placement)
     require_resources(
-        scaling.num_workers * scaling.cpus_per_worker, need_gpu,
-        f"{section}.scaling asks for {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPUs"
-        f"{' + 1 GPU' if scaling.use_gpu else ''}",
-        f"lower {section}.scaling.num_workers / cpus_per_worker" + (" or set use_gpu: false" if need_gpu else ""),
+        {k: scaling.num_workers * v for k, v in per_worker.items()},
+        f"{section}.scaling asks for {scaling.num_workers} workers x {per_worker}",
+        f"lower {section}.scaling.num_workers / cpus_per_worker"
+        + (" or set use_gpu: false" if scaling.use_gpu else "")
+        + (" or clear small.ray_resource" if placement else ""),
     )
 
 
-def ray_scaling_config(scaling: ScalingConfig) -> ray.train.ScalingConfig:
-    """Ray Train workers of an lmcot ``ScalingConfig`` (one GPU each when ``use_gpu``)."""
+def worker_resources(scaling: ScalingConfig, placement: dict[str, float] | None = None) -> dict[str, float]:
+    """Ray resources of one training worker: its CPUs, one GPU when ``use_gpu``, and the small
+    LM's placement resource (``small.ray_resource``) when set.
+
+    >>> worker_resources(ScalingConfig(cpus_per_worker=2, use_gpu=True), {"small_lm": 0.001})
+    {'CPU': 2, 'GPU': 1, 'small_lm': 0.001}
+    """
+    return {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {}), **(placement or {})}
+
+
+def ray_scaling_config(scaling: ScalingConfig, placement: dict[str, float] | None = None) -> ray.train.ScalingConfig:
+    """Ray Train workers of an lmcot ``ScalingConfig`` (see :func:`worker_resources`)."""
     return ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                   resources_per_worker={"CPU": scaling.cpus_per_worker,
-                                                         **({"GPU": 1} if scaling.use_gpu else {})})
+                                   resources_per_worker=worker_resources(scaling, placement))
 
 
 def forwarded_env() -> dict[str, str]:
@@ -103,16 +113,17 @@ def ray_run_config(scaling: ScalingConfig, storage_path: str | os.PathLike, name
 
 
 def fit(train_loop: Callable[[dict], None], config: dict, *, scaling: ScalingConfig,
-        storage_path: str | os.PathLike, name: str) -> ray.train.Result:
+        storage_path: str | os.PathLike, name: str, placement: dict[str, float] | None = None) -> ray.train.Result:
     """Run ``train_loop(config)`` on every worker of a ``TorchTrainer``; returns the Ray Train result.
 
+    ``placement``: extra Ray resources per worker (the small LM's ``ray_resource``).
     ``config`` should carry large data as object refs (``ray.put``), not inline.
     ``config["output_dir"]`` is set to the node-local folder the HF trainer writes into.
     """
     from ray.train.torch import TorchTrainer
 
     config = dict(config, output_dir=local_output_dir(name))
-    trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=ray_scaling_config(scaling),
+    trainer = TorchTrainer(train_loop, train_loop_config=config, scaling_config=ray_scaling_config(scaling, placement),
                            run_config=ray_run_config(scaling, storage_path, name))
     return trainer.fit()
 

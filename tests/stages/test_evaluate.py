@@ -1,0 +1,56 @@
+"""Evaluation on the cluster (``eval.on_cluster``): what a GPU cluster's jobs use, since
+their drivers run on a CPU-only head. Real parts: a local 2-CPU Ray cluster, the tiny
+models loaded in an evaluation actor, the same run-directory outputs as in-process.
+"""
+
+import json
+import time
+
+import pytest
+
+from lmcot.config import load_config
+from lmcot.rundir import RunDir
+from lmcot.stages import evaluate
+
+pytestmark = pytest.mark.ray
+
+SETS = ["eval.limit=2", "eval.method=lm_guided"]
+
+
+def _outputs(run_dir: RunDir, label: str) -> tuple[dict, dict]:
+    out = run_dir.eval_dir(label)
+    return json.loads((out / "predictions.json").read_text()), json.loads((out / "metrics.json").read_text())
+
+
+def test_on_cluster_evaluates_in_an_actor_with_the_same_results(ray_cluster, tmp_path, monkeypatch):
+    here = RunDir(tmp_path / "here")
+    there = RunDir(tmp_path / "there")
+    evaluate.run(load_config("tiny", SETS), here)
+
+    def no_model_in_the_driver(*args, **kwargs):
+        raise AssertionError("eval.on_cluster loaded a model in the driver")
+
+    monkeypatch.setattr(evaluate, "make_generator", no_model_in_the_driver)  # the actor's process is untouched
+    evaluate.run(load_config("tiny", [*SETS, "eval.on_cluster=true", "eval.num_cpus=1"]), there)
+
+    (pred_here, metrics_here), (pred_there, metrics_there) = _outputs(here, "lm_guided"), _outputs(there, "lm_guided")
+    assert pred_there == pred_here  # greedy decoding: the same answers wherever it runs
+    assert {k: v["f1"] for k, v in metrics_there["datasets"].items()} == \
+        {k: v["f1"] for k, v in metrics_here["datasets"].items()}
+    deadline = time.monotonic() + 30  # ray.kill releases the actor's CPU asynchronously
+    while ray_cluster.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_cluster.available_resources().get("CPU") == 2  # the actor was released
+
+
+def test_on_cluster_asking_more_than_the_cluster_has_names_the_fields(ray_cluster, tmp_path):
+    cfg = load_config("tiny", [*SETS, "eval.on_cluster=true", "eval.num_gpus=1"])
+    with pytest.raises(ValueError, match=r"1 GPU.*eval.num_cpus / num_gpus"):
+        evaluate.run(cfg, RunDir(tmp_path / "run"))
+    assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_a_model_pinned_to_a_missing_group_is_named(ray_cluster, tmp_path):
+    cfg = load_config("tiny", [*SETS, "eval.on_cluster=true", "large.ray_resource=large_lm"])
+    with pytest.raises(ValueError, match="large_lm"):
+        evaluate.run(cfg, RunDir(tmp_path / "run"))
