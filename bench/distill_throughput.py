@@ -1,10 +1,12 @@
 """Distillation training throughput: 2 Ray Train workers with DeepSpeed ZeRO-2 against one process.
 
-CPU mode (default), run: ``nice -n -10 .venv/bin/python bench/distill_throughput.py``
-(the raised priority, inherited by the Ray cluster it starts, keeps other work on a
-shared machine from deciding the ratio; both sides run at the same priority).
+CPU mode (default), run: ``.venv/bin/python bench/distill_throughput.py`` on a quiet
+machine (on a shared one, ``nice -n -10`` as root: the priority is inherited by the Ray
+cluster it starts, and both sides run at it).
 
-Both sides train the same model on the same pairs (the shipped synthetic training
+Both sides train the same model (by default a random T5, ``--d-model`` 256 and
+``--layers`` 4, about 10M parameters, so training steps, not communication start-up,
+dominate; see ``bench_models.py``) on the same pairs (the shipped synthetic training
 questions with rationales, prompts fitted to ``--context-tokens``) with the same global
 batch and the same number of optimizer steps:
 
@@ -194,9 +196,12 @@ def cpu_bench(args) -> dict:
     from lmcot.stages import distill
     from lmcot.stages.cluster import ensure_ray
 
+    from bench_models import parameter_count, random_t5
+
+    model = args.model or str(random_t5(args.d_model, args.layers))
     steps = args.steps
     cfg = load_config("tiny", [
-        f"small.name_or_path={args.model}", f"data.context_max_tokens={args.context_tokens}",
+        f"small.name_or_path={model}", f"data.context_max_tokens={args.context_tokens}",
         f"distill.max_steps={steps}", f"distill.save_steps={args.window}", f"distill.eval_steps={steps}",
         f"distill.scaling.checkpoints_to_keep={steps // args.window + 1}",
         "distill.eval_fraction=0.0", "distill.sample_rationales=0", f"distill.logging_steps={steps}",
@@ -208,7 +213,8 @@ def cpu_bench(args) -> dict:
         run_dir = RunDir(Path(tmp) / "run")
         n = write_rationales(run_dir, cfg)
         prep = distill.prepare(cfg, run_dir)
-        results = {"bench": "distill_throughput_cpu", "model": args.model, "pairs": n, "steps": steps,
+        results = {"bench": "distill_throughput_cpu", "model": model, "pairs": n, "steps": steps,
+                   "params_m": round(parameter_count(model) / 1e6, 1) if not args.model else None,
                    "global_batch": 2 * args.per_device, "prompt_tokens_mean": round(
                        prep["train"].token_counts()[0] / len(prep["train"]), 1)}
         import ray
@@ -244,7 +250,9 @@ def summarize(windows: list[float], loss: float, load_before: float) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", action="store_true", help="FLAN-T5-Large-sized bf16 training step on one GPU")
-    p.add_argument("--model", default="tiny:t5-large", help="CPU mode: the small LM [tiny:t5-large]")
+    p.add_argument("--model", default="", help="CPU mode: the small LM (default: a random T5 of --d-model/--layers)")
+    p.add_argument("--d-model", type=int, default=256, help="CPU mode: width of the default random T5 [256]")
+    p.add_argument("--layers", type=int, default=4, help="CPU mode: encoder and decoder layers of the default T5 [4]")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per side (CPU) or timed steps (GPU)")
     p.add_argument("--window", type=int, default=10, help="CPU mode: steps per throughput window [10]")
     p.add_argument("--per-device", type=int, default=4, help="CPU mode: batch per Ray worker")

@@ -35,22 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LMCOT_TINY_DIR", str(ROOT / "artifacts" / "tiny-models"))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-
-def bench_model(d_model: int, layers: int, max_new_tokens: int) -> Path:
-    """A random T5 of the given size (tiny-model tokenizer), built once and reused."""
-    from transformers import GenerationConfig
-
-    from lmcot import tiny
-
-    name = f"t5-bench-d{d_model}-l{layers}"
-    out = ROOT / "artifacts" / "bench-models" / f"{name}-new{max_new_tokens}-{tiny.fingerprint()}"
-    if not (out / "lmcot_tiny.json").is_file():
-        tiny.TINY_MODELS[name] = ("seq2seq", dict(d_model=d_model, d_ff=4 * d_model, num_layers=layers, num_heads=8))
-        tiny.write_tiny_model(name, out)
-        gen = GenerationConfig.from_pretrained(out)
-        gen.min_new_tokens = max_new_tokens  # every row decodes the same number of tokens
-        gen.save_pretrained(out)
-    return out
+from bench_models import parameter_count, random_t5  # noqa: E402 (bench/ is the script's folder)
 
 
 def run_loop(cfg, threads: int | None) -> dict:
@@ -121,7 +106,7 @@ def main() -> None:
     from lmcot.config import load_config
     from lmcot.stages.cluster import ensure_ray
 
-    model = bench_model(args.d_model, args.layers, args.max_new_tokens)
+    model = random_t5(args.d_model, args.layers, min_new_tokens=args.max_new_tokens)
     cfg = load_config("tiny", [
         "data.datasets=[{name: hotpotqa, format: hotpotqa, train_path: 'sample:hotpotqa_synthetic_train', "
         "dev_path: 'sample:hotpotqa_synthetic_dev'}]",
@@ -131,9 +116,8 @@ def main() -> None:
         f"generation.rationale_max_new_tokens={args.max_new_tokens}", "generation.batch_size=64",
     ])
     import torch
-    from safetensors.torch import load_file
 
-    params = sum(t.numel() for t in load_file(model / "model.safetensors").values())
+    params = parameter_count(model)
     print(f"model: random T5 d_model={args.d_model} layers={args.layers} ({params / 1e6:.1f}M params), "
           f"{args.questions} questions x {args.samples} samples = {args.questions * args.samples} rows, "
           f"{args.max_new_tokens} new tokens each, batch {args.batch_size} questions; "
