@@ -376,6 +376,11 @@ def test_ray_job_cluster_holds_what_its_preset_asks(name, doc):
             needs.append((small, scaling.num_workers, scaling.cpus_per_worker))
     if stage in ("refine", "search", "pipeline"):
         needs.append((large, 1, 1))  # judge
+    if stage == "search":  # trials at once, each: judges plus its own evaluation on a large-LM GPU
+        s, rc = cfg.search, cfg.refine
+        assert s.trial_gpus >= 1, f"{name}: a trial's evaluation loads both LMs: set search.trial_gpus"
+        needs.append((large, s.max_concurrent_trials * (s.trial_gpus + rc.judge_num_actors * rc.judge_num_gpus),
+                      max(s.trial_cpus, rc.judge_num_cpus)))
     if stage in ("eval", "pipeline"):
         # The driver runs on the CPU-only head: the evaluation must run in its own GPU actor.
         assert cfg.eval.on_cluster and cfg.eval.num_gpus >= 1, f"{name}: set eval.on_cluster and eval.num_gpus"

@@ -96,8 +96,8 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
         raise ValueError("refine needs training questions: data.datasets has no train split with examples")
     random.Random(cfg.seed).shuffle(pool)
     pool = pool[:n]
-    questions = prepare_questions([ex for ex, _ in pool], mode=cfg.data.context_mode, tokenizer=context_tokenizer(cfg.large),
-                                  max_tokens=cfg.data.context_max_tokens)
+    questions = prepare_questions([ex for ex, _ in pool], mode=cfg.data.context_mode,
+                                  tokenizer=context_tokenizer(cfg.large), max_tokens=cfg.data.context_max_tokens)
     rows = []
     for (ex, aliases), q in zip(pool, questions):
         golds = [ex.answer] + [a for a in aliases.get(getattr(ex, "answer_id", ""), ()) if a != ex.answer]
@@ -124,7 +124,8 @@ def check_judges_fit(cfg: Config) -> None:
 
     rc = cfg.refine
     require_resources(
-        refine_resources(cfg), f"refine runs {rc.scaling.num_workers} training workers and {rc.judge_num_actors} judge actors",
+        refine_resources(cfg),
+        f"refine runs {rc.scaling.num_workers} training workers and {rc.judge_num_actors} judge actors",
         "lower refine.judge_num_cpus / judge_num_gpus / judge_num_actors or refine.scaling.num_workers / "
         "cpus_per_worker",
     )

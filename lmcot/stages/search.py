@@ -116,6 +116,7 @@ def trial_resources(cfg: Config):
 
     sc, rc = cfg.search, cfg.refine
     head = {k: v for k, v in (("CPU", sc.trial_cpus), ("GPU", sc.trial_gpus)) if v > 0}
+    head.update(cfg.large.placement())  # the trial's own evaluation loads the large LM
     judge = {k: v for k, v in (("CPU", rc.judge_num_cpus), ("GPU", rc.judge_num_gpus)) if v > 0}
     judge.update(cfg.large.placement())  # the judges' worker group, inside the trial's group
     bundles = [head] + ([judge] * rc.judge_num_actors if judge else [])
@@ -133,6 +134,8 @@ def check_fits(cfg: Config) -> None:
     per_trial = refine_resources(cfg)
     per_trial["CPU"] += sc.trial_cpus
     per_trial["GPU"] += sc.trial_gpus
+    for key, amount in cfg.large.placement().items():
+        per_trial[key] = per_trial.get(key, 0.0) + amount
     n = sc.max_concurrent_trials
     require_resources(
         {k: n * v for k, v in per_trial.items()},

@@ -80,7 +80,7 @@ def test_trial_resources_reserve_the_judges_inside_the_trial():
     gpu = load_config("tiny", [*SETS, "search.trial_gpus=1", "refine.judge_num_gpus=1", "refine.judge_num_actors=2"])
     assert search.trial_resources(gpu).bundles == [{"GPU": 1}, {"GPU": 1}, {"GPU": 1}]
     pinned = gpu.replace(large=dataclasses.replace(gpu.large, ray_resource="large_lm"))
-    assert search.trial_resources(pinned).bundles == [{"GPU": 1}, *[{"GPU": 1, "large_lm": 0.001}] * 2]
+    assert search.trial_resources(pinned).bundles == [{"GPU": 1, "large_lm": 0.001}] * 3
 
 
 def test_each_round_starts_from_the_previous_rounds_model(tmp_path):
