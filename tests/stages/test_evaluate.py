@@ -54,3 +54,18 @@ def test_a_model_pinned_to_a_missing_group_is_named(ray_cluster, tmp_path):
     cfg = load_config("tiny", [*SETS, "eval.on_cluster=true", "large.ray_resource=large_lm"])
     with pytest.raises(ValueError, match="large_lm"):
         evaluate.run(cfg, RunDir(tmp_path / "run"))
+
+
+def test_missing_resources_fail_locally_and_only_warn_on_a_remote_cluster(ray_cluster, monkeypatch, caplog):
+    from lmcot.stages.cluster import require_resources
+
+    need = {"CPU": 1, "large_lm": 0.001}
+    with pytest.raises(ValueError, match=r"^the eval actor; that needs 0.001 large_lm but the Ray cluster has 0 "
+                                         r"large_lm: clear large.ray_resource$"):
+        require_resources(need, "the eval actor", "clear large.ray_resource")
+    # A remote cluster (RAY_ADDRESS) may still grow through its autoscaler: warn and go on.
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.get_runtime_context().gcs_address)
+    with caplog.at_level("WARNING", logger="lmcot.stages.cluster"):
+        require_resources(need, "the eval actor", "clear large.ray_resource")
+    assert "waiting for the cluster to grow" in caplog.text
+    require_resources({"CPU": 2}, "fits", "nothing")  # what the cluster has passes silently
