@@ -253,9 +253,9 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="", help="CPU mode: the small LM (default: a random T5 of --d-model/--layers)")
     p.add_argument("--d-model", type=int, default=256, help="CPU mode: width of the default random T5 [256]")
     p.add_argument("--layers", type=int, default=4, help="CPU mode: encoder and decoder layers of the default T5 [4]")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps per side (CPU) or timed steps (GPU)")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per side (CPU) or timed steps (GPU)")
     p.add_argument("--window", type=int, default=10, help="CPU mode: steps per throughput window [10]")
-    p.add_argument("--per-device", type=int, default=4, help="CPU mode: batch per Ray worker")
+    p.add_argument("--per-device", type=int, default=8, help="CPU mode: batch per Ray worker [8]")
     p.add_argument("--context-tokens", type=int, default=256, help="CPU mode: context budget of each prompt")
     p.add_argument("--batch", type=int, default=16, help="GPU mode: batch")
     p.add_argument("--src", type=int, default=512, help="GPU mode: source tokens")
@@ -268,7 +268,7 @@ def main(argv=None) -> None:
     p.add_argument("--peak-tflops", type=float, default=0.0, help="GPU mode: dense bf16 peak (default: by name)")
     args = p.parse_args(argv)
     if args.gpu:
-        if args.steps == 60:
+        if args.steps == 30:
             args.steps = 10
         print(json.dumps(gpu_bench(args)), flush=True)
         return

@@ -14,9 +14,10 @@ Besides end-to-end rows/s it prints the start-up (time until the first batch is 
 and the steady-state rows/s after it, so a busy machine's slow process start-up can be
 told apart from the generation throughput.
 
-The model is a random T5 larger than the test models (``--d-model``, ``--layers``) with
-``min_new_tokens`` equal to the rationale length, so every row costs the same decode
-steps and generation, not start-up, dominates the wall time. It is built once under
+The model is a random T5 larger than the test models (``--d-model`` 512, ``--layers`` 6:
+57.7M parameters) with ``min_new_tokens`` equal to the rationale length, so every row
+costs the same decode steps and generation, not start-up, dominates the wall time (about
+a minute per side for the default 800 rows on 2 CPUs). It is built once under
 ``artifacts/bench-models/``. Run: ``.venv/bin/python bench/teacher_throughput.py``.
 """
 
@@ -91,14 +92,14 @@ def summary(rows: int, started: float, end: float, first: tuple[float, int], las
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--questions", type=int, default=48, help="HotpotQA training questions [48]")
-    p.add_argument("--samples", type=int, default=2, help="rationales per question [2]")
+    p.add_argument("--questions", type=int, default=100, help="HotpotQA training questions [100]")
+    p.add_argument("--samples", type=int, default=8, help="rationales per question [8]")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per rationale [32]")
     p.add_argument("--batch-size", type=int, default=4, help="questions per generate call, both sides [4]")
-    p.add_argument("--d-model", type=int, default=256, help="bench T5 width [256]")
-    p.add_argument("--layers", type=int, default=4, help="bench T5 encoder and decoder layers [4]")
+    p.add_argument("--d-model", type=int, default=512, help="bench T5 width [512]")
+    p.add_argument("--layers", type=int, default=6, help="bench T5 encoder and decoder layers [6]")
     p.add_argument("--actors", type=int, default=2, help="Ray Data teacher actors (1 CPU each) [2]")
-    p.add_argument("--baseline-threads", type=int, nargs="*", default=[0],
+    p.add_argument("--baseline-threads", type=int, nargs="*", default=[0, 1],
                    help="torch threads of the one-process loop; 0 = torch's default; several run several loops")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
