@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 METHODS = ("standard", "cot", "lm_guided")
 
@@ -20,14 +20,18 @@ class EvalConfig:
     """Evaluate the first N dev examples of each dataset (0: all)."""
     label: str = ""
     """Name of the output folder ``RUN/eval/<label>/``; empty: the method name plus ``-sc<K>`` when K > 1."""
-    on_cluster: bool = False
+    on_cluster: bool = field(default=False, metadata={"fingerprint": False})
     """Run the evaluation in one Ray actor holding both LMs (sized by ``num_cpus``/``num_gpus``,
     on the large LM's ``ray_resource`` group) instead of the calling process. Needed on a GPU
     cluster, whose job drivers run on a CPU-only head; off, ``lmcot eval`` needs no cluster."""
-    num_cpus: float = 1.0
+    num_cpus: float = field(default=1.0, metadata={"fingerprint": False})
     """CPUs of the evaluation actor (``on_cluster`` only)."""
-    num_gpus: float = 0.0
+    num_gpus: float = field(default=0.0, metadata={"fingerprint": False})
     """GPUs of the evaluation actor (``on_cluster`` only): 1 for the large LM and the small LM on one GPU."""
+    start_timeout_s: float = field(default=1800.0, metadata={"fingerprint": False})
+    """How long to wait for the evaluation actor to be placed and started (``on_cluster`` only):
+    long enough for an autoscaler to add a GPU node, short of waiting forever on a resource
+    no node offers."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -38,6 +42,8 @@ class EvalConfig:
             raise ValueError("limit must be >= 0 (0 means all)")
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ValueError("num_cpus and num_gpus must be >= 0")
+        if self.start_timeout_s <= 0:
+            raise ValueError("start_timeout_s must be > 0")
 
     @property
     def output_label(self) -> str:

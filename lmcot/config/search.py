@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SAMPLERS = ("random", "grid")
+RUN_ONLY = {"fingerprint": False}
+"""Field metadata of settings that say how to run, not what is searched: left out of the
+search's fingerprint, so changing them neither refuses a resume nor reruns the pipeline."""
 
 
 def _default_space() -> dict[str, tuple[float, ...]]:
@@ -20,7 +23,7 @@ def _default_space() -> dict[str, tuple[float, ...]]:
 class SearchConfig:
     """Reward-weight search; the pipeline runs it before refinement when ``enabled``."""
 
-    enabled: bool = False
+    enabled: bool = field(default=False, metadata=RUN_ONLY)
     """Run the search in ``lmcot run`` (before refinement, which then uses the best weights).
     ``lmcot search`` runs it whatever this says."""
     num_samples: int = 4
@@ -43,12 +46,12 @@ class SearchConfig:
     """ASHA: at each rung only the top 1/reduction_factor of the trials continue."""
     eval_limit: int = 16
     """Dev questions per dataset in each round's evaluation (0: the whole dev split)."""
-    max_concurrent_trials: int = 1
+    max_concurrent_trials: int = field(default=1, metadata=RUN_ONLY)
     """Trials running at once (each runs its own training workers and judge actors)."""
-    trial_cpus: float = 0.0
+    trial_cpus: float = field(default=0.0, metadata=RUN_ONLY)
     """CPUs reserved for a trial's own process, which evaluates after each round. Its training
     workers and judge actors reserve their own (``refine.scaling``, ``refine.judge_num_*``)."""
-    trial_gpus: float = 0.0
+    trial_gpus: float = field(default=0.0, metadata=RUN_ONLY)
     """GPUs reserved for a trial's own process (the evaluation loads the small and large LMs there)."""
 
     def __post_init__(self):

@@ -4,7 +4,7 @@ Where it runs is ``eval.on_cluster``: off, in the calling process (evaluation se
 small next to training generation, and ``lmcot eval`` then needs no cluster); on, in one
 Ray actor with ``eval.num_cpus``/``num_gpus`` on the large LM's worker group, because on a
 GPU cluster the job driver runs on a CPU-only head. Either way an :class:`Evaluator` keeps
-the models loaded between evaluations (the pipeline runs six with one large LM).
+the models loaded between evaluations (the pipeline runs eight with one large LM).
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class Evaluator:
         small = self._generator("small", cfg.small, cfg) if cfg.eval.method == "lm_guided" else None
         return evaluate_with(cfg, run_dir, small=small, large=large, judge_aspects=judge_aspects)
 
+    def ready(self) -> bool:
+        """Answered once the actor runs (see :class:`RemoteEvaluator`)."""
+        return True
+
     def close(self) -> None:
         self._loaded.clear()
 
@@ -58,18 +62,23 @@ class RemoteEvaluator:
     def __init__(self, cfg: Config):
         import ray
 
-        from lmcot.stages.cluster import ensure_ray, require_resources
+        from lmcot.stages.cluster import ensure_ray
 
         ev = cfg.eval
         ensure_ray()
-        need = {"CPU": ev.num_cpus, "GPU": ev.num_gpus, **cfg.large.placement()}
-        require_resources(
-            need, "eval.on_cluster runs the evaluation in one actor (eval.num_cpus / num_gpus, large.ray_resource)",
-            "lower eval.num_cpus / num_gpus, clear large.ray_resource, or set eval.on_cluster: false to evaluate "
-            "in this process")
+        check_fits(cfg)
         self._actor = ray.remote(Evaluator).options(
             num_cpus=ev.num_cpus, num_gpus=ev.num_gpus, resources=cfg.large.placement() or None,
         ).remote()
+        try:
+            ray.get(self._actor.ready.remote(), timeout=ev.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(self._actor)
+            raise TimeoutError(
+                f"the evaluation actor was not placed within eval.start_timeout_s={ev.start_timeout_s:g} s: no node "
+                f"offers eval.num_cpus={ev.num_cpus:g} / num_gpus={ev.num_gpus:g}"
+                + (f" with the resource large.ray_resource={cfg.large.ray_resource!r}" if cfg.large.ray_resource
+                   else "") + " (check the worker groups, or raise the timeout for a slow autoscaler)") from None
 
     def evaluate(self, cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:
         import ray
@@ -80,6 +89,20 @@ class RemoteEvaluator:
         import ray
 
         ray.kill(self._actor)
+
+
+def check_fits(cfg: Config) -> None:
+    """With ``eval.on_cluster``, the evaluation actor must fit the cluster (see ``require_resources``)."""
+    from lmcot.stages.cluster import require_resources
+
+    ev = cfg.eval
+    if not ev.on_cluster:
+        return
+    require_resources(
+        {"CPU": ev.num_cpus, "GPU": ev.num_gpus, **cfg.large.placement()},
+        "eval.on_cluster runs the evaluation in one actor (eval.num_cpus / num_gpus, large.ray_resource)",
+        "lower eval.num_cpus / num_gpus, clear large.ray_resource, or set eval.on_cluster: false to evaluate "
+        "in this process")
 
 
 def open_evaluator(cfg: Config) -> Evaluator | RemoteEvaluator:

@@ -61,6 +61,8 @@ def eval_plan(cfg: Config, run_dir: RunDir) -> list[tuple[str, str, int, str | N
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     ensure_ray()
+    evaluate = _stage("evaluate")
+    evaluate.check_fits(cfg)  # the evaluations come last: find a misfit before hours of training
     step = _Steps()
     h_rationales = chain_hash("rationales", cfg.section_hash("data", "large", "generation", "rationales"))
     step("rationales", run_dir.rationales, h_rationales, lambda: _stage("rationales").run(cfg, run_dir))
@@ -79,7 +81,6 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
                           refine_cfg.section_hash("seed", "large", "generation", "refine"))
     step("refine", run_dir.refine, h_refine, lambda: _stage("refine").run(refine_cfg, run_dir))
 
-    evaluate = _stage("evaluate")
     evaluator = None  # opened at the first evaluation that has to run: a rerun loads no model
 
     def run_eval(ecfg: Config, judge: bool) -> dict:

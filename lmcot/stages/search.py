@@ -71,9 +71,6 @@ EVAL_LABEL = "dev"
 STATE_FILE = "round.json"
 """The trial checkpoint: the last round reported and its metrics."""
 FINGERPRINT_FILE = "search.json"
-# search fields that say how to run, not what is searched: changing them does not refuse a resume
-# (a restored search keeps the concurrency Tune saved)
-RUN_ONLY_FIELDS = ("enabled", "max_concurrent_trials", "trial_cpus", "trial_gpus")
 
 
 # -- driver --------------------------------------------------------------------------------
@@ -148,9 +145,10 @@ def check_fits(cfg: Config) -> None:
 def fingerprint(cfg: Config, run_dir: RunDir) -> dict:
     """What a search depends on; a restored search must have the same."""
     meta = run_dir.distill_model / "lmcot_model.json"
-    search = {k: v for k, v in to_dict(cfg.search).items() if k not in RUN_ONLY_FIELDS}
-    return {"search": search, "refine": to_dict(cfg.refine), "small": fingerprint_dict(cfg.small),
-            "large": fingerprint_dict(cfg.large), "data": to_dict(cfg.data), "generation": to_dict(cfg.generation),
+    # Run-only fields (concurrency, trial resources) are left out: changing them does not
+    # refuse a resume (a restored search keeps the concurrency Tune saved).
+    return {"search": fingerprint_dict(cfg.search), "refine": to_dict(cfg.refine),
+            "small": fingerprint_dict(cfg.small), "large": fingerprint_dict(cfg.large), "data": to_dict(cfg.data), "generation": to_dict(cfg.generation),
             "seed": cfg.seed, "distill_model": meta.read_text() if meta.is_file() else ""}
 
 

@@ -23,9 +23,16 @@ def _outputs(run_dir: RunDir, label: str) -> tuple[dict, dict]:
 
 
 def test_on_cluster_evaluates_in_an_actor_with_the_same_results(ray_cluster, tmp_path, monkeypatch):
+    import torch
+
     here = RunDir(tmp_path / "here")
     there = RunDir(tmp_path / "there")
-    evaluate.run(load_config("tiny", SETS), here)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the 1-CPU actor: the same reduction order, the same greedy tokens
+    try:
+        evaluate.run(load_config("tiny", SETS), here)
+    finally:
+        torch.set_num_threads(threads)
 
     def no_model_in_the_driver(*args, **kwargs):
         raise AssertionError("eval.on_cluster loaded a model in the driver")
@@ -50,10 +57,16 @@ def test_on_cluster_asking_more_than_the_cluster_has_names_the_fields(ray_cluste
     assert not (tmp_path / "run" / "eval").exists()
 
 
-def test_a_model_pinned_to_a_missing_group_is_named(ray_cluster, tmp_path):
-    cfg = load_config("tiny", [*SETS, "eval.on_cluster=true", "large.ray_resource=large_lm"])
+def test_a_model_pinned_to_a_missing_group_is_named(ray_cluster, tmp_path, monkeypatch):
+    cfg = load_config("tiny", [*SETS, "eval.on_cluster=true", "large.ray_resource=large_lm", "eval.start_timeout_s=3"])
     with pytest.raises(ValueError, match="large_lm"):
         evaluate.run(cfg, RunDir(tmp_path / "run"))
+    # On a remote cluster the check only warns (an autoscaler may add the group), so the actor
+    # waits to be placed: bounded by eval.start_timeout_s, then an error naming the fields.
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.get_runtime_context().gcs_address)
+    with pytest.raises(TimeoutError, match=r"eval.start_timeout_s=3 s.*large.ray_resource='large_lm'"):
+        evaluate.run(cfg, RunDir(tmp_path / "run"))
+    assert not (tmp_path / "run" / "eval").exists()
 
 
 def test_missing_resources_fail_locally_and_only_warn_on_a_remote_cluster(ray_cluster, monkeypatch, caplog):
