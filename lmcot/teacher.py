@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmcot.config import Config, DataConfig, ModelSpec, RationalesConfig
+from lmcot.config import Config, DataConfig, RationalesConfig
 from lmcot.context import build_context
 from lmcot.data import Example, parse_records, to_official_json
 from lmcot.metrics import answer_metrics

@@ -32,6 +32,19 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                  object_store_memory=256 * 1024 * 1024)
 
 
+def add_resources(*needs: dict[str, float], times: int = 1) -> dict[str, float]:
+    """The sum of several Ray resource requests, ``times`` over.
+
+    >>> add_resources({"CPU": 1, "GPU": 1}, {"CPU": 0.5, "large_lm": 0.001}, times=2)
+    {'CPU': 3.0, 'GPU': 2, 'large_lm': 0.002}
+    """
+    total: dict[str, float] = {}
+    for need in needs:
+        for key, amount in need.items():
+            total[key] = total.get(key, 0) + amount
+    return {key: times * amount for key, amount in total.items()}
+
+
 def require_resources(need: dict[str, float], what: str, fix: str) -> None:
     """Fail before anything starts when ``need`` (Ray resource -> amount) cannot fit the cluster.
 

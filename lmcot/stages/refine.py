@@ -110,12 +110,12 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
 def refine_resources(cfg: Config) -> dict[str, float]:
     """Ray resources one refinement run holds: training workers plus judge actors, each with
     its model's placement resource (``small.ray_resource`` / ``large.ray_resource``)."""
+    from lmcot.stages.cluster import add_resources
+
     rc = cfg.refine
-    need = dict(rc.resources())
-    for spec, count in ((cfg.small, rc.scaling.num_workers), (cfg.large, rc.judge_num_actors)):
-        for key, amount in spec.placement().items():
-            need[key] = need.get(key, 0.0) + count * amount
-    return need
+    small = {k: rc.scaling.num_workers * v for k, v in cfg.small.placement().items()}
+    large = {k: rc.judge_num_actors * v for k, v in cfg.large.placement().items()}
+    return add_resources(rc.resources(), small, large)
 
 
 def check_judges_fit(cfg: Config) -> None:

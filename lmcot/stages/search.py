@@ -124,18 +124,14 @@ def trial_resources(cfg: Config):
 
 def check_fits(cfg: Config) -> None:
     """``max_concurrent_trials`` trials (own process + judges + workers) must fit the local cluster."""
-    from lmcot.stages.cluster import require_resources
+    from lmcot.stages.cluster import add_resources, require_resources
     from lmcot.stages.refine import refine_resources
 
     sc = cfg.search
-    per_trial = refine_resources(cfg)
-    per_trial["CPU"] += sc.trial_cpus
-    per_trial["GPU"] += sc.trial_gpus
-    for key, amount in cfg.large.placement().items():
-        per_trial[key] = per_trial.get(key, 0.0) + amount
+    own = {"CPU": sc.trial_cpus, "GPU": sc.trial_gpus, **cfg.large.placement()}  # the trial's evaluation
     n = sc.max_concurrent_trials
     require_resources(
-        {k: n * v for k, v in per_trial.items()},
+        add_resources(refine_resources(cfg), own, times=n),
         f"search.max_concurrent_trials={n} runs {n} trials at once (each: search.trial_cpus/trial_gpus + "
         "refine judges + refine.scaling workers)",
         "lower search.max_concurrent_trials, refine.scaling.num_workers or the judges' resources",
@@ -148,7 +144,8 @@ def fingerprint(cfg: Config, run_dir: RunDir) -> dict:
     # Run-only fields (concurrency, trial resources) are left out: changing them does not
     # refuse a resume (a restored search keeps the concurrency Tune saved).
     return {"search": fingerprint_dict(cfg.search), "refine": to_dict(cfg.refine),
-            "small": fingerprint_dict(cfg.small), "large": fingerprint_dict(cfg.large), "data": to_dict(cfg.data), "generation": to_dict(cfg.generation),
+            "small": fingerprint_dict(cfg.small), "large": fingerprint_dict(cfg.large), "data": to_dict(cfg.data),
+            "generation": to_dict(cfg.generation),
             "seed": cfg.seed, "distill_model": meta.read_text() if meta.is_file() else ""}
 
 
@@ -331,9 +328,9 @@ def run_round(cfg: Config, round_dir: RunDir, weights: dict[str, float], r: int)
     rcfg = round_config(cfg, weights, r)
     summary = refine.run(rcfg, round_dir)
     shutil.rmtree(round_dir.refine_checkpoints, ignore_errors=True)  # the next round starts from the model
-    ecfg = cfg.replace(small=replace(cfg.small, name_or_path=str(round_dir.refine_model)),
-                       eval=EvalConfig(method="lm_guided", self_consistency=1, limit=cfg.search.eval_limit,
-                                       label=EVAL_LABEL))
+    ecfg = evaluate.with_small_lm(cfg.replace(eval=EvalConfig(
+        method="lm_guided", self_consistency=1, limit=cfg.search.eval_limit, label=EVAL_LABEL)),
+        str(round_dir.refine_model))
     ev = evaluate.run(ecfg, round_dir, judge_aspects=True)
     f1s = {name: m["f1"] for name, m in ev["datasets"].items()}
     aspects_file = round_dir.eval_dir(EVAL_LABEL) / "aspects.json"

@@ -1,4 +1,4 @@
-"""Run the doctests of every core module (rewards, prompts, voting, ... carry examples)."""
+"""Run the doctests of every module (rewards, prompts, voting, resource sums, ... carry examples)."""
 
 import doctest
 import importlib
@@ -8,10 +8,10 @@ import pytest
 
 import lmcot
 
-CORE = sorted(m.name for m in pkgutil.walk_packages(lmcot.__path__, "lmcot.") if not m.name.startswith("lmcot.stages"))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(lmcot.__path__, "lmcot."))
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", MODULES)
 def test_doctests(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
