@@ -2,9 +2,20 @@
 
 One step: sample ``k`` rationales per prompt from the policy, score them with the
 lmcot rewards (one batched large-LM call per reward kind), turn the rewards into
-group-relative advantages, and take ``num_iterations`` clipped policy-gradient
-updates with a k3 KL penalty to the frozen reference (the distilled model). The
-algorithm itself is the pure tensor code of :mod:`lmcot.rl`; this module only
+advantages, and take ``num_iterations`` clipped policy-gradient updates. The
+objective is the one TRL 1.16 optimises for causal models with the same config:
+
+- ``algorithm: grpo`` = TRL ``GRPOTrainer``: group-relative advantages
+  (``scale_rewards``), per-token clipped ratio, ``beta`` x per-token k3 KL to the
+  frozen reference *in the loss*, aggregated by ``loss_type`` (``dapo``: over the
+  global token count of all ranks).
+- ``algorithm: rloo`` = TRL ``RLOOTrainer``: ``beta`` x the sequence's summed k1
+  log-ratio to the reference subtracted *from the reward*, leave-one-out advantages
+  (normalised over the whole batch when ``scale_rewards`` is not ``none``, TRL's
+  ``normalize_advantages``), a per-sequence clipped ratio, mean over sequences;
+  ``loss_type`` does not apply (TRL's RLOO has none).
+
+The algorithm itself is the pure tensor code of :mod:`lmcot.rl`; this module only
 schedules it.
 
 The optimiser is behind an *engine*: anything with ``module``, ``__call__``
@@ -149,22 +160,47 @@ def grpo_step(engine: Engine, tokenizer, batch: Sequence[dict], *, reward_fn: Re
     columns = {key: [row[key] for row in batch for _ in range(k)] for key in batch[0] if key != "prompt"}
     total, components = reward_fn([p for p in prompts for _ in range(k)], r.texts, columns)
     rewarded = time.perf_counter()
-    rewards = torch.tensor(total, dtype=torch.float32)
-    advantages = rl.group_advantages(rewards, k, cfg.algorithm, cfg.scale_rewards).to(r.labels.device)
+    device = r.labels.device
+    rewards = torch.tensor(total, dtype=torch.float32, device=device)
+    # this rank's share of the global token count (one collective per step): dapo's divisor, and
+    # what makes the per-token statistics global means once mean_across_ranks averages them
+    normalizer = rl.dapo_normalizer(r.mask)
 
+    # The sampling policy's log-probs: with one update per batch and no RLOO KL they are the first
+    # forward's, detached. RLOO's reward penalty compares them with the reference, so they come from
+    # the same no-grad forward the reference gets (as TRL computes them): policy == reference gives
+    # exactly 0, not autograd-kernel rounding.
+    need_old = cfg.num_iterations > 1 or (cfg.algorithm == "rloo" and ref_model is not None)
     with torch.no_grad():
-        old_logps = rollout_logps(model, r, cfg.temperature) if cfg.num_iterations > 1 else None
+        old_logps = rollout_logps(model, r, cfg.temperature) if need_old else None
         ref_logps = rollout_logps(ref_model, r, cfg.temperature) if ref_model is not None else None
+    advantages = None
+    kl_stat = 0.0
     for _ in range(cfg.num_iterations):
         logps = rollout_logps(engine, r, cfg.temperature)
-        loss, stats = rl.grpo_loss(
-            logps, old_logps if old_logps is not None else logps.detach(), advantages, r.mask,
-            ref_logps=ref_logps, beta=cfg.beta, epsilon=cfg.epsilon, loss_type=cfg.loss_type,
-        )
+        if old_logps is None:
+            old_logps = logps.detach()
+        if cfg.algorithm == "rloo":
+            if advantages is None:
+                penalized = rl.rloo_rewards(rewards, old_logps, ref_logps, r.mask, cfg.beta)
+                advantages = rl.rloo_advantages(penalized, k, normalize=cfg.scale_rewards != "none")
+                if ref_logps is not None:  # TRL's RLOO logs the mean per-token k1 of the sampling policy
+                    kl_stat = rl.masked_mean(rl.kl_k1(old_logps, ref_logps), r.mask, "dapo", normalizer).item()
+            loss, stats = rl.rloo_loss(logps, old_logps, advantages, r.mask, epsilon=cfg.epsilon)
+            stats["kl"] = kl_stat
+        else:
+            if advantages is None:
+                advantages = rl.group_advantages(rewards, k, cfg.algorithm, cfg.scale_rewards)
+            loss, stats = rl.grpo_loss(
+                logps, old_logps, advantages, r.mask,
+                ref_logps=ref_logps, beta=cfg.beta, epsilon=cfg.epsilon, loss_type=cfg.loss_type,
+                normalizer=normalizer,
+            )
         engine.backward(loss)
         engine.step()
     end = time.perf_counter()
 
+    rewards = rewards.cpu()
     grouped = rewards.view(-1, k)
     metrics = {f"reward/{name}": sum(v) / len(v) for name, v in components.items()}
     metrics.update(
@@ -190,9 +226,11 @@ def mean_across_ranks(metrics: dict) -> dict:
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
     world = torch.distributed.get_world_size()
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    values = values.to(rl.reduce_device(values))  # NCCL reduces CUDA tensors only
     summed, maxed = values.clone(), values.clone()
     torch.distributed.all_reduce(summed)
     torch.distributed.all_reduce(maxed, op=torch.distributed.ReduceOp.MAX)
+    summed, maxed = summed.cpu(), maxed.cpu()
     out = dict(metrics)
     for i, key in enumerate(keys):
         if key == "rollouts":

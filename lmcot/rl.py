@@ -4,7 +4,7 @@ Shapes: ``N`` completions (``B`` prompts x ``k`` samples, grouped by prompt: row
 ``i*k .. i*k+k-1`` share prompt ``i``), ``T`` completion tokens, ``V`` vocabulary.
 
 - :func:`group_advantages`: GRPO (reward minus the group mean, optionally divided by
-  the group or batch std) or RLOO (reward minus the mean of the other k-1 samples).
+  the group or batch std) or the plain leave-one-out centring.
 - :func:`seq2seq_token_logps` / :func:`causal_token_logps`: log-probs of the sampled
   tokens from a model's logits, for both model families; :func:`completion_mask`
   keeps the tokens up to and including the first end-of-sequence token.
@@ -13,11 +13,20 @@ Shapes: ``N`` completions (``B`` prompts x ``k`` samples, grouped by prompt: row
   gradient); with ``num_iterations > 1`` the clip bounds how far a batch moves it.
 - :func:`kl_k3`: Schulman's k3 estimator of KL(policy || reference) per token,
   ``exp(ref - logp) - (ref - logp) - 1``: unbiased, always >= 0, low variance, and
-  needs only the log-probs of the sampled tokens (what TRL's GRPO uses too).
-- :func:`grpo_loss`: the whole per-batch loss and its statistics.
+  needs only the log-probs of the sampled tokens (what TRL's GRPO uses too), clamped
+  as verl's ``low_var_kl`` is so a far-off token cannot overflow bf16.
+- :func:`grpo_loss`: the whole per-batch GRPO loss and its statistics; ``dapo``
+  divides by the token count of the *global* batch (all ranks), as TRL does.
+- RLOO exactly as TRL 1.16's ``RLOOTrainer`` computes it: :func:`rloo_rewards` (the
+  reward minus ``beta`` x the sequence's summed k1 log-ratio to the reference),
+  :func:`rloo_advantages` (leave-one-out baseline, optional whole-batch
+  normalisation) and :func:`rloo_loss` (sequence-level clipped ratio, mean over
+  sequences, no KL term in the loss).
 
-Kept tiny and separate from the training loops so each piece has a unit test
-(the shape of verl's ``core_algos.py``).
+The only collectives are :func:`distributed_sum` (token counts, batch moments): a
+no-op unless ``torch.distributed`` is initialised, so single-process results are
+unchanged. Kept tiny and separate from the training loops so each piece has a unit
+test (the shape of verl's ``core_algos.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +34,50 @@ from __future__ import annotations
 import torch
 
 ALGORITHMS = ("grpo", "rloo")
+KL_LOG_RATIO_CLAMP = 20.0
+"""verl ``low_var_kl``: the log-ratio is clamped to +-20 before ``exp`` ..."""
+KL_CLAMP = 10.0
+"""... and the k3 value to +-10 (bf16 overflow and a single token's blow-up)."""
+RLOO_EPS = 1e-4
+"""TRL's RLOO: ``(A - mean) / (std + 1e-4)`` when advantages are normalised."""
+
+
+def reduce_device(t: torch.Tensor) -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo (CPU) takes the tensor where it is."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
+def distributed_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks of an initialised ``torch.distributed`` group (DeepSpeed's
+    too); ``t`` itself when there is none. The result is on ``t``'s device.
+
+    >>> distributed_sum(torch.tensor([2.0, 3.0]))
+    tensor([2., 3.])
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return t
+    out = t.detach().to(reduce_device(t), copy=True)
+    torch.distributed.all_reduce(out)
+    return out.to(t.device)
+
+
+def world_size() -> int:
+    """Ranks of the initialised ``torch.distributed`` group; 1 when there is none."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _global_mean_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Bessel-corrected std of ``values`` pooled over all ranks (float64 moments)."""
+    v = values.double().reshape(-1)
+    n, total, squares = distributed_sum(torch.stack([torch.tensor(float(v.numel()), dtype=v.dtype, device=v.device),
+                                                     v.sum(), (v * v).sum()]))
+    mean = total / n
+    var = (squares - n * mean * mean).clamp(min=0.0) / (n - 1).clamp(min=1.0)
+    return mean.to(values.dtype), var.sqrt().to(values.dtype)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, algorithm: str = "grpo", scale: str = "group",
@@ -33,7 +86,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, algorithm: str = "g
 
     ``grpo``: ``r - mean(group)``; ``rloo``: ``r - mean(other samples of the group)``
     (= ``k/(k-1)`` times the GRPO centring). ``scale``: divide by the ``group`` std, the
-    ``batch`` std, or ``none``. A group whose rewards are all equal gets zero advantages.
+    ``batch`` std (pooled over all ranks when ``torch.distributed`` is initialised, as TRL's
+    gathered batch), or ``none``. A group whose rewards are all equal gets zero advantages.
+
+    This is GRPO's estimator (TRL ``GRPOTrainer``). The seq2seq loop's ``algorithm: rloo``
+    uses :func:`rloo_rewards` + :func:`rloo_advantages` instead, which are what TRL's
+    ``RLOOTrainer`` computes; ``group_advantages(..., "rloo")`` is only the centring.
 
     >>> group_advantages(torch.tensor([1., 0., 0., 0.]), 2, scale="none").tolist()
     [0.5, -0.5, 0.0, 0.0]
@@ -54,7 +112,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, algorithm: str = "g
     if scale == "group":
         adv = adv / (r.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
-        adv = adv / (r.std() + eps)
+        adv = adv / (_global_mean_std(r)[1] + eps)
     elif scale != "none":
         raise ValueError(f"scale={scale!r} is not one of group, batch, none")
     return adv.reshape(-1)
@@ -118,19 +176,45 @@ def sequence_logps(token_logps_: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return (token_logps_ * mask).sum(dim=1)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, loss_type: str = "dapo") -> torch.Tensor:
-    """``dapo``: mean over all unmasked tokens; ``grpo``: mean per sequence, then over sequences.
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, loss_type: str = "dapo",
+                normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+    """``dapo``: sum over unmasked tokens / ``normalizer`` (default: this batch's token count);
+    ``grpo``: mean per sequence, then over sequences (``normalizer`` unused).
+
+    Pass ``normalizer=`` :func:`dapo_normalizer` ``(mask)`` to divide by the global token
+    count: after the ranks' gradients are averaged, every token of the global batch weighs
+    the same, whichever rank it ran on.
 
     >>> v, m = torch.tensor([[1., 1., 1., 1.], [4., 0., 0., 0.]]), torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     >>> round(masked_mean(v, m, "dapo").item(), 4), masked_mean(v, m, "grpo").item()
     (1.6, 2.5)
+    >>> round(masked_mean(v, m, "dapo", normalizer=10.0).item(), 4)
+    0.8
     """
     mask = mask.to(values.dtype)
     if loss_type == "dapo":
-        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+        if normalizer is None:
+            normalizer = mask.sum()
+        return (values * mask).sum() / torch.as_tensor(normalizer, dtype=values.dtype,
+                                                       device=values.device).clamp(min=1.0)
     if loss_type == "grpo":
         return ((values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).mean()
     raise ValueError(f"loss_type={loss_type!r} is not one of dapo, grpo")
+
+
+def dapo_normalizer(mask: torch.Tensor) -> torch.Tensor:
+    """This rank's share of the global token count: ``sum over ranks of mask.sum() / world size``.
+
+    TRL's ``dapo`` divides each rank's summed token loss by exactly this (its
+    ``num_items_in_batch / num_processes``); DeepSpeed and DDP then *average* the ranks'
+    gradients, so the update is the sum of every token's loss over the global token count.
+    Single process: ``mask.sum()`` (the plain token mean). Every rank must call it (a collective).
+
+    >>> dapo_normalizer(torch.tensor([[1, 1, 0], [1, 0, 0]])).item()
+    3.0
+    """
+    count = distributed_sum(mask.float().sum())
+    return count / world_size()
 
 
 def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
@@ -149,38 +233,131 @@ def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages
     return -torch.min(unclipped, clipped), clipped < unclipped
 
 
-def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     """k3 estimate of KL(policy || reference) per token: ``exp(d) - d - 1`` with ``d = ref - logp``.
+
+    ``clamp`` (default) does what verl's ``kl_penalty("low_var_kl")`` does: ``d`` to
+    [-20, 20] before the ``exp`` and the estimate to [-10, 10], so one token the
+    reference finds far likelier cannot overflow (bf16 tops out near 3e38) or dominate the loss.
 
     >>> kl_k3(torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -1.0]))
     tensor([0.0000, 0.7183])
+    >>> kl_k3(torch.tensor([-30.0]), torch.tensor([0.0])), kl_k3(torch.tensor([-30.0]), torch.tensor([0.0]), clamp=False)
+    (tensor([10.]), tensor([1.0686e+13]))
     """
     d = ref_logps - logps
-    return torch.exp(d) - d - 1.0
+    if not clamp:
+        return torch.exp(d) - d - 1.0
+    d = d.clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
+    return (torch.exp(d) - d - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
+
+
+def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """k1 estimate of KL(policy || reference) per token: ``logp - ref`` (unbiased, can be negative).
+
+    What TRL's ``RLOOTrainer`` (after the RLOO paper) sums per sequence into the reward penalty.
+
+    >>> kl_k1(torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0]))
+    tensor([ 0.5000, -1.0000])
+    """
+    return logps - ref_logps
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               ref_logps: torch.Tensor | None = None, beta: float = 0.0, epsilon: float = 0.2,
-              loss_type: str = "dapo") -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch (clipped policy term + ``beta`` x KL to the reference) and its statistics.
+              loss_type: str = "dapo", normalizer: torch.Tensor | float | None = None
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch (clipped policy term + ``beta`` x k3 KL to the reference) and its statistics.
+
+    With ``loss_type="dapo"`` the token sums are divided by :func:`dapo_normalizer` ``(mask)``
+    (the global token count over ranks, TRL's ``dapo``) unless ``normalizer`` is given;
+    compute it once per batch and pass it when calling this several times (``num_iterations``).
+    Single process, this is the plain mean over the batch's tokens.
 
     >>> lp = torch.zeros(2, 3, requires_grad=True)
     >>> loss, stats = grpo_loss(lp, lp.detach(), torch.tensor([1.0, -1.0]), torch.ones(2, 3))
     >>> loss.item(), stats["kl"], stats["clip_fraction"]
     (0.0, 0.0, 0.0)
     """
+    if loss_type == "dapo" and normalizer is None:
+        normalizer = dapo_normalizer(mask)
     per_token, clipped = clipped_policy_loss(logps, old_logps, advantages, epsilon)
-    policy = masked_mean(per_token, mask, loss_type)
+    policy = masked_mean(per_token, mask, loss_type, normalizer)
     loss = policy
     kl_value = 0.0
     if ref_logps is not None:
-        kl = masked_mean(kl_k3(logps, ref_logps), mask, loss_type)
+        kl = masked_mean(kl_k3(logps, ref_logps), mask, loss_type, normalizer)
         kl_value = kl.item()
         if beta > 0:
             loss = loss + beta * kl
     stats = {
         "policy_loss": policy.item(),
         "kl": kl_value,
-        "clip_fraction": masked_mean(clipped.float(), mask, "dapo").item(),
+        "clip_fraction": masked_mean(clipped.float(), mask, "dapo", normalizer if loss_type == "dapo" else None).item(),
     }
+    return loss, stats
+
+
+def rloo_rewards(rewards: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
+                 mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """TRL ``RLOOTrainer``'s KL-penalised reward: ``r - beta * sum_t (old_logp - ref_logp)`` per sequence.
+
+    The KL is the k1 log-ratio of the *sampling* policy (no gradient), summed over the
+    completion's tokens, so it is part of the reward the baseline and normalisation see,
+    and it grows with the rationale's length. ``beta == 0`` or no reference: ``rewards`` unchanged.
+
+    >>> rloo_rewards(torch.tensor([1.0, 1.0]), torch.tensor([[-1.0, -1.0], [-2.0, -9.0]]),
+    ...              torch.tensor([[-2.0, -2.0], [-1.0, -1.0]]), torch.tensor([[1, 1], [1, 0]]), beta=0.1)
+    tensor([0.8000, 1.1000])
+    """
+    if beta == 0 or ref_logps is None or old_logps is None:
+        return rewards.float()
+    seq_kl = (kl_k1(old_logps, ref_logps).detach() * mask).sum(dim=1)
+    return rewards.float() - beta * seq_kl.to(rewards.device).float()
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int, normalize: bool = False,
+                    eps: float = RLOO_EPS) -> torch.Tensor:
+    """TRL ``RLOOTrainer``'s advantages: reward minus the mean of the other ``k-1`` samples of its prompt.
+
+    ``normalize`` (TRL ``normalize_advantages``): then ``(A - mean(A)) / (std(A) + 1e-4)``
+    over the whole batch, pooled over all ranks when ``torch.distributed`` is initialised
+    (TRL gathers every process's rewards first), never per group.
+
+    >>> rloo_advantages(torch.tensor([1., 2., 6., 0., 0., 0.]), 3).tolist()
+    [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]
+    >>> [round(a, 3) for a in rloo_advantages(torch.tensor([1., 0., 3., 3.]), 2, normalize=True).tolist()]
+    [1.225, -1.225, 0.0, 0.0]
+    """
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards cannot form groups of {group_size} (need >= 2 per group)")
+    r = rewards.float().view(-1, group_size)
+    baseline = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)
+    adv = (r - baseline).reshape(-1)
+    if normalize:
+        mean, std = _global_mean_std(adv)
+        adv = (adv - mean) / (std + eps)
+    return adv
+
+
+def rloo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+              epsilon: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+    """TRL ``RLOOTrainer``'s loss: one clipped ratio per *sequence*, mean over sequences, no KL term.
+
+    ``ratio = exp(sum_t logp - sum_t old_logp)`` over the completion's tokens; the loss is
+    ``-min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)`` averaged over the batch's sequences
+    (so a longer rationale's tokens each get the full sequence advantage, not a share of a
+    token mean). At ratio 1 the gradient is ``-A`` times the gradient of the sequence
+    log-prob, divided by the number of sequences. ``clip_fraction`` is the share of sequences clipped.
+
+    >>> lp = torch.zeros(2, 3, requires_grad=True)
+    >>> loss, stats = rloo_loss(lp, lp.detach(), torch.tensor([1.0, -1.0]), torch.ones(2, 3))
+    >>> loss.backward(); lp.grad.tolist(), stats["clip_fraction"]
+    ([[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]], 0.0)
+    """
+    seq = sequence_logps(logps, mask).unsqueeze(1)
+    seq_old = sequence_logps(old_logps, mask).unsqueeze(1)
+    per_sequence, clipped = clipped_policy_loss(seq, seq_old, advantages, epsilon)
+    loss = per_sequence.mean()
+    stats = {"policy_loss": loss.item(), "clip_fraction": clipped.float().mean().item()}
     return loss, stats

@@ -148,3 +148,156 @@ def test_beta_adds_the_kl_term():
     with_kl, s1 = rl.grpo_loss(logps, logps, torch.tensor([0.0]), torch.ones(1, 2), ref_logps=ref, beta=0.5)
     assert s0["kl"] == s1["kl"] > 0
     assert with_kl.item() == pytest.approx(without.item() + 0.5 * s1["kl"])
+
+
+def test_k3_is_clamped_as_verl_does_so_bf16_cannot_overflow():
+    logps = torch.tensor([[-100.0, -1.0, 0.0]], dtype=torch.bfloat16)
+    ref = torch.tensor([[0.0, -1.0, -100.0]], dtype=torch.bfloat16)
+    raw = rl.kl_k3(logps, ref, clamp=False)
+    assert torch.isinf(raw[0, 0])  # exp(100) overflows bf16 (and float32)
+    kl = rl.kl_k3(logps, ref)
+    assert torch.isfinite(kl).all()
+    assert kl[0].tolist() == [10.0, 0.0, 10.0]  # both directions capped at 10, as verl's low_var_kl
+    # inside the clamp the value is the plain k3
+    small = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -0.5])
+    assert torch.allclose(rl.kl_k3(*small), rl.kl_k3(*small, clamp=False))
+
+
+def _trl_rloo_reference(rewards, old_lp, ref_lp, mask, beta, k, normalize, logps, epsilon):
+    """TRL 1.16 ``RLOOTrainer`` transcribed (``_generate_and_score_completions`` + ``_compute_loss``),
+    single process, every completion scorable: the yardstick lmcot's seq2seq RLOO must equal."""
+    per_token_kl = old_lp - ref_lp
+    kl = (per_token_kl * mask).sum(-1)
+    rewards = rewards - beta * kl
+    grouped = rewards.view(-1, k)
+    baselines = ((grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)).view(-1)
+    advantages = rewards - baselines
+    if normalize:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-4)
+    seq_logps = (logps * mask).sum(1)
+    seq_old = (old_lp * mask).sum(1)
+    coef_1 = torch.exp(seq_logps - seq_old)
+    coef_2 = torch.clamp(coef_1, 1 - epsilon, 1 + epsilon)
+    loss = -torch.min(coef_1 * advantages, coef_2 * advantages).mean()
+    return advantages, loss
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_rloo_matches_trl_rlootrainer(normalize, beta):
+    torch.manual_seed(1)
+    k, n, t = 4, 12, 6
+    rewards = torch.rand(n)
+    old_lp = -torch.rand(n, t) * 3
+    ref_lp = -torch.rand(n, t) * 3
+    mask = torch.ones(n, t)
+    mask[0, 3:] = 0
+    mask[5, 1:] = 0
+    logps = (old_lp + 0.3 * torch.randn(n, t)).requires_grad_()
+    want_adv, want_loss = _trl_rloo_reference(rewards, old_lp, ref_lp, mask, beta, k, normalize, logps, 0.2)
+
+    penalized = rl.rloo_rewards(rewards, old_lp, ref_lp, mask, beta)
+    adv = rl.rloo_advantages(penalized, k, normalize=normalize)
+    loss, stats = rl.rloo_loss(logps, old_lp, adv, mask, epsilon=0.2)
+    assert torch.allclose(adv, want_adv, atol=1e-5)
+    assert loss.item() == pytest.approx(want_loss.item(), rel=1e-5, abs=1e-6)
+    assert 0.0 < stats["clip_fraction"] <= 1.0  # ratios of summed log-probs leave the trust region
+
+
+def test_rloo_kl_is_a_summed_reward_penalty_not_a_loss_term():
+    rewards = torch.tensor([1.0, 1.0])
+    old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -2.0, -2.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    # row 0: k1 = 1 per token over 2 tokens -> penalty 0.1 * 2; row 1: policy == reference
+    assert rl.rloo_rewards(rewards, old, ref, mask, beta=0.1).tolist() == pytest.approx([0.8, 1.0])
+    assert torch.equal(rl.rloo_rewards(rewards, old, ref, mask, beta=0.0), rewards)
+    assert torch.equal(rl.rloo_rewards(rewards, old, None, mask, beta=0.1), rewards)
+    # the penalty moves the advantage (the baseline sees it) ...
+    assert rl.rloo_advantages(rl.rloo_rewards(rewards, old, ref, mask, 0.1), 2).tolist() == pytest.approx([-0.2, 0.2])
+    # ... and the loss has no KL: equal advantages -> zero loss whatever the reference
+    lp = old.clone().requires_grad_()
+    loss, _ = rl.rloo_loss(lp, old, torch.zeros(2), mask)
+    assert loss.item() == 0.0
+
+
+def test_rloo_normalisation_is_over_the_batch_not_per_group():
+    rewards = torch.tensor([0.0, 2.0, 10.0, 30.0])
+    raw = rl.rloo_advantages(rewards, 2)
+    assert raw.tolist() == [-2.0, 2.0, -20.0, 20.0]
+    normed = rl.rloo_advantages(rewards, 2, normalize=True)
+    assert torch.allclose(normed, (raw - raw.mean()) / (raw.std() + 1e-4))
+    assert abs(normed[2].item()) > 5 * abs(normed[0].item())  # the low-variance group stays small
+    with pytest.raises(ValueError, match="groups of 3"):
+        rl.rloo_advantages(torch.zeros(4), 3)
+
+
+def test_rloo_loss_is_per_sequence():
+    # at ratio 1 every token of a sequence gets -A / N_sequences, whatever the sequence's length
+    logps = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    loss, _ = rl.rloo_loss(logps, logps.detach(), torch.tensor([2.0, 2.0]), mask)
+    loss.backward()
+    assert logps.grad.tolist() == [[-1.0, -1.0, -1.0, -1.0], [-1.0, 0.0, 0.0, 0.0]]
+    # the ratio is of whole sequences: 4 tokens each +0.1 -> ratio e^0.4 > 1.2, clipped for A > 0
+    old = torch.zeros(1, 4)
+    lp = torch.full((1, 4), 0.1, requires_grad=True)
+    loss, stats = rl.rloo_loss(lp, old, torch.tensor([1.0]), torch.ones(1, 4), epsilon=0.2)
+    loss.backward()
+    assert stats["clip_fraction"] == 1.0 and lp.grad.abs().sum().item() == 0.0
+    assert loss.item() == pytest.approx(-1.2)
+
+
+def test_dapo_normalizer_single_process_is_the_token_count():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    assert rl.dapo_normalizer(mask).item() == 4.0
+    values = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    assert rl.masked_mean(values, mask, "dapo", rl.dapo_normalizer(mask)).item() == 2.5
+    lp = torch.zeros(2, 4)
+    a = rl.grpo_loss(lp, lp, torch.tensor([1.0, -1.0]), mask, loss_type="dapo")
+    b = rl.grpo_loss(lp, lp, torch.tensor([1.0, -1.0]), mask, loss_type="dapo", normalizer=4.0)
+    assert a[0].item() == b[0].item() and a[1] == b[1]
+
+
+def _two_rank_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        masks = [torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]])]
+        advs = [torch.tensor([1.0, -1.0]), torch.tensor([2.0, -0.5])]
+        rewards = [torch.tensor([0.0, 1.0, 2.0, 6.0]), torch.tensor([10.0, 30.0, 5.0, 5.0])]
+        logps = torch.zeros(2, 4, requires_grad=True)
+        loss, _ = rl.grpo_loss(logps, logps.detach(), advs[rank], masks[rank], loss_type="dapo")
+        loss.backward()
+        torch.save({
+            "normalizer": rl.dapo_normalizer(masks[rank]).item(),
+            # DeepSpeed / DDP apply the mean of the ranks' gradients: each rank's rows weigh 1/2
+            "avg_grad": logps.grad / 2,
+            "rloo": rl.rloo_advantages(rewards[rank], 2, normalize=True),
+            "batch": rl.group_advantages(rewards[rank], 2, scale="batch"),
+            "sum": rl.distributed_sum(torch.tensor([float(rank + 1)])).item(),
+        }, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_normalise_by_the_global_batch(tmp_path):
+    """dapo divides by the token count of all ranks (TRL's ``num_items_in_batch``); RLOO's
+    normalisation and GRPO's batch std pool the ranks, as TRL's gathered batch does."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert r0["normalizer"] == r1["normalizer"] == 5.0  # (7 + 3) tokens / 2 ranks
+    assert r0["sum"] == r1["sum"] == 3.0
+    # each token's share of the averaged update equals one process holding the whole batch: -A / (all 10 tokens)
+    whole_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+    lp = torch.zeros(4, 4, requires_grad=True)
+    loss, _ = rl.grpo_loss(lp, lp.detach(), torch.tensor([1.0, -1.0, 2.0, -0.5]), whole_mask, loss_type="dapo")
+    loss.backward()
+    assert torch.allclose(torch.cat([r0["avg_grad"], r1["avg_grad"]]), lp.grad)
+    whole_rewards = torch.tensor([0.0, 1.0, 2.0, 6.0, 10.0, 30.0, 5.0, 5.0])
+    assert torch.allclose(torch.cat([r0["rloo"], r1["rloo"]]), rl.rloo_advantages(whole_rewards, 2, normalize=True))
+    assert torch.allclose(torch.cat([r0["batch"], r1["batch"]]), rl.group_advantages(whole_rewards, 2, scale="batch"))
