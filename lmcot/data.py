@@ -73,67 +73,94 @@ def _fail(source: str, rid: Any, field: str, problem: str, fix: str) -> DataErro
     return DataError(f"{source}: record {rid}: field {field!r} {problem}; {fix}")
 
 
-def _parse_pairs(value: Any, source: str, rid: Any, field: str) -> list[list]:
-    """Check a list of two-element lists (context entries, supporting facts)."""
+def _got(value: Any) -> str:
+    """What a wrong value is, for an error message: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+_CONTEXT_SHAPE = "[title, [sentence, ...]]"
+_FACTS_SHAPE = "[title, sent_id]"
+
+
+def _parse_pairs(value: Any, source: str, rid: Any, field: str, item_shape: str) -> list[list]:
+    """Check a list of two-element lists whose first item is a title (context entries, supporting facts)."""
     if not isinstance(value, list):
-        raise _fail(source, rid, field, f"must be a list, got {type(value).__name__}",
-                    "use the official [[title, ...], ...] layout")
+        raise _fail(source, rid, field, f"must be a list of {item_shape}, got {_got(value)}",
+                    "use the official layout")
     for i, item in enumerate(value):
         if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
-            raise _fail(source, rid, f"{field}[{i}]", f"must be [title, value], got {item!r}",
-                        "use the official [[title, ...], ...] layout")
+            raise _fail(source, rid, f"{field}[{i}]", f"must be {item_shape} with a string title, got {_got(item)}",
+                        "use the official layout")
     return value
+
+
+def check_record(rec: Any, source: str, index: int, fmt: str | None = None,
+                 required: tuple[str, ...] = _REQUIRED) -> str:
+    """Check the types of an official-format record's fields and return its id.
+
+    ``required`` keys must be present; every other known field is checked only when
+    present. ``fmt=None`` (a gold file of either dataset, as ``lmcot score`` reads)
+    checks the 2Wiki-only fields whenever they appear. A wrong field raises
+    :class:`DataError` naming ``source``, the record id, the field, and what it must be.
+
+    >>> check_record({"_id": "a1", "answer": "Paris"}, "g.json", 0, required=("_id", "answer"))
+    'a1'
+    >>> check_record({"_id": "a1", "answer": ["Paris"]}, "g.json", 0, required=("_id",))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lmcot.data.DataError: g.json: record a1: field 'answer' must be a string, got list ['Paris']; fix the ...
+    """
+    if not isinstance(rec, dict):
+        raise DataError(f"{source}: record at index {index} is a {type(rec).__name__}, not an object; "
+                        "the file must be a JSON list of official records")
+    rid = rec["_id"] if isinstance(rec.get("_id"), str) else f"at index {index}"
+    for key in required:
+        if key not in rec:
+            raise _fail(source, rid, key, "is missing", f"every {fmt or 'gold'} record needs {', '.join(required)}")
+    for key in ("_id", "question", "answer", "type", "level"):
+        if key in rec and not isinstance(rec[key], str):
+            raise _fail(source, rid, key, f"must be a string, got {_got(rec[key])}",
+                        "fix the record or regenerate the file")
+    if "context" in rec:
+        for i, (_, sentences) in enumerate(_parse_pairs(rec["context"], source, rid, "context", _CONTEXT_SHAPE)):
+            if not (isinstance(sentences, list) and all(isinstance(x, str) for x in sentences)):
+                raise _fail(source, rid, f"context[{i}]", f"sentences must be a list of strings, got {_got(sentences)}",
+                            "use [title, [sentence, ...]]")
+    if "supporting_facts" in rec:
+        facts = _parse_pairs(rec["supporting_facts"], source, rid, "supporting_facts", _FACTS_SHAPE)
+        for i, (_, sent_id) in enumerate(facts):
+            if not isinstance(sent_id, int) or isinstance(sent_id, bool) or sent_id < 0:
+                raise _fail(source, rid, f"supporting_facts[{i}]", f"sentence id must be an int >= 0, got {sent_id!r}",
+                            "use [title, sent_id]")
+    if fmt in ("2wiki", None):
+        if "evidences" in rec:
+            evidences = rec["evidences"]
+            if not (isinstance(evidences, list) and all(isinstance(e, list) and len(e) == 3 for e in evidences)):
+                raise _fail(source, rid, "evidences", f"must be a list of [subject, relation, object], got "
+                            f"{_got(evidences)}", "use the official 2WikiMultiHopQA layout")
+        if "entity_ids" in rec and not isinstance(rec["entity_ids"], str):
+            raise _fail(source, rid, "entity_ids", f"must be a string like 'Q1_Q2', got {_got(rec['entity_ids'])}",
+                        "use the official 2WikiMultiHopQA layout")
+        if rec.get("answer_id") is not None and not isinstance(rec["answer_id"], str):
+            raise _fail(source, rid, "answer_id", f"must be a string or null, got {_got(rec['answer_id'])}",
+                        "use a Wikidata-style id like 'Q30'")
+    return rid
 
 
 def _parse_record(rec: Any, fmt: str, source: str, index: int) -> Example:
     """Validate one official-format record and convert it to an :class:`Example`."""
-    if not isinstance(rec, dict):
-        raise DataError(f"{source}: record at index {index} is a {type(rec).__name__}, not an object; "
-                        "the file must be a JSON list of official records")
-    rid = rec.get("_id", f"at index {index}")
-    for key in _REQUIRED:
-        if key not in rec:
-            raise _fail(source, rid, key, "is missing", f"every {fmt} record needs {', '.join(_REQUIRED)}")
-    for key in ("_id", "question", "answer", "type"):
-        if not isinstance(rec[key], str):
-            raise _fail(source, rid, key, f"must be a string, got {type(rec[key]).__name__}",
-                        "fix the record or regenerate the file")
+    rid = check_record(rec, source, index, fmt)
     for key in ("question", "answer"):
         if not rec[key].strip():
             raise _fail(source, rid, key, "is empty", "drop the record or fill the field")
-    context = _parse_pairs(rec["context"], source, rid, "context")
-    if not context:
+    if not rec["context"]:
         raise _fail(source, rid, "context", "is empty", "every record needs at least one paragraph")
-    paragraphs = []
-    for i, (title, sentences) in enumerate(context):
-        if not (isinstance(sentences, list) and all(isinstance(s, str) for s in sentences)):
-            raise _fail(source, rid, f"context[{i}]", "sentences must be a list of strings",
-                        "use [title, [sentence, ...]]")
-        paragraphs.append(Paragraph(title, tuple(sentences)))
-    facts = []
-    for i, (title, sent_id) in enumerate(_parse_pairs(rec["supporting_facts"], source, rid, "supporting_facts")):
-        if not isinstance(sent_id, int) or isinstance(sent_id, bool) or sent_id < 0:
-            raise _fail(source, rid, f"supporting_facts[{i}]", f"sentence id must be an int >= 0, got {sent_id!r}",
-                        "use [title, sent_id]")
-        facts.append((title, sent_id))
-    level = rec.get("level", "")
-    if not isinstance(level, str):
-        raise _fail(source, rid, "level", "must be a string", "use easy, medium or hard")
-    answer_id = rec.get("answer_id") or ""
-    if fmt == "2wiki":
-        if "evidences" in rec:
-            evidences = rec["evidences"]
-            if not (isinstance(evidences, list) and all(isinstance(e, list) and len(e) == 3 for e in evidences)):
-                raise _fail(source, rid, "evidences", "must be a list of [subject, relation, object]",
-                            "use the official 2WikiMultiHopQA layout")
-        if "entity_ids" in rec and not isinstance(rec["entity_ids"], str):
-            raise _fail(source, rid, "entity_ids", "must be a string like 'Q1_Q2'",
-                        "use the official 2WikiMultiHopQA layout")
-        if not isinstance(answer_id, str):
-            raise _fail(source, rid, "answer_id", "must be a string or null", "use a Wikidata-style id like 'Q30'")
-    return Example(id=rec["_id"], question=rec["question"], answer=rec["answer"], paragraphs=tuple(paragraphs),
-                   supporting_facts=tuple(facts), type=rec["type"], dataset=fmt, level=level,
-                   answer_id=answer_id if fmt == "2wiki" else "")
+    paragraphs = tuple(Paragraph(title, tuple(sentences)) for title, sentences in rec["context"])
+    facts = tuple((title, sent_id) for title, sent_id in rec["supporting_facts"])
+    return Example(id=rid, question=rec["question"], answer=rec["answer"], paragraphs=paragraphs,
+                   supporting_facts=facts, type=rec["type"], dataset=fmt, level=rec.get("level", ""),
+                   answer_id=(rec.get("answer_id") or "") if fmt == "2wiki" else "")
 
 
 def _check_format(fmt: str) -> None:
@@ -191,14 +218,19 @@ def _maybe_json(value: Any) -> Any:
 
 
 def _columns_to_pairs(value: Any, second_keys: tuple[str, ...]) -> Any:
-    """Hub struct-of-lists (``{"title": [...], "sentences": [...]}``) -> official list of pairs."""
+    """Hub struct-of-lists (``{"title": [...], "sentences": [...]}``) -> official list of pairs.
+
+    A value of any other shape is returned as it is, for the record check to name.
+    """
     value = _maybe_json(value)
     if isinstance(value, dict) and "title" in value:
         second = next((value[k] for k in second_keys if k in value), None)
-        if second is not None:
-            return [[t, s] for t, s in zip(value["title"], second)]
+        titles = value["title"]
+        if isinstance(titles, list) and isinstance(second, list) and len(titles) == len(second):
+            return [[t, s] for t, s in zip(titles, second)]
+        return value
     if isinstance(value, list):  # list of {"title":..., "sentences":...} or already official
-        return [[v["title"], next((v[k] for k in second_keys if k in v), None)] if isinstance(v, dict) else v
+        return [[v.get("title"), next((v[k] for k in second_keys if k in v), None)] if isinstance(v, dict) else v
                 for v in value]
     return value
 
@@ -206,7 +238,9 @@ def _columns_to_pairs(value: Any, second_keys: tuple[str, ...]) -> Any:
 def _evidences_to_triples(value: Any) -> Any:
     value = _maybe_json(value)
     if isinstance(value, dict) and {"fact", "relation", "entity"} <= value.keys():
-        return [list(t) for t in zip(value["fact"], value["relation"], value["entity"])]
+        columns = [value[k] for k in ("fact", "relation", "entity")]
+        if all(isinstance(c, list) and len(c) == len(columns[0]) for c in columns):
+            return [list(t) for t in zip(*columns)]
     return value
 
 

@@ -11,7 +11,12 @@ over *all* gold items, a missing prediction counting 0.
 Only the answer metrics are here: LM-guided CoT predicts no supporting facts or
 evidence triples. Deviations from the scripts, all for robustness only: an
 empty gold list scores 0 instead of dividing by zero; a 2Wiki gold record
-without ``answer_id`` just has no aliases instead of a ``KeyError``.
+without ``answer_id`` just has no aliases instead of a ``KeyError``; a gold
+record whose fields have the wrong type (an ``answer`` that is a list, a
+``context`` that is not a list of [title, sentences], ...) is rejected before
+scoring with a :class:`~lmcot.data.DataError` naming the file, the record id,
+the field and what it must be (the loaders' own check), never a traceback from
+inside the normaliser.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lmcot.data import DataError, Example, resolve_path
+from lmcot.data import DataError, Example, check_record, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _SPECIAL = ("yes", "no", "noanswer")
 METRIC_KEYS = ("em", "f1", "prec", "recall")
+GOLD_REQUIRED = ("_id", "answer")
+"""What answer scoring needs of a gold record; every other official field is type-checked when present."""
 
 
 def normalize_answer(s: str) -> str:
@@ -87,35 +94,47 @@ def answer_metrics(prediction: str, gold_answers: Sequence[str]) -> dict:
     return best
 
 
-def _gold_fields(item: dict | Example) -> tuple[str, str, str]:
-    """(id, answer, answer_id) of an official gold record or an Example."""
+def _gold_fields(item: dict | Example, source: str, index: int) -> tuple[str, str, str]:
+    """(id, answer, answer_id) of an official gold record (type-checked) or an Example."""
     if isinstance(item, Example):
         return item.id, item.answer, item.answer_id
-    try:
-        return item["_id"], item["answer"], item.get("answer_id") or ""
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"gold record {str(item)[:80]!r} lacks {exc}; gold records need '_id' and 'answer'") from exc
+    rid = check_record(item, source, index, required=GOLD_REQUIRED)
+    return rid, item["answer"], item.get("answer_id") or ""
 
 
-def _answers_of(predictions: Mapping) -> Mapping:
+def _answers_of(predictions: Mapping, source: str = "predictions") -> Mapping:
     """Official prediction files nest answers under "answer"; a flat {id: text} mapping is accepted too."""
     answers = predictions.get("answer")
-    return answers if isinstance(answers, Mapping) else predictions
+    if isinstance(answers, Mapping):
+        return answers
+    if "answer" in predictions and "sp" in predictions:  # official layout with a broken "answer"
+        raise DataError(f'{source}: "answer" must be an object {{id: text}}, got {type(answers).__name__}; '
+                        'use the official {"answer": {id: text}, "sp": {...}} layout')
+    return predictions
 
 
 def score_predictions(gold: Sequence[dict] | Sequence[Example], predictions: Mapping,
-                      aliases: Mapping[str, Sequence[str]] | None = None) -> dict:
+                      aliases: Mapping[str, Sequence[str]] | None = None, *, source: str = "gold") -> dict:
     """Average answer metrics over every gold item: {em, f1, prec, recall} in 0..1, plus n and missing.
 
     ``predictions`` is the official ``{"answer": {id: text}, ...}`` or a flat ``{id: text}``.
     ``aliases`` (from :func:`load_aliases`) adds the aliases of a gold record's ``answer_id``.
+    Gold records are type-checked as the loaders check them (:func:`lmcot.data.check_record`):
+    a wrong field raises :class:`DataError` naming ``source``, the record id and the field.
+
+    >>> score_predictions([{"_id": "a", "answer": "Paris"}], {"a": "paris"})["em"]
+    1.0
+    >>> score_predictions([{"_id": "a", "answer": "Paris", "context": "Paris"}], {"a": "x"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lmcot.data.DataError: gold: record a: field 'context' must be a list of [title, [sentence, ...]], got str ...
     """
     answers = _answers_of(predictions)
     aliases = aliases or {}
     totals = dict.fromkeys(METRIC_KEYS, 0.0)
     missing = []
-    for item in gold:
-        rid, answer, answer_id = _gold_fields(item)
+    for index, item in enumerate(gold):
+        rid, answer, answer_id = _gold_fields(item, source, index)
         if rid not in answers:
             missing.append(rid)
             continue
@@ -153,6 +172,10 @@ def load_aliases(path: str | Path) -> dict[str, list[str]]:
     except json.JSONDecodeError:
         whole = None
     if isinstance(whole, dict) and "Q_id" not in whole:
+        for key, value in whole.items():
+            if not (isinstance(value, list) and all(isinstance(a, str) for a in value)):
+                raise DataError(f"{resolved}: entity {key}: aliases must be a list of strings, got "
+                                f"{type(value).__name__}; use {{id: [alias, ...]}} or the official JSON Lines")
         return {str(k): list(v) for k, v in whole.items()}
     out: dict[str, list[str]] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -160,7 +183,11 @@ def load_aliases(path: str | Path) -> dict[str, list[str]]:
             continue
         try:
             rec = json.loads(line)
-            out[rec["Q_id"]] = list(dict.fromkeys(rec["aliases"] + rec.get("demonyms", [])))
+            names = rec["aliases"] + rec.get("demonyms", [])
+            if not (isinstance(rec["Q_id"], str) and isinstance(names, list)
+                    and all(isinstance(a, str) for a in names)):
+                raise TypeError("Q_id must be a string, aliases and demonyms lists of strings")
+            out[rec["Q_id"]] = list(dict.fromkeys(names))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(f"{resolved}: line {lineno}: expected one JSON object per line with "
                             f"Q_id, aliases, demonyms ({type(exc).__name__}: {exc}); "
@@ -183,5 +210,6 @@ def score_files(gold_path: str | Path, predictions_path: str | Path,
     if not isinstance(predictions, dict):
         raise DataError(f"{predictions_path}: the prediction file must be a JSON object "
                         '{"answer": {id: text}, "sp": {...}}')
+    _answers_of(predictions, str(predictions_path))  # a broken "answer" fails before any scoring
     aliases = load_aliases(aliases_path) if aliases_path else None
-    return score_predictions(gold, predictions, aliases)
+    return score_predictions(gold, predictions, aliases, source=str(gold_path))

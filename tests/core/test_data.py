@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import os
 import subprocess
 import sys
@@ -176,3 +177,64 @@ def test_load_split_paths_limit_and_hub_fallback(tmp_path):
         load_split(_spec(dev_path=""), "dev")
     with pytest.raises(ValueError, match="split"):
         load_split(_spec(), "test")
+
+
+def _wiki_record():
+    return {"_id": "w-3", "type": "comparison", "question": "Who?", "answer": "yes", "answer_id": None,
+            "context": [["T", ["Sentence one."]]], "supporting_facts": [["T", 0]],
+            "evidences": [["T", "country", "X"]], "entity_ids": "Q1_Q2"}
+
+
+@pytest.mark.parametrize("fmt", ["hotpotqa", "2wiki"])
+@pytest.mark.parametrize("field, value, expected", [
+    ("answer", ["Someone", "Else"], "must be a string, got list"),
+    ("answer", None, "must be a string, got NoneType"),
+    ("_id", 7, "must be a string, got int"),
+    ("type", {"kind": "bridge"}, "must be a string, got dict"),
+    ("context", {"title": ["T"], "sentences": [["s"]]}, r"must be a list of \[title, \[sentence, \.\.\.\]\], got dict"),
+    ("context", "T: Sentence one.", r"must be a list of \[title, \[sentence, \.\.\.\]\], got str"),
+    ("context", [["T"]], r"must be \[title, \[sentence, \.\.\.\]\] with a string title"),
+    ("context", [[1, ["s"]]], r"must be \[title, \[sentence, \.\.\.\]\] with a string title"),
+    ("context", [["T", "Sentence one."]], "sentences must be a list of strings, got str"),
+    ("context", [["T", ["s", 2]]], "sentences must be a list of strings"),
+    ("supporting_facts", [["T"]], r"must be \[title, sent_id\]"),
+    ("supporting_facts", [["T", -1]], "sentence id must be an int >= 0"),
+])
+def test_wrong_field_types_name_the_record_field_and_expectation(tmp_path, fmt, field, value, expected):
+    bad = _record() if fmt == "hotpotqa" else _wiki_record()
+    rid = bad["_id"] if field != "_id" else "at index 1"
+    bad[field] = value
+    good = _record() if fmt == "hotpotqa" else _wiki_record()
+    path = tmp_path / "gold.json"
+    path.write_text(json.dumps([good, bad]))
+    with pytest.raises(DataError) as err:  # a ValueError, never a KeyError/TypeError from deep inside
+        load_json_file(path, fmt)
+    message = str(err.value)
+    assert "gold.json" in message and f"record {rid}" in message and f"'{field}" in message, message
+    assert re.search(expected, message), message
+
+
+@pytest.mark.parametrize("field, value", [("answer_id", ["Q1"]), ("answer_id", 30), ("entity_ids", ["Q1", "Q2"]),
+                                          ("evidences", [["T", "country"]]), ("evidences", "T country X")])
+def test_wrong_2wiki_field_types_are_rejected(tmp_path, field, value):
+    bad = dict(_wiki_record(), **{field: value})
+    (tmp_path / "w.json").write_text(json.dumps([bad]))
+    with pytest.raises(DataError, match=rf"w\.json: record w-3: field '{field}' must be"):
+        load_json_file(tmp_path / "w.json", "2wiki")
+
+
+@pytest.mark.parametrize("fmt, column, value", [
+    ("hotpotqa", "context", {"title": "T1", "sentences": [["a."]]}),        # title not a list
+    ("hotpotqa", "context", {"title": ["T1", "T2"], "sentences": [["a."]]}),  # columns of different lengths
+    ("hotpotqa", "context", [{"sentences": ["a."]}]),                       # entry without a title
+    ("hotpotqa", "supporting_facts", {"title": ["T1"], "sent_id": 0}),
+    ("2wiki", "evidences", {"fact": ["T1"], "relation": "country", "entity": ["X"]}),
+    ("hotpotqa", "answer", ["A", "B"]),
+])
+def test_malformed_hub_rows_fail_with_the_record_and_field(tmp_path, fmt, column, value):
+    hotpot, wiki = _hub_rows()
+    row = dict(hotpot if fmt == "hotpotqa" else wiki, **{column: value})
+    (tmp_path / "validation.jsonl").write_text(json.dumps(row) + "\n")
+    rid = row.get("id", row.get("_id"))
+    with pytest.raises(DataError, match=rf"record {rid}: field '{column}(\[0\])?' must"):
+        load_hub(str(tmp_path), None, "validation", fmt)

@@ -1,6 +1,7 @@
 """The answer metrics follow the official HotpotQA / 2Wiki scripts, edge cases included."""
 
 import json
+import re
 
 import pytest
 
@@ -134,3 +135,67 @@ def test_shipped_2wiki_gold_scores_perfectly_against_itself_and_aliases():
     assert with_alias, "some shipped 2wiki answers should have aliases"
     preds = {ex.id: aliases[ex.answer_id][-1] for ex in with_alias}
     assert score_predictions(with_alias, preds, aliases)["em"] == 1.0
+
+
+def _gold_file(tmp_path, records, preds=None):
+    (tmp_path / "gold.json").write_text(json.dumps(records))
+    (tmp_path / "pred.json").write_text(json.dumps(preds if preds is not None else {"answer": {"g1": "Paris"}}))
+    return tmp_path / "gold.json", tmp_path / "pred.json"
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("answer", ["Paris", "Lutetia"], "must be a string, got list"),
+    ("answer", 1931, "must be a string, got int"),
+    ("context", {"title": ["T"], "sentences": [["s"]]}, r"must be a list of \[title, \[sentence, \.\.\.\]\]"),
+    ("context", [["T", "one sentence"]], "sentences must be a list of strings"),
+    ("supporting_facts", [["T", "0"]], "sentence id must be an int"),
+    ("answer_id", ["Q90"], "must be a string or null"),
+    ("evidences", [["only", "two"]], r"must be a list of \[subject, relation, object\]"),
+    ("level", 3, "must be a string"),
+])
+def test_score_rejects_gold_fields_of_the_wrong_type(tmp_path, field, value, expected):
+    good = {"_id": "g0", "answer": "Rome"}
+    bad = {"_id": "g1", "question": "q", "answer": "Paris", "context": [["T", ["s"]]], "supporting_facts": [],
+           field: value}
+    gold, pred = _gold_file(tmp_path, [good, bad])
+    with pytest.raises(DataError) as err:
+        score_files(gold, pred)
+    message = str(err.value)
+    assert "gold.json" in message and "record g1" in message and f"'{field}" in message, message
+    assert re.search(expected, message), message
+
+
+@pytest.mark.parametrize("records, expected", [
+    ([{"_id": "g1"}], r"record g1: field 'answer' is missing"),
+    ([{"answer": "Paris"}], r"record at index 0: field '_id' is missing"),
+    ([{"_id": ["g1"], "answer": "Paris"}], r"record at index 0: field '_id' must be a string, got list"),
+    (["g1"], r"record at index 0 is a str, not an object"),
+])
+def test_score_rejects_gold_records_without_usable_id_or_answer(tmp_path, records, expected):
+    gold, pred = _gold_file(tmp_path, records)
+    with pytest.raises(DataError, match=expected):
+        score_files(gold, pred)
+    with pytest.raises(DataError, match=expected):  # in-memory records are checked alike
+        score_predictions(records, {"g1": "Paris"})
+
+
+def test_score_rejects_a_broken_prediction_or_alias_file(tmp_path):
+    gold, pred = _gold_file(tmp_path, [{"_id": "g1", "answer": "Paris"}], {"answer": ["Paris"], "sp": {}})
+    with pytest.raises(DataError, match=r'pred\.json: "answer" must be an object'):
+        score_files(gold, pred)
+    gold, pred = _gold_file(tmp_path, [{"_id": "g1", "answer": "Paris", "answer_id": "Q1"}])
+    (tmp_path / "aliases.json").write_text(json.dumps({"Q1": "Paris"}))
+    with pytest.raises(DataError, match="entity Q1: aliases must be a list of strings"):
+        score_files(gold, pred, tmp_path / "aliases.json")
+    (tmp_path / "aliases.jsonl").write_text(json.dumps({"Q_id": "Q1", "aliases": "Paris"}) + "\n")
+    with pytest.raises(DataError, match="line 1"):
+        score_files(gold, pred, tmp_path / "aliases.jsonl")
+
+
+def test_lmcot_score_reports_a_bad_gold_record_without_a_traceback(tmp_path, capsys):
+    from lmcot.cli import main
+
+    gold, pred = _gold_file(tmp_path, [{"_id": "g1", "answer": ["Paris"]}])
+    assert main(["score", "--gold", str(gold), "--predictions", str(pred)]) != 0
+    err = capsys.readouterr().err
+    assert "record g1" in err and "'answer'" in err and "Traceback" not in err
