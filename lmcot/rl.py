@@ -242,7 +242,8 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor, clamp: bool = True) -> t
 
     >>> kl_k3(torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -1.0]))
     tensor([0.0000, 0.7183])
-    >>> kl_k3(torch.tensor([-30.0]), torch.tensor([0.0])), kl_k3(torch.tensor([-30.0]), torch.tensor([0.0]), clamp=False)
+    >>> far, ref = torch.tensor([-30.0]), torch.tensor([0.0])
+    >>> kl_k3(far, ref), kl_k3(far, ref, clamp=False)
     (tensor([10.]), tensor([1.0686e+13]))
     """
     d = ref_logps - logps
