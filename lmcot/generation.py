@@ -4,7 +4,8 @@ A generator does two things: write text (k samples per prompt in one call) and s
 a yes/no question by P("yes") from next-token logits, which is how the large LM
 judges rationale quality without generating. Every call reports its token counts, so
 the cost of each method (large-LM calls and tokens per question) is measured, not
-estimated.
+estimated. Prompts are fitted to the model's input limit first (:mod:`lmcot.fitting`);
+the prompt tokens reported are those of the fitted prompt the model received.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol, Sequence
 import torch
 
 from lmcot.config import GenerationConfig, ModelSpec
+from lmcot.fitting import FittedPrompt, PromptFitter
 
 
 @dataclass(frozen=True)
@@ -90,23 +92,23 @@ class HFGenerator:
         self.batch_size = batch_size
         lm = loaded if loaded is not None else load_model(spec)
         self.model, self.tokenizer, self.family, self.device = lm.model, lm.tokenizer, lm.family, lm.device
+        self.fitter = PromptFitter.for_model(spec, self.tokenizer, self.family, self.model.config)
         self._yes_ids, self._no_ids = self._answer_token_ids()
 
     # -- prompt handling ------------------------------------------------------------
-    def _format(self, prompt: str) -> str:
-        tok = self.tokenizer
-        if self.family == "causal" and self.spec.chat_template and getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return prompt
+    def fit(self, prompts: Sequence[str], reserve: int = 0) -> list[FittedPrompt]:
+        """Each prompt as this model receives it (chat template, fitted to its input limit)."""
+        return self.fitter.fit_all(prompts, reserve)
 
     def _encode(self, texts: list[str]):
-        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        # Never truncate here: every text was fitted to the model's limit already.
+        enc = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def encode_prompts(self, prompts: Sequence[str]) -> dict:
-        """One padded batch of prompts on the model's device, chat-formatted as ``generate`` does
-        (for callers that run ``model.generate`` themselves, e.g. to read log-probabilities)."""
-        return self._encode([self._format(p) for p in prompts])
+    def encode_prompts(self, prompts: Sequence[str], reserve: int = 0) -> dict:
+        """One padded batch of prompts on the model's device, fitted and formatted as ``generate``
+        does (for callers that run ``model.generate`` themselves, e.g. to read log-probabilities)."""
+        return self._encode([f.text for f in self.fit(prompts, reserve)])
 
     def _count_completion(self, ids: torch.Tensor) -> int:
         """Tokens generated up to and including the first end-of-sequence token (padding excluded)."""
@@ -119,8 +121,8 @@ class HFGenerator:
     def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
         if n > 1 and temperature <= 0:
             raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one answer)")
-        texts = [self._format(p) for p in prompts]
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True)["input_ids"]]
+        fitted = self.fit(prompts, reserve=max_new_tokens)
+        texts, lengths = [f.text for f in fitted], [f.tokens for f in fitted]
         results: list[Generation | None] = [None] * len(texts)
         if seed is not None:
             torch.manual_seed(seed)
@@ -147,8 +149,8 @@ class HFGenerator:
 
     @torch.inference_mode()
     def score_yes_no(self, prompts):
-        texts = [self._format(p) for p in prompts]
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True)["input_ids"]]
+        fitted = self.fit(prompts, reserve=1)
+        texts, lengths = [f.text for f in fitted], [f.tokens for f in fitted]
         scores = [0.0] * len(texts)
         for batch in length_sorted_batches(lengths, self.batch_size):
             enc = self._encode([texts[i] for i in batch])
@@ -168,17 +170,19 @@ class HFGenerator:
         return scores
 
     def _answer_token_ids(self) -> tuple[list[int], list[int]]:
-        """First tokens of the spellings of "yes" and "no" (with and without a leading space)."""
+        """Token ids of the spellings of "yes" and "no" (with and without a leading space).
 
-        def first_ids(words):
-            ids = set()
-            for w in words:
-                enc = self.tokenizer.encode(w, add_special_tokens=False)
-                if enc:
-                    ids.add(enc[0])
-            return ids
+        Only spellings that are one whole token count: a spelling split into pieces ("n" + "o")
+        would let a prefix shared with many other words vote. Where no spelling is one token,
+        the first pieces are used.
+        """
 
-        yes, no = first_ids(["yes", "Yes", " yes", " Yes"]), first_ids(["no", "No", " no", " No"])
+        def ids_of(words):
+            encoded = [self.tokenizer.encode(w, add_special_tokens=False) for w in words]
+            whole = {e[0] for e in encoded if len(e) == 1}
+            return whole or {e[0] for e in encoded if e}
+
+        yes, no = ids_of(["yes", "Yes", " yes", " Yes"]), ids_of(["no", "No", " no", " No"])
         shared = yes & no
         yes, no = sorted(yes - shared), sorted(no - shared)
         if not yes or not no:

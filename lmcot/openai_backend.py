@@ -29,6 +29,7 @@ from typing import Sequence
 import httpx
 
 from lmcot.config import ModelSpec
+from lmcot.fitting import PromptFitter
 from lmcot.generation import Generation
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -139,6 +140,10 @@ class OpenAIGenerator:
             limits=httpx.Limits(max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency),
         )
         self._pool = ThreadPoolExecutor(spec.max_concurrency, thread_name_prefix="lmcot-openai")
+        # No local tokenizer: with max_input_tokens set, contexts are fitted by a character estimate;
+        # without it, prompts go whole and the endpoint is the judge of its own context window.
+        self.fitter = PromptFitter(model=spec.name_or_path, limit=spec.max_input_tokens, family="causal",
+                                   field="max_input_tokens of this model's spec (the endpoint's context window)")
 
     def close(self) -> None:
         """Close the connection pool and worker threads."""
@@ -219,7 +224,7 @@ class OpenAIGenerator:
                 completion_tokens=int(usage.get("completion_tokens") or 0),
             )
 
-        return list(self._pool.map(one, prompts))
+        return list(self._pool.map(one, [f.text for f in self.fitter.fit_all(prompts, reserve=max_new_tokens)]))
 
     def score_yes_no(self, prompts: Sequence[str]) -> list[float]:
         """P(yes) of the next token, from ``logprobs`` of one greedy token (see :func:`yes_probability`)."""
@@ -237,4 +242,4 @@ class OpenAIGenerator:
                 )
             return yes_probability({str(t): float(lp) for t, lp in top[0].items()})
 
-        return list(self._pool.map(one, prompts))
+        return list(self._pool.map(one, [f.text for f in self.fitter.fit_all(prompts, reserve=1)]))

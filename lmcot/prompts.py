@@ -80,39 +80,77 @@ ASPECTS: dict[str, Aspect] = {
 }
 
 
-def standard_prompt(question: str, context: str) -> str:
-    return STANDARD.format(question=question, context=context)
+class Prompt(str):
+    """A prompt that knows which part of it may be shortened: the context, and only the context.
+
+    As a ``str`` it is the whole, unfitted prompt, so it can be logged, compared and sent
+    anywhere a string goes (also through Ray). :mod:`lmcot.fitting` renders it again with a
+    shorter context when the reading model's input limit asks for it; the instruction, the
+    question, the rationale and the cue are always kept. A string that went through ``str``
+    methods is a plain string again: it is sent whole or refused, never cut.
+
+    >>> p = small_rationale_prompt("Who?", "A: one.\\nB: two.")
+    >>> p.role, p.context.splitlines()
+    ('small', ['A: one.', 'B: two.'])
+    >>> p.render("A: one.").endswith("Context:\\nA: one.\\n\\nQuestion: Who?\\nRationale:")
+    True
+    """
+
+    role: str
+    context: str
+    _template: str
+    _fields: dict
+
+    def __new__(cls, text: str = "", *, role: str = "", template: str = "", context: str = "",
+                fields: dict | None = None):
+        self = super().__new__(cls, text)
+        self.role, self.context, self._template, self._fields = role, context, template, dict(fields or {})
+        return self
+
+    @classmethod
+    def build(cls, role: str, template: str, context: str, **fields: str) -> "Prompt":
+        return cls(template.format(context=context, **fields), role=role, template=template, context=context,
+                   fields=fields)
+
+    def render(self, context: str) -> str:
+        """The prompt with ``context`` in place of its own (a shortened version of it)."""
+        return self._template.format(context=context, **self._fields) if self._template else str(self)
 
 
-def cot_prompt(question: str, context: str) -> str:
-    return COT.format(question=question, context=context)
+def standard_prompt(question: str, context: str) -> Prompt:
+    return Prompt.build("standard", STANDARD, context, question=question)
 
 
-def teacher_rationale_prompt(question: str, context: str) -> str:
-    return TEACHER_RATIONALE.format(question=question, context=context)
+def cot_prompt(question: str, context: str) -> Prompt:
+    return Prompt.build("cot", COT, context, question=question)
 
 
-def small_rationale_prompt(question: str, context: str) -> str:
-    return SMALL_RATIONALE.format(question=question, context=context)
+def teacher_rationale_prompt(question: str, context: str) -> Prompt:
+    return Prompt.build("teacher", TEACHER_RATIONALE, context, question=question)
 
 
-def answer_from_rationale_prompt(question: str, context: str, rationale: str) -> str:
-    return ANSWER_FROM_RATIONALE.format(question=question, context=context, rationale=rationale.strip())
+def small_rationale_prompt(question: str, context: str) -> Prompt:
+    return Prompt.build("small", SMALL_RATIONALE, context, question=question)
 
 
-def judge_prompt(aspect: str, question: str, context: str, rationale: str) -> str:
+def answer_from_rationale_prompt(question: str, context: str, rationale: str) -> Prompt:
+    return Prompt.build("answer", ANSWER_FROM_RATIONALE, context, question=question, rationale=rationale.strip())
+
+
+def judge_prompt(aspect: str, question: str, context: str, rationale: str) -> Prompt:
     """One yes/no question about one aspect; scored by P(yes) from next-token logits."""
     if aspect not in ASPECTS:
         raise KeyError(f"unknown aspect {aspect!r}; valid: {', '.join(ASPECTS)}")
     a = ASPECTS[aspect]
-    return JUDGE.format(
-        context=context, question=question, rationale=rationale.strip(),
-        definition=a.definition, question_about_aspect=a.question,
-    )
+    return Prompt.build(f"judge:{aspect}", JUDGE, context, question=question, rationale=rationale.strip(),
+                        definition=a.definition, question_about_aspect=a.question)
 
 
+# An answer cue is a whole phrase ending in "is" or a colon: "So the answer is", "The final
+# answer is:", "Final answer:", "Answer:". A bare word "answer" inside a sentence ("To answer
+# this,", "Answers in Genesis", "Unanswered Questions") is never a cue.
 _CUES = re.compile(
-    r"(?:so\s+the\s+(?:final\s+)?answer\s+is|the\s+(?:final\s+)?answer\s+is|final\s+answer|answer)\s*[:\-]?\s*",
+    r"(?<![\w'])(?:(?:so\s+)?the\s+(?:final\s+)?answer\s+is\b\s*:?|(?:final\s+)?answer\s*:)\s*",
     re.IGNORECASE,
 )
 
@@ -131,6 +169,10 @@ def parse_answer(text: str) -> str:
     'Paris'
     >>> parse_answer("The answer is: yes")
     'yes'
+    >>> parse_answer("Unanswered Questions"), parse_answer("Answers in Genesis"), parse_answer("The Answer")
+    ('Unanswered Questions', 'Answers in Genesis', 'The Answer')
+    >>> parse_answer("Final Answer (album)"), parse_answer("Final answer: Final Answer (album)")
+    ('Final Answer (album)', 'Final Answer (album)')
     """
     text = text.strip()
     matches = list(_CUES.finditer(text))
@@ -149,6 +191,12 @@ def split_rationale(text: str) -> tuple[str, str | None]:
     ('A was born in 1901. B in 1910.', 'A')
     >>> split_rationale("no cue here")
     ('no cue here', None)
+    >>> split_rationale("B founded it. So the answer is: Answers in Genesis.")
+    ('B founded it.', 'Answers in Genesis')
+    >>> split_rationale("To answer this, note X. The answer is X. So the answer is: Y.")
+    ('To answer this, note X. The answer is X.', 'Y')
+    >>> split_rationale("To answer this, we need the founder's name.")
+    ("To answer this, we need the founder's name.", None)
     """
     text = text.strip()
     matches = list(_CUES.finditer(text))

@@ -39,6 +39,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from lmcot.fitting import PromptFitter
 from lmcot.prompts import small_rationale_prompt
 
 IGNORE_INDEX = -100
@@ -189,29 +190,25 @@ def pairs_fingerprint(pairs: Sequence[SFTPair]) -> str:
 # -- tokenisation --------------------------------------------------------------------------
 def format_prompt(tokenizer, prompt: str, family: str, chat_template: bool = True) -> str:
     """The prompt text as the generator feeds it (chat template for causal models that have one)."""
-    if family == "causal" and chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt
-
-
-def _cut_source(ids: list[int], max_tokens: int, specials: set[int]) -> list[int]:
-    """Keep the end of an over-long prompt (the question and the cue), and a leading special token."""
-    if len(ids) <= max_tokens:
-        return ids
-    head = ids[:1] if ids and ids[0] in specials else []
-    return head + ids[len(ids) - (max_tokens - len(head)):]
+    return PromptFitter(model="", limit=0, tokenizer=tokenizer, family=family, chat_template=chat_template).format(prompt)
 
 
 def encode_pairs(tokenizer, pairs: Sequence[SFTPair], *, family: str, max_source_tokens: int,
-                 max_target_tokens: int, chat_template: bool = True) -> "TokenizedPairs":
-    """Tokenise pairs for ``family`` (``seq2seq`` or ``causal``); see the module doc for the labels."""
+                 max_target_tokens: int, chat_template: bool = True, fitter: PromptFitter | None = None,
+                 reserve: int = 0) -> "TokenizedPairs":
+    """Tokenise pairs for ``family`` (``seq2seq`` or ``causal``); see the module doc for the labels.
+
+    Prompts are fitted exactly as the generator fits them at inference (``fitter``: the small
+    LM's, with ``reserve`` new tokens for a causal model): only the context is ever shortened,
+    never the instruction or the question. Without a fitter, ``max_source_tokens`` is the limit.
+    """
     if family not in ("seq2seq", "causal"):
         raise ValueError(f"family {family!r} must be seq2seq or causal")
-    texts = [format_prompt(tokenizer, p.prompt, family, chat_template) for p in pairs]
-    specials = set(tokenizer.all_special_ids)
-    full_sources = tokenizer(texts)["input_ids"] if texts else []
-    sources = [_cut_source(ids, max_source_tokens, specials) for ids in full_sources]
+    fitter = fitter or PromptFitter(model="the small LM", limit=max_source_tokens, tokenizer=tokenizer,
+                                    family=family, chat_template=chat_template, field="distill.max_source_tokens")
+    fitted = fitter.fit_all([p.prompt for p in pairs], reserve)
+    texts = [f.text for f in fitted]
+    sources = tokenizer(texts)["input_ids"] if texts else []
     if family == "seq2seq":
         full_targets = tokenizer([p.target for p in pairs])["input_ids"] if pairs else []
     else:
@@ -225,7 +222,7 @@ def encode_pairs(tokenizer, pairs: Sequence[SFTPair], *, family: str, max_source
         full_targets = [ids + [tokenizer.eos_token_id] for ids in encoded]
     targets = [ids[:max_target_tokens] for ids in full_targets]
     out = TokenizedPairs.from_lists(family, sources, targets)
-    out.truncated_sources = sum(len(a) > max_source_tokens for a in full_sources)
+    out.truncated_sources = sum(f.context_cut for f in fitted)
     out.truncated_targets = sum(len(a) > max_target_tokens for a in full_targets)
     return out
 
@@ -239,7 +236,7 @@ class TokenizedPairs:
         self.source, self.source_offsets = source, source_offsets
         self.target, self.target_offsets = target, target_offsets
         self.truncated_sources = 0
-        """Prompts cut to ``max_source_tokens`` (they differ from what the model sees at inference)."""
+        """Prompts whose context was shortened to fit the small LM's limit (as it is at inference)."""
         self.truncated_targets = 0
         """Rationales cut to ``max_target_tokens``."""
 

@@ -4,7 +4,10 @@ No weights can be downloaded in tests or on an offline laptop, so lmcot builds i
 own: a byte-level BPE tokenizer trained on the shipped synthetic data and prompt
 templates, and small configs initialised from a fixed seed. They are saved with
 ``save_pretrained`` and loaded back through :func:`lmcot.models.load_model`, the same
-code that loads hub models. A random T5 only ever emits ``<pad>``, so the saved
+code that loads hub models. They carry the real models' conventions, so the limits and
+formats tests see are those of production: the T5s FLAN-T5's (``model_max_length`` 512,
+``</s>`` appended, pad = decoder start, right padding), the causal ones Qwen2.5-Instruct's
+(chat template, ``<|im_end|>`` as eos, ``<|endoftext|>`` as pad, 32,768 positions). A random T5 only ever emits ``<pad>``, so the saved
 generation config suppresses it; the model then writes (random) text that flows
 through the whole pipeline, and training teaches it real rationales.
 """
@@ -34,7 +37,26 @@ TINY_MODELS = {
     "causal-large": ("causal", dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4)),
 }
 
-_SPECIALS = {"seq2seq": ["<pad>", "</s>", "<unk>"], "causal": ["<|endoftext|>"]}
+# Special tokens in the real models' order: FLAN-T5 has <pad>=0, </s>=1, <unk>=2; Qwen2.5 has
+# <|endoftext|> (its pad), <|im_start|> and <|im_end|> (the chat turn end, its eos).
+_SPECIALS = {"seq2seq": ["<pad>", "</s>", "<unk>"], "causal": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+
+T5_MAX_LENGTH = 512
+"""FLAN-T5's tokenizers declare ``model_max_length: 512``; the tiny T5s do too, so tests see the limit."""
+
+QWEN_MAX_LENGTH, QWEN_POSITIONS = 131072, 32768
+"""Qwen2.5's tokenizer declares 131,072 tokens; its config 32,768 positions."""
+
+QWEN_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+"""Qwen2.5-Instruct's chat layout (system turn by default, ``<|im_start|>role ... <|im_end|>``)."""
 
 
 def _corpus() -> list[str]:
@@ -68,13 +90,17 @@ def build_tokenizer(family: str):
         # T5 appends </s> to every encoded sequence.
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
         return PreTrainedTokenizerFast(
-            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=2048
+            tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+            model_max_length=T5_MAX_LENGTH, padding_side="right",
         )
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", model_max_length=2048,
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"], model_max_length=QWEN_MAX_LENGTH,
+        padding_side="right",  # as Qwen ships it; lmcot pads causal prompts on the left to generate
     )
+    wrapped.chat_template = QWEN_CHAT_TEMPLATE
+    return wrapped
 
 
 def build_model(name: str, tokenizer, seed: int = 0):
@@ -96,15 +122,22 @@ def build_model(name: str, tokenizer, seed: int = 0):
             eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id],
         )
     else:
+        # Qwen2.5-Instruct: bos = eos = <|endoftext|> in the config; generation stops at
+        # <|im_end|> or <|endoftext|> and pads with <|endoftext|>. Untied embeddings (as Qwen2.5-14B):
+        # a random model with tied ones only repeats the prompt's last token (the template's newline).
+        endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         config = Qwen2Config(
             vocab_size=vocab, num_key_value_heads=max(1, size["num_attention_heads"] // 2),
-            max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **size,
+            max_position_embeddings=QWEN_POSITIONS, tie_word_embeddings=False, bos_token_id=endoftext,
+            eos_token_id=endoftext, pad_token_id=None, **size,
         )
         model = Qwen2ForCausalLM(config)
+        # A random model emits special tokens as readily as words; suppress the ones that are not
+        # an end of turn (and an immediate end), so it writes text as the tiny T5s do.
         generation = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=endoftext, eos_token_id=[tokenizer.eos_token_id, endoftext], pad_token_id=endoftext,
+            suppress_tokens=[endoftext, tokenizer.convert_tokens_to_ids("<|im_start|>")],
+            begin_suppress_tokens=[tokenizer.eos_token_id],
         )
     model.generation_config = generation
     return model
@@ -125,8 +158,8 @@ def write_tiny_model(name: str, out_dir: Path, seed: int = 0) -> Path:
 
 
 def fingerprint() -> str:
-    """Changes whenever the tokenizer corpus or the model sizes change, so stale builds are not reused."""
-    digest = hashlib.sha256(json.dumps([_corpus(), TINY_MODELS, VOCAB_SIZE], sort_keys=True).encode())
+    """Changes whenever the tokenizer corpus or this build code changes, so stale builds are not reused."""
+    digest = hashlib.sha256(json.dumps([_corpus(), Path(__file__).read_text()], sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 

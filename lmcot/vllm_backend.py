@@ -17,6 +17,7 @@ import math
 from typing import Sequence
 
 from lmcot.config import ModelSpec
+from lmcot.fitting import PromptFitter
 from lmcot.generation import Generation
 
 YES_NO_LOGPROBS = 20
@@ -44,14 +45,11 @@ class VLLMGenerator:
         self.spec, self.batch_size, self.family = spec, batch_size, family
         self.llm = LLM(model=path, dtype=spec.dtype, revision=spec.revision or None, trust_remote_code=False)
         self.tokenizer = self.llm.get_tokenizer()
-        self._yes, self._no = self._answer_token_ids()
+        from transformers import AutoConfig
 
-    def _format(self, prompt: str) -> str:
-        tok = self.tokenizer
-        if self.spec.chat_template and getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True)
-        return prompt
+        config = AutoConfig.from_pretrained(path, revision=spec.revision or None, trust_remote_code=False)
+        self.fitter = PromptFitter.for_model(spec, self.tokenizer, family, config)
+        self._yes, self._no = self._answer_token_ids()
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
@@ -62,7 +60,8 @@ class VLLMGenerator:
             raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one answer)")
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                 max_tokens=max_new_tokens, seed=seed)
-        outputs = self.llm.generate([self._format(p) for p in prompts], params, use_tqdm=False)
+        fitted = self.fitter.fit_all(prompts, reserve=max_new_tokens)
+        outputs = self.llm.generate([f.text for f in fitted], params, use_tqdm=False)
         return [
             Generation(texts=tuple(c.text.strip() for c in out.outputs), prompt_tokens=len(out.prompt_token_ids),
                        completion_tokens=sum(len(c.token_ids) for c in out.outputs))
@@ -74,7 +73,8 @@ class VLLMGenerator:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=YES_NO_LOGPROBS)
-        outputs = self.llm.generate([self._format(p) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([f.text for f in self.fitter.fit_all(prompts, reserve=1)], params,
+                                    use_tqdm=False)
         scores = []
         for out in outputs:
             top = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}

@@ -36,6 +36,11 @@ class ModelSpec:
     """Wrap prompts in the tokenizer's chat template when a causal model has one."""
     revision: str = ""
     """Hub revision (branch, tag or commit); empty for the default."""
+    max_input_tokens: int = 0
+    """Most prompt tokens this model reads; 0: what its tokenizer and config declare (FLAN-T5: 512,
+    Qwen2.5: 32,768 positions shared with the generated tokens). Prompts are fitted to it by
+    shortening only their context (:mod:`lmcot.fitting`). For ``backend: openai`` without a local
+    tokenizer, set it to the endpoint's context window (tokens are then estimated from characters)."""
     ray_resource: str = field(default="", metadata={"fingerprint": False})
     """A custom Ray resource that pins every actor or worker holding this model to the worker
     group offering it (``small_lm`` / ``large_lm`` in ``cluster/ray-cluster.lmcot.yaml``), so
@@ -71,5 +76,7 @@ class ModelSpec:
         if self.ray_resource in ("CPU", "GPU", "memory", "object_store_memory"):
             raise ValueError(f"ray_resource={self.ray_resource!r} is a built-in Ray resource: name a custom one "
                              "(e.g. large_lm) that the worker group meant for this model offers")
+        if self.max_input_tokens < 0:
+            raise ValueError("max_input_tokens must be >= 0 (0: the limit the model declares)")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")

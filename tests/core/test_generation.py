@@ -29,7 +29,7 @@ def test_generates_text_in_prompt_order_with_token_counts(generator):
     assert len(out) == 4
     for p, g in zip(prompts, out):
         assert len(g.texts) == 1 and g.texts[0], "a tiny model must still yield text (pad is suppressed)"
-        assert g.prompt_tokens == len(generator.tokenizer(p)["input_ids"])
+        assert g.prompt_tokens == len(generator.tokenizer(generator.fitter.format(p))["input_ids"])
         assert 1 <= g.completion_tokens <= 6
     # batching by length must not reorder results: a prompt alone gives the same greedy output
     alone = generator.generate([prompts[1]], max_new_tokens=6)[0]
@@ -49,6 +49,32 @@ def test_yes_no_scores_are_probabilities_from_logits(generator):
     scores = generator.score_yes_no(["Is the sky blue? Answer:", "Is water dry? Answer:", "x"])
     assert len(scores) == 3 and all(0.0 < s < 1.0 for s in scores)
     assert scores == generator.score_yes_no(["Is the sky blue? Answer:", "Is water dry? Answer:", "x"])
+
+
+def test_yes_and_no_token_ids_spell_yes_and_no(generator):
+    spell = lambda ids: {generator.tokenizer.decode([i]).strip().lower() for i in ids}  # noqa: E731
+    assert spell(generator._yes_ids) == {"yes"} and spell(generator._no_ids) == {"no"}
+
+
+def test_over_long_prompts_reach_the_model_fitted_with_their_question(generator):
+    from lmcot.fitting import PromptTooLong
+    from lmcot.prompts import answer_from_rationale_prompt
+
+    limit = 512 if generator.family == "seq2seq" else 32768  # FLAN-T5's and Qwen2.5's declared limits
+    assert generator.fitter.limit == limit
+    generator.fitter.limit = 200  # as a spec's max_input_tokens would set it
+    try:
+        context = "\n".join(f"Para {i}: " + "word " * 40 for i in range(30))
+        prompt = answer_from_rationale_prompt("Who founded Vexa?", context, "Vexa was founded by Ilo.")
+        [g] = generator.generate([prompt], max_new_tokens=4)
+        assert g.prompt_tokens <= 200 - (4 if generator.family == "causal" else 0)
+        [fitted] = generator.fit([prompt], reserve=4)
+        assert fitted.tokens == g.prompt_tokens and fitted.context_cut
+        assert "Para 0: word" in fitted.text and "Rationale: Vexa was founded by Ilo.\nAnswer:" in fitted.text
+        with pytest.raises(PromptTooLong, match="max_input_tokens"):
+            generator.generate(["word " * 300], max_new_tokens=4)  # a plain string is never cut
+    finally:
+        generator.fitter.limit = limit
 
 
 def test_missing_model_path_is_named(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from lmcot import sft_data
 from lmcot.config import DatasetSpec
 from lmcot.data import load_split
+from lmcot.fitting import PromptTooLong
 from lmcot.models import load_tokenizer, resolve_model_path
 from lmcot.prompts import small_rationale_prompt
 from lmcot.sft_data import (IGNORE_INDEX, CompletionCollator, NoRationalesError, SFTPair, build_pairs,
@@ -104,8 +105,10 @@ def test_seq2seq_labels_are_the_rationale_with_eos(t5_tok):
 def test_causal_labels_mask_the_prompt_completion_only(causal_tok):
     pair = SFTPair("h", "q", 0, small_rationale_prompt("Who?", "A: B."), "Ann is the answer.")
     item = encode_pairs(causal_tok, [pair], family="causal", max_source_tokens=512, max_target_tokens=64)[0]
-    n_prompt = len(causal_tok(pair.prompt)["input_ids"])
-    assert item["input_ids"][:n_prompt] == causal_tok(pair.prompt)["input_ids"]
+    templated = format_prompt(causal_tok, pair.prompt, "causal")
+    assert templated.startswith("<|im_start|>system") and templated.endswith("<|im_start|>assistant\n")
+    n_prompt = len(causal_tok(templated)["input_ids"])
+    assert item["input_ids"][:n_prompt] == causal_tok(templated)["input_ids"]
     assert item["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     completion = item["labels"][n_prompt:]
     assert completion == item["input_ids"][n_prompt:] and completion[-1] == causal_tok.eos_token_id
@@ -113,15 +116,23 @@ def test_causal_labels_mask_the_prompt_completion_only(causal_tok):
     assert causal_tok.decode(completion, skip_special_tokens=True).strip() == pair.target
 
 
-def test_long_prompts_keep_their_end_and_are_counted(t5_tok, causal_tok):
-    prompt = small_rationale_prompt("Who won?", "filler words " * 200)
+def test_long_prompts_lose_only_context_and_are_counted(t5_tok, causal_tok):
+    prompt = small_rationale_prompt("Who won?", "Filler: " + "filler words " * 200)
     for tok, family in ((t5_tok, "seq2seq"), (causal_tok, "causal")):
         enc = encode_pairs(tok, [SFTPair("h", "q", 0, prompt, "word " * 50)], family=family,
-                           max_source_tokens=32, max_target_tokens=8)
-        src = enc.source_ids(0)
-        assert len(src) == 32 and tok.decode(src, skip_special_tokens=True).rstrip().endswith("Rationale:")
+                           max_source_tokens=96, max_target_tokens=8)
+        text = tok.decode(enc.source_ids(0), skip_special_tokens=True)
+        assert len(enc.source_ids(0)) <= 96
+        assert text.startswith(("Write the reasoning", "system")) and "Question: Who won?\nRationale:" in text
+        assert "Filler: filler" in text, "the context is shortened, not dropped"
         assert len(enc.target_ids(0)) == 8
         assert (enc.truncated_sources, enc.truncated_targets) == (1, 1)
+
+
+def test_a_limit_below_the_template_fails_naming_the_field(t5_tok):
+    pair = SFTPair("h", "q", 0, small_rationale_prompt("Who won?", "A: b."), "b")
+    with pytest.raises(PromptTooLong, match="distill.max_source_tokens"):
+        encode_pairs(t5_tok, [pair], family="seq2seq", max_source_tokens=16, max_target_tokens=8)
 
 
 def test_chat_template_wraps_causal_prompts_like_the_generator(causal_tok):
