@@ -1,10 +1,14 @@
-"""The paper-style report of a run: tables and plots from what the stages wrote.
+"""The paper-style report of a run, and the training logs and curves it is drawn from.
 
-Reads only files in the run directory (``eval/*/metrics.json``, ``eval/*/aspects.json``,
-``refine/metrics.jsonl``, ``distill/metrics.jsonl``), so it can be rebuilt at any time
-without models: accuracy per dataset and method (the paper's table), rationale aspect
-scores per model, the large-LM cost per question, training curves, and one finding on
-whether rationale quality and accuracy moved together.
+Reads only files in the run directory (each evaluation's metrics and aspect scores, the
+training stages' ``metrics.jsonl``; every path from :class:`~lmcot.rundir.RunDir`), so it
+can be rebuilt at any time without models: accuracy per dataset and method (the paper's
+table), rationale aspect scores per model, the large-LM cost per question, training
+curves, and one finding on whether rationale quality and accuracy moved together.
+
+The training stages write their logs with the JSONL helpers here (one JSON object per
+step, appended live, cut back to the resumed step after a restart) and refinement draws
+its own curves with :func:`plot_refine_curves`, so a log's writer and reader are one module.
 """
 
 from __future__ import annotations
@@ -12,33 +16,54 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from lmcot.rundir import RunDir, write_atomic  # noqa: E402
+from lmcot.rundir import RunDir, write_atomic
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- training logs (JSONL) -------------------------------------------------------------------
+def load_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, entries: list[dict]) -> None:
+    """The whole log at once (atomically)."""
+    write_atomic(Path(path), "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+
+def append_jsonl(path: Path, entry: dict) -> None:
+    """One more step, live."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the entries of steps after ``step`` (a resumed run writes them again)."""
+    if Path(path).is_file():
+        write_jsonl(path, [e for e in load_jsonl(path) if e.get("step", 0) <= step])
+
+
+# -- reading the run directory ----------------------------------------------------------------
 def load_evals(run_dir: RunDir) -> dict[str, dict]:
-    """label -> metrics.json of every finished evaluation, in a stable order."""
-    evals = {}
-    for path in sorted((run_dir.root / "eval").glob("*/metrics.json")):
-        evals[path.parent.name] = json.loads(path.read_text())
-    return evals
+    """label -> metrics of every finished evaluation, in a stable order."""
+    return {label: json.loads(run_dir.eval_metrics(label).read_text()) for label in run_dir.eval_labels()}
 
 
 def load_aspects(run_dir: RunDir) -> dict[str, dict[str, float]]:
-    out = {}
-    for path in sorted((run_dir.root / "eval").glob("*/aspects.json")):
-        out[path.parent.name] = json.loads(path.read_text())
-    return out
-
-
-def load_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """label -> mean aspect scores of every evaluation whose rationales were judged."""
+    return {label: json.loads(run_dir.eval_aspects(label).read_text()) for label in run_dir.eval_labels()
+            if run_dir.eval_aspects(label).is_file()}
 
 
 def accuracy_table(evals: dict[str, dict]) -> str:
@@ -100,6 +125,7 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
 
 
 def plot_accuracy(evals: dict[str, dict], path: Path) -> None:
+    plt = _pyplot()
     datasets = sorted({d for m in evals.values() for d in m["datasets"]})
     labels = list(evals)
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 0.45 * len(labels) + 1.5), squeeze=False)
@@ -120,6 +146,7 @@ def plot_accuracy(evals: dict[str, dict], path: Path) -> None:
 
 
 def plot_cost(evals: dict[str, dict], path: Path) -> None:
+    plt = _pyplot()
     labels = list(evals)
     tokens = [sum(d["large_tokens_per_question"] for d in evals[l]["datasets"].values()) / len(evals[l]["datasets"])
               for l in labels]
@@ -133,6 +160,7 @@ def plot_cost(evals: dict[str, dict], path: Path) -> None:
 
 
 def plot_aspects(aspects: dict[str, dict[str, float]], path: Path) -> None:
+    plt = _pyplot()
     names = list(next(iter(aspects.values())))
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(aspects)
@@ -148,6 +176,8 @@ def plot_aspects(aspects: dict[str, dict[str, float]], path: Path) -> None:
 
 
 def plot_curves(distill: list[dict], refine: list[dict], path: Path) -> None:
+    """Distillation losses and refinement reward/loss/KL, side by side (the report's figure)."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     loss = [(r["step"], r["loss"]) for r in distill if "loss" in r and "step" in r]
     if loss:
@@ -172,9 +202,32 @@ def plot_curves(distill: list[dict], refine: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_refine_curves(history: list[dict], path: Path) -> None:
+    """Reward components, total reward, KL, loss and the reward-call share of step time, per step."""
+    plt = _pyplot()
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    components = sorted({k for h in history for k in h if k.startswith("reward/")})
+    for key in ["reward", *components]:
+        axes[0].plot(steps, [h.get(key) for h in history], label=key, linewidth=2.5 if key == "reward" else 1)
+    axes[0].set_title("rewards (means)")
+    if history:
+        axes[0].legend(fontsize=7)
+    for ax, key, title in ((axes[1], "kl", "KL to the distilled model"), (axes[2], "loss", "loss"),
+                           (axes[3], "reward_share", "share of step time in reward calls")):
+        ax.plot(steps, [h.get(key) for h in history])
+        ax.set_title(title)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after: str = "lm_guided-refined",
                  notes: list[str] | None = None, order: list[str] | None = None) -> Path:
-    """Render ``RUN/report.md`` and its PNGs under ``RUN/report/``; returns the report path.
+    """Render ``RUN/report.md`` and its figures; returns the report path.
 
     ``order`` lists evaluation labels in the order the tables show them (others follow).
     """
@@ -182,23 +235,24 @@ def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after:
     rank = {label: i for i, label in enumerate(order or [])}
     evals = dict(sorted(evals.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
     aspects = dict(sorted(aspects.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
-    figures = run_dir.root / "report"
-    figures.mkdir(parents=True, exist_ok=True)
-    distill, refine = load_jsonl(run_dir.distill / "metrics.jsonl"), load_jsonl(run_dir.refine_metrics)
+    distill, refine = load_jsonl(run_dir.metrics("distill")), load_jsonl(run_dir.metrics("refine"))
+
+    def figure(name: str, plot, *data) -> str:
+        path = run_dir.report_figure(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(*data, path)
+        return f"![{name}]({path.relative_to(run_dir.root).as_posix()})"
+
     parts = ["# lmcot report", "", f"Run directory: `{run_dir.root}`", ""]
     parts += notes or []
     if evals:
-        plot_accuracy(evals, figures / "accuracy.png")
-        plot_cost(evals, figures / "cost.png")
-        parts += ["## Accuracy (EM / F1, %)", "", accuracy_table(evals), "", "![accuracy](report/accuracy.png)", "",
-                  "## Cost of each method", "", cost_table(evals), "", "![cost](report/cost.png)", ""]
+        parts += ["## Accuracy (EM / F1, %)", "", accuracy_table(evals), "", figure("accuracy", plot_accuracy, evals),
+                  "", "## Cost of each method", "", cost_table(evals), "", figure("cost", plot_cost, evals), ""]
     parts += ["## Rationale quality (large-LM judge, P(yes) per aspect)", "", aspect_table(aspects), ""]
     if aspects:
-        plot_aspects(aspects, figures / "aspects.png")
-        parts += ["![aspects](report/aspects.png)", ""]
+        parts += [figure("aspects", plot_aspects, aspects), ""]
     if distill or refine:
-        plot_curves(distill, refine, figures / "curves.png")
-        parts += ["## Training curves", "", "![curves](report/curves.png)", ""]
+        parts += ["## Training curves", "", figure("curves", plot_curves, distill, refine), ""]
     parts += ["## Finding", "", finding(evals, aspects, before, after), ""]
     write_atomic(run_dir.report, "\n".join(parts))
     return run_dir.report

@@ -1,17 +1,26 @@
-"""The run directory: the one place stages read from and write to.
+"""The run directory: the one place stages read from and write to, and every file name in it.
 
-Every stage and job takes ``--run-dir RUN``; the layout is defined here once so a
-stage never guesses where another one wrote.
+Every stage and job takes ``--run-dir RUN``; the layout is defined here once, so a stage
+never guesses where another one wrote and a renamed file is renamed for its readers too.
+No other module spells a run-directory file name.
 
-    RUN/config.yaml                 the resolved config of the last command
-    RUN/rationales/                 teacher rationales (parquet shards + stats.json)
-    RUN/distill/model/              distilled small LM (save_pretrained)
-    RUN/distill/checkpoints/        Ray Train checkpoints
-    RUN/refine/model/               RL-refined small LM
-    RUN/refine/metrics.jsonl        per-step rewards, KL, loss
-    RUN/search/                     Ray Tune storage, best_reward_weights.yaml
-    RUN/eval/<label>/               predictions.json, metrics.json, report.md
-    RUN/report.md                   the paper-style report
+    RUN/config.yaml                     the resolved config of the last command
+    RUN/rationales/                     teacher rationales (parquet shards, stats.json)
+    RUN/<stage>/step.json               the stage's identity and summary once it finished
+    RUN/distill/model/                  distilled small LM (save_pretrained + lmcot_model.json)
+    RUN/distill/checkpoints/            Ray Train checkpoints
+    RUN/distill/metrics.jsonl           the trainer's log: loss, eval_loss, learning rate per step
+    RUN/refine/model/                   RL-refined small LM
+    RUN/refine/metrics.jsonl            per step: rewards, KL, loss, throughput
+    RUN/refine/curves.png               the refinement curves
+    RUN/search/                         Ray Tune storage, trials, best_reward_weights.yaml
+    RUN/eval/<label>/                   predictions.json, metrics.json, aspects.json, report.md
+    RUN/report.md, RUN/report/*.png     the paper-style report
+
+The skip rule lives here too (:func:`finished`, :func:`record_finished`): a stage is done
+when its ``step.json`` carries the identity it would compute now
+(:func:`lmcot.config.identity`). A stage that died wrote no record, so it runs again and
+resumes from its own checkpoints.
 """
 
 from __future__ import annotations
@@ -19,8 +28,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+MODEL_META = "lmcot_model.json"
+"""What lmcot knows about an exported model (family, identity, base model), inside its folder."""
+TRAINING_STAGES = ("distill", "refine")
 
 
 @dataclass(frozen=True)
@@ -32,42 +46,88 @@ class RunDir:
     def __init__(self, root: str | os.PathLike):
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
 
+    # -- the config and the step records ----------------------------------------------------
     @property
     def config_file(self) -> Path:
         return self.root / "config.yaml"
 
+    @staticmethod
+    def step_record(stage_dir: Path) -> Path:
+        """The record a finished stage (or evaluation) leaves in its own folder."""
+        return Path(stage_dir) / "step.json"
+
+    # -- rationales ---------------------------------------------------------------------------
     @property
     def rationales(self) -> Path:
         return self.root / "rationales"
 
     @property
+    def rationale_stats(self) -> Path:
+        return self.rationales / "stats.json"
+
+    # -- the training stages ------------------------------------------------------------------
+    def stage(self, name: str) -> Path:
+        """``RUN/distill`` or ``RUN/refine``."""
+        if name not in TRAINING_STAGES:
+            raise ValueError(f"{name!r} is not a training stage ({', '.join(TRAINING_STAGES)})")
+        return self.root / name
+
+    def model(self, stage: str) -> Path:
+        return self.stage(stage) / "model"
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.stage(stage) / "checkpoints"
+
+    def metrics(self, stage: str) -> Path:
+        """The stage's training log, one JSON object per logged step."""
+        return self.stage(stage) / "metrics.jsonl"
+
+    def curves(self, stage: str) -> Path:
+        return self.stage(stage) / "curves.png"
+
+    TRAINER_STATE = "trainer_state.json"
+    """The step and log history inside a training checkpoint (the HF trainer's file; refinement's
+    seq2seq loop writes one too)."""
+
+    @staticmethod
+    def model_meta(model_dir: Path) -> Path:
+        return Path(model_dir) / MODEL_META
+
+    def model_identity(self, stage: str) -> str:
+        """The identity recorded with a stage's exported model ("" when there is none): what a
+        stage that starts from that model chains its own identity to."""
+        meta = self.model_meta(self.model(stage))
+        return json.loads(meta.read_text()).get("identity", "") if meta.is_file() else ""
+
+    @property
     def distill(self) -> Path:
-        return self.root / "distill"
+        return self.stage("distill")
 
     @property
     def distill_model(self) -> Path:
-        return self.distill / "model"
+        return self.model("distill")
 
     @property
     def distill_checkpoints(self) -> Path:
-        return self.distill / "checkpoints"
+        return self.checkpoints("distill")
 
     @property
     def refine(self) -> Path:
-        return self.root / "refine"
+        return self.stage("refine")
 
     @property
     def refine_model(self) -> Path:
-        return self.refine / "model"
+        return self.model("refine")
 
     @property
     def refine_checkpoints(self) -> Path:
-        return self.refine / "checkpoints"
+        return self.checkpoints("refine")
 
     @property
     def refine_metrics(self) -> Path:
-        return self.refine / "metrics.jsonl"
+        return self.metrics("refine")
 
+    # -- search --------------------------------------------------------------------------------
     @property
     def search(self) -> Path:
         return self.root / "search"
@@ -76,18 +136,96 @@ class RunDir:
     def best_reward_weights(self) -> Path:
         return self.search / "best_reward_weights.yaml"
 
-    def eval_dir(self, label: str) -> Path:
-        return self.root / "eval" / label
+    @property
+    def search_tune(self) -> Path:
+        """Ray Tune's experiment storage."""
+        return self.search / "tune"
 
+    @property
+    def search_trials(self) -> Path:
+        """The trials' own run directories."""
+        return self.search / "trials"
+
+    @property
+    def search_trials_md(self) -> Path:
+        return self.search / "trials.md"
+
+    @property
+    def search_pareto(self) -> Path:
+        return self.search / "pareto.png"
+
+    @property
+    def search_inputs(self) -> Path:
+        """What the search in ``search_tune`` was started from (a changed one is archived)."""
+        return self.search / "search.json"
+
+    @property
+    def search_archive(self) -> Path:
+        return self.search / "archive"
+
+    def search_outputs(self) -> list[Path]:
+        """Everything one search writes, moved together when it is archived."""
+        return [self.search_tune, self.search_trials, self.search_trials_md, self.search_pareto,
+                self.best_reward_weights, self.search_inputs]
+
+    TRIAL_STATE = "round.json"
+    """The file inside a search trial's Tune checkpoint: the last round reported."""
+    TUNE_RESULT = "result.json"
+    """Tune's own per-trial log (one JSON object per report) inside ``search_tune/<trial>/``."""
+
+    # -- evaluations ---------------------------------------------------------------------------
+    @property
+    def evals(self) -> Path:
+        return self.root / "eval"
+
+    def eval_dir(self, label: str) -> Path:
+        return self.evals / label
+
+    def eval_metrics(self, label: str) -> Path:
+        return self.eval_dir(label) / "metrics.json"
+
+    def eval_predictions(self, label: str) -> Path:
+        return self.eval_dir(label) / "predictions.json"
+
+    def eval_aspects(self, label: str) -> Path:
+        return self.eval_dir(label) / "aspects.json"
+
+    def eval_labels(self) -> list[str]:
+        """Labels of the finished evaluations (those with metrics), sorted."""
+        return sorted(p.parent.name for p in self.evals.glob(f"*/{self.eval_metrics('x').name}"))
+
+    # -- the report ----------------------------------------------------------------------------
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    def report_figure(self, name: str) -> Path:
+        """``RUN/report/<name>.png``."""
+        return self.root / "report" / f"{name}.png"
 
     def ensure(self) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)
         return self
 
 
+# -- the one skip rule ---------------------------------------------------------------------
+def finished(record: Path, identity: str) -> dict | None:
+    """The summary a stage recorded when it finished with this identity; None when it has not
+    (no record, a broken one, or one of another identity)."""
+    try:
+        data = json.loads(Path(record).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data.get("summary", {}) if data.get("identity") == identity else None
+
+
+def record_finished(record: Path, stage: str, identity: str, summary: dict | None = None) -> None:
+    """Mark a stage finished with ``identity`` (written last, after all its outputs)."""
+    write_json(Path(record), {"stage": stage, "identity": identity,
+                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary or {}})
+
+
+# -- writing -------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so readers never see half of it (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,4 +237,4 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -7,8 +7,6 @@ overrides and validates every key and type before anything expensive starts.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +16,8 @@ from lmcot.config.data import DataConfig, DatasetSpec
 from lmcot.config.distill import DistillConfig
 from lmcot.config.evaluation import EvalConfig
 from lmcot.config.generation import GenerationConfig
-from lmcot.config.loader import ConfigError, apply_overrides, build, fingerprint_dict, overlay, read_yaml, to_dict
+from lmcot.config.loader import (RUN_ONLY, ConfigError, apply_overrides, build, fingerprint_dict, identity, overlay,
+                                 read_yaml, to_dict)
 from lmcot.config.models import ModelSpec
 from lmcot.config.pipeline import PipelineConfig
 from lmcot.config.rationales import RationalesConfig
@@ -59,10 +58,10 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of some sections: a stage reruns when what it reads changes."""
-        payload = {s: fingerprint_dict(getattr(self, s)) for s in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def sections(self, *names: str) -> dict:
+        """``{name: section}`` of the fields a stage reads (``seed`` included by name), the
+        ``inputs`` of :func:`~lmcot.config.loader.identity`."""
+        return {name: getattr(self, name) for name in names}
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -104,6 +103,7 @@ __all__ = [
     "EvalConfig",
     "GenerationConfig",
     "ModelSpec",
+    "RUN_ONLY",
     "PipelineConfig",
     "RationalesConfig",
     "RefineConfig",
@@ -112,6 +112,7 @@ __all__ = [
     "ServeConfig",
     "fingerprint_dict",
     "from_dict",
+    "identity",
     "load_config",
     "resolve_config_path",
 ]

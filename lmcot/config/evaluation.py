@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmcot.config.loader import RUN_ONLY
+
 METHODS = ("standard", "cot", "lm_guided")
 
 
@@ -20,15 +22,15 @@ class EvalConfig:
     """Evaluate the first N dev examples of each dataset (0: all)."""
     label: str = ""
     """Name of the output folder ``RUN/eval/<label>/``; empty: the method name plus ``-sc<K>`` when K > 1."""
-    on_cluster: bool = field(default=False, metadata={"fingerprint": False})
+    on_cluster: bool = field(default=False, metadata=RUN_ONLY)
     """Run the evaluation in one Ray actor holding both LMs (sized by ``num_cpus``/``num_gpus``,
     on the large LM's ``ray_resource`` group) instead of the calling process. Needed on a GPU
     cluster, whose job drivers run on a CPU-only head; off, ``lmcot eval`` needs no cluster."""
-    num_cpus: float = field(default=1.0, metadata={"fingerprint": False})
+    num_cpus: float = field(default=1.0, metadata=RUN_ONLY)
     """CPUs of the evaluation actor (``on_cluster`` only)."""
-    num_gpus: float = field(default=0.0, metadata={"fingerprint": False})
+    num_gpus: float = field(default=0.0, metadata=RUN_ONLY)
     """GPUs of the evaluation actor (``on_cluster`` only): 1 for the large LM and the small LM on one GPU."""
-    start_timeout_s: float = field(default=1800.0, metadata={"fingerprint": False})
+    start_timeout_s: float = field(default=1800.0, metadata=RUN_ONLY)
     """How long to wait for the evaluation actor to be placed and started (``on_cluster`` only):
     long enough for an autoscaler to add a GPU node, short of waiting forever on a resource
     no node offers."""

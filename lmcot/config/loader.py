@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+
+RUN_ONLY = {"fingerprint": False}
+"""Field metadata of a setting that says how or where work runs, not what it computes
+(resources, retries, timeouts, concurrency): left out of every stage identity, so changing
+it neither renames nor reruns a stage."""
 
 
 class ConfigError(ValueError):
@@ -160,9 +168,9 @@ def to_dict(obj) -> Any:
 
 
 def fingerprint_dict(obj) -> Any:
-    """:func:`to_dict` without the fields that only say where work runs (dataclass field
-    metadata ``fingerprint=False``, e.g. ``ModelSpec.ray_resource``): what a stage's
-    fingerprint hashes, so moving work to other nodes reruns and renames nothing."""
+    """:func:`to_dict` without the run-only fields (field metadata :data:`RUN_ONLY`, e.g.
+    ``ModelSpec.ray_resource``, ``ScalingConfig.max_failures``): what a stage identity hashes,
+    so changing how work runs reruns and renames nothing."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: fingerprint_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if f.metadata.get("fingerprint", True)}
@@ -171,3 +179,20 @@ def fingerprint_dict(obj) -> Any:
     if isinstance(obj, dict):
         return {k: fingerprint_dict(v) for k, v in obj.items()}
     return obj
+
+
+def identity(inputs: dict) -> str:
+    """The identity of a stage: a short hash of the :func:`fingerprint_dict` of what it reads.
+
+    ``inputs`` maps names to config sections (dataclasses) or plain values, including the
+    identities of the stages it reads from. The one rule every stage and the pipeline use
+    to decide whether work is already done.
+
+    >>> from lmcot.config.training import ScalingConfig
+    >>> identity({"s": ScalingConfig(max_failures=0)}) == identity({"s": ScalingConfig(max_failures=5)})
+    True
+    >>> identity({"s": ScalingConfig(num_workers=1)}) == identity({"s": ScalingConfig(num_workers=2)})
+    False
+    """
+    payload = json.dumps(fingerprint_dict(inputs), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from lmcot.config.loader import RUN_ONLY
 
 FILTERS = ("em", "f1")
 
@@ -19,18 +21,18 @@ class RationalesConfig:
     """With ``filter: f1``: the least token F1 of the teacher's answer for a rationale to be kept.
     0 keeps every rationale, even one stating no answer (plumbing runs with a random teacher);
     otherwise a rationale with no parsable answer is never kept."""
-    num_actors: int = 2
+    num_actors: int = field(default=2, metadata=RUN_ONLY)
     """Teacher generator actors in the Ray Data pool."""
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = field(default=1.0, metadata=RUN_ONLY)
     """CPUs reserved by each actor (Ray also caps the actor's torch threads to this)."""
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float = field(default=0.0, metadata=RUN_ONLY)
     """GPUs per actor: 1 for a teacher on its own GPU; a fraction packs several actors on one GPU."""
     batch_size: int = 8
     """Questions handed to one actor call (each yields ``samples_per_question`` rows)."""
-    shard_rows: int = 512
+    shard_rows: int = field(default=512, metadata=RUN_ONLY)
     """Rows per parquet shard in ``RUN/rationales/``: a killed run loses at most the rows of one
     unfinished shard, which a rerun regenerates."""
-    max_restarts: int = -1
+    max_restarts: int = field(default=-1, metadata=RUN_ONLY)
     """How often Ray restarts a dead teacher actor and retries its batches before the run fails.
     -1 keeps Ray Data's default: restart and retry without limit. A failed run resumes on rerun."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmcot.config.loader import RUN_ONLY
 from lmcot.config.training import ScalingConfig
 
 ALGORITHMS = ("grpo", "rloo")
@@ -58,29 +59,19 @@ class RefineConfig:
     """Optimizer steps."""
     save_steps: int = 10
     """Checkpoint every N steps (and at the end); a rerun resumes from the latest one."""
-    judge_num_actors: int = 1
+    judge_num_actors: int = field(default=1, metadata=RUN_ONLY)
     """Large-LM actors serving every worker's reward calls (one model each)."""
-    judge_num_cpus: float = 0.0
+    judge_num_cpus: float = field(default=0.0, metadata=RUN_ONLY)
     """CPUs reserved per judge actor. 0 shares the workers' CPUs: the policy waits while rewards
     are computed, so on a laptop the two alternate. Give the judge GPUs on a cluster."""
-    judge_num_gpus: float = 0.0
+    judge_num_gpus: float = field(default=0.0, metadata=RUN_ONLY)
     """GPUs per judge actor (1 in production: the large LM on its own GPU)."""
-    judge_batch_size: int = 32
+    judge_batch_size: int = field(default=32, metadata=RUN_ONLY)
     """Prompts per large-LM forward pass inside a judge actor."""
-    judge_batch_wait_ms: float = 5.0
+    judge_batch_wait_ms: float = field(default=5.0, metadata=RUN_ONLY)
     """How long a judge actor waits to merge calls from several workers into one forward pass."""
-    judge_timeout_s: float = 600.0
+    judge_timeout_s: float = field(default=600.0, metadata=RUN_ONLY)
     """A reward call that takes longer fails the step (the run then resumes from its checkpoint)."""
-
-    def resources(self) -> dict[str, float]:
-        """CPUs and GPUs one refinement run holds: its training workers plus its judge actors.
-
-        >>> RefineConfig(judge_num_actors=2, judge_num_cpus=0.5).resources()
-        {'CPU': 3.0, 'GPU': 0.0}
-        """
-        s = self.scaling
-        return {"CPU": s.num_workers * s.cpus_per_worker + self.judge_num_actors * self.judge_num_cpus,
-                "GPU": float(s.num_workers if s.use_gpu else 0) + self.judge_num_actors * self.judge_num_gpus}
 
     def __post_init__(self):
         for name, value, valid in (

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmcot.config.loader import RUN_ONLY
+
 SAMPLERS = ("random", "grid")
-RUN_ONLY = {"fingerprint": False}
-"""Field metadata of settings that say how to run, not what is searched: left out of the
-search's fingerprint, so changing them neither refuses a resume nor reruns the pipeline."""
 
 
 def _default_space() -> dict[str, tuple[float, ...]]:

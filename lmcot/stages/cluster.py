@@ -1,4 +1,5 @@
-"""Connecting to Ray: an existing cluster when there is one, else a small local one.
+"""Connecting to Ray (an existing cluster when there is one, else a small local one) and
+checking a resource plan of :mod:`lmcot.resources` against it.
 
 ``ray job submit`` and KubeRay set ``RAY_ADDRESS``; a laptop run without it starts a
 local cluster on loopback sized to the machine, so every stage works both ways.
@@ -11,7 +12,18 @@ import os
 
 import ray
 
+from lmcot.resources import Need, short_of
+
 log = logging.getLogger(__name__)
+
+
+FORWARDED_ENV = ("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_")
+"""Prefixes of the driver's environment variables that Ray workers and actors get too."""
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's lmcot/HF/DeepSpeed environment variables, handed to local Ray workers."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -24,42 +36,28 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         # cluster's environment, and a second runtime env would clash with the job's.
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        env_vars = {k: v for k, v in os.environ.items()
-                    if k.startswith(("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_"))}
+        env_vars = forwarded_env()
         runtime_env = {"env_vars": env_vars} if env_vars else None
         # address="local": always a fresh cluster here, never one a `ray start` left behind.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  object_store_memory=256 * 1024 * 1024)
 
 
-def add_resources(*needs: dict[str, float], times: int = 1) -> dict[str, float]:
-    """The sum of several Ray resource requests, ``times`` over.
+def require_resources(need: Need) -> None:
+    """Fail before anything starts when ``need`` (see :mod:`lmcot.resources`) cannot fit the cluster.
 
-    >>> add_resources({"CPU": 1, "GPU": 1}, {"CPU": 0.5, "large_lm": 0.001}, times=2)
-    {'CPU': 3.0, 'GPU': 2, 'large_lm': 0.002}
-    """
-    total: dict[str, float] = {}
-    for need in needs:
-        for key, amount in need.items():
-            total[key] = total.get(key, 0) + amount
-    return {key: times * amount for key, amount in total.items()}
-
-
-def require_resources(need: dict[str, float], what: str, fix: str) -> None:
-    """Fail before anything starts when ``need`` (Ray resource -> amount) cannot fit the cluster.
-
-    On a local cluster that is an error saying ``what`` needs it and ending in ``fix`` (the
-    config fields to change); on a remote one (``RAY_ADDRESS`` set) only a warning, since an
-    autoscaler may still add nodes.
+    On a local cluster that is an error saying what needs it and ending in the fields to
+    change; on a remote one (``RAY_ADDRESS`` set) only a warning, since an autoscaler may
+    still add nodes.
     """
     have = ray.cluster_resources()
-    short = {k: v for k, v in need.items() if v > 0 and have.get(k, 0.0) < v}
+    short = short_of(need.resources, have)
     if not short:
         return
     has = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in short)
     wants = ", ".join(f"{v:g} {k}" for k, v in short.items())
-    msg = f"{what}; that needs {wants} but the Ray cluster has {has}"
+    msg = f"{need.what}; that needs {wants} but the Ray cluster has {has}"
     if os.environ.get("RAY_ADDRESS"):
         log.warning("%s; waiting for the cluster to grow", msg)
         return
-    raise ValueError(f"{msg}: {fix}")
+    raise ValueError(f"{msg}: {need.fix}")

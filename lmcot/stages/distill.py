@@ -24,32 +24,34 @@ the model, more workers than the cluster holds. At each evaluation the validatio
 loss is logged together with the greedy rationales of a few validation prompts; the
 training loss is printed every ``distill.logging_steps`` steps.
 
-A run is named by a fingerprint of the model, the distill settings and the pairs:
-rerunning with the same inputs resumes the same Ray Train run (or returns at once when
-its model is already exported); changing any of them starts a new run.
+The run's identity (:func:`lmcot.config.identity`) covers the pairs' content, the small
+LM, the distill section and the seed, minus run-only fields (resources, retries,
+gradient checkpointing): rerunning with the same inputs resumes the same Ray Train run
+(or returns at once when its model is already exported); changing any of them starts a
+new run. The lifecycle itself is :func:`lmcot.stages.train_common.run_training`.
+
+Loss. Every worker's loss is the sum of its token losses divided by the number of target
+tokens of the whole global batch (over all ranks and accumulation steps), which the HF
+trainer counts; the gradients the ranks average then equal the gradient of one worker on
+the whole batch, whatever the number of workers (a test checks 1 vs 2 workers).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import time
 
 from transformers import TrainerCallback
 
-from lmcot.config import Config, fingerprint_dict, to_dict
-from lmcot.rundir import RunDir, write_json
+from lmcot.config import Config, identity, to_dict
+from lmcot.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-MODEL_META = "lmcot_model.json"
 
 
 def prepare(cfg: Config, run_dir: RunDir) -> dict:
     """Everything the workers need, built and checked in the driver (no Ray, no worker started).
 
-    Returns ``{model_path, family, tokenizer, train, val, samples, pairs, fingerprint}``
+    Returns ``{model_path, family, tokenizer, train, val, samples, pairs, identity}``
     where ``train``/``val`` are :class:`lmcot.sft_data.TokenizedPairs`.
     """
     from transformers import AutoConfig
@@ -90,86 +92,43 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
         log.warning("distill: %d of %d rationales are cut to distill.max_target_tokens=%d",
                     train.truncated_targets, len(train), dc.max_target_tokens)
     samples = sample_prompts(tokenizer, val_pairs or train_pairs, dc.sample_rationales, family, spec.chat_template)
-    digest = hashlib.sha256(json.dumps(
-        [pairs_fingerprint(pairs), fingerprint_dict(spec), to_dict(dc), cfg.seed, len(train_pairs)], sort_keys=True
-    ).encode()).hexdigest()[:12]
+    inputs = cfg.sections("seed", "small", "distill") | {"pairs": pairs_fingerprint(pairs)}
     return dict(model_path=path, family=family, tokenizer=tokenizer, train=train, val=val, samples=samples,
-                pairs=len(pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs), fingerprint=digest,
+                pairs=len(pairs), train_pairs=len(train_pairs), val_pairs=len(val_pairs), identity=identity(inputs),
                 truncated_prompts=train.truncated_sources)
-
-
-def _done(run_dir: RunDir, fingerprint: str) -> dict | None:
-    meta = run_dir.distill_model / MODEL_META
-    if meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("fingerprint") == fingerprint:
-            return info
-    return None
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     """Distill the small LM on kept rationales; returns a summary (model folder, losses, throughput)."""
-    import ray
+    from lmcot.stages.train_common import TrainingJob, run_training
 
-    from lmcot.stages.cluster import ensure_ray
-    from lmcot.stages.train_common import check_cluster_fits, export_model, fit, read_trainer_state
-
-    dc = cfg.distill
     prep = prepare(cfg, run_dir)
-    name = f"distill-{prep['fingerprint']}"
-    done = _done(run_dir, prep["fingerprint"])
-    if done is not None:
-        log.info("distill: %s already holds the model of run %s; nothing to do", run_dir.distill_model, name)
-        return {"model": str(run_dir.distill_model), "skipped": True, **done}
 
-    ensure_ray()
-    check_cluster_fits(dc.scaling, "distill", cfg.small.placement())
-    log.info("distill: %d pairs (%d train, %d validation), %s model %s, %d workers, ZeRO-%d -> run %s",
-             prep["pairs"], prep["train_pairs"], prep["val_pairs"], prep["family"], prep["model_path"],
-             dc.scaling.num_workers, dc.scaling.zero_stage, name)
-    data_ref = ray.put({"train": prep["train"], "val": prep["val"], "samples": prep["samples"]})
-    config = {
-        "data": data_ref, "model": cfg.small.name_or_path, "revision": cfg.small.revision,
-        "family": prep["family"], "distill": to_dict(dc), "seed": cfg.seed,
-    }
-    started = time.time()
-    result = fit(train_worker, config, scaling=dc.scaling, storage_path=run_dir.distill_checkpoints, name=name,
-                 placement=cfg.small.placement())
-    if result.checkpoint is None:
-        raise RuntimeError(f"distill run {name} finished without a checkpoint; see the worker logs above")
-    state = read_trainer_state(result.checkpoint)
-    metrics = result.metrics or {}
-    meta = {
-        "fingerprint": prep["fingerprint"], "run": name, "base_model": cfg.small.name_or_path,
-        "checkpoint": result.checkpoint.path, "step": state.get("global_step"),
-        "train_pairs": prep["train_pairs"], "val_pairs": prep["val_pairs"],
-        "train_loss": _last(state, "loss"), "eval_loss": _last(state, "eval_loss"),
-        "first_loss": _first(state, "loss"), "resumed_from_step": metrics.get("resumed_from_step"),
-        "truncated_prompts": prep["truncated_prompts"],
-    }
-    export_model(result.checkpoint, run_dir.distill_model, metadata=meta)
-    summary = {"model": str(run_dir.distill_model), "skipped": False, **meta,
-               "samples_per_second": metrics.get("samples_per_second"),
-               "samples_per_second_windows": _windows(result), "samples": metrics.get("samples", []),
-               "wall_s": round(time.time() - started, 1)}
-    write_json(run_dir.distill / "metrics.json", {**summary, "log_history": state.get("log_history", [])})
-    return summary
+    def worker_config() -> dict:
+        import ray
+
+        return {"data": ray.put({"train": prep["train"], "val": prep["val"], "samples": prep["samples"]}),
+                "model": cfg.small.name_or_path, "revision": cfg.small.revision, "family": prep["family"],
+                "distill": to_dict(cfg.distill), "seed": cfg.seed}
+
+    return run_training(cfg, run_dir, TrainingJob(
+        stage="distill", identity=prep["identity"], worker=train_worker, worker_config=worker_config,
+        base_model=cfg.small.name_or_path,
+        describe=f"{prep['pairs']} pairs ({prep['train_pairs']} train, {prep['val_pairs']} validation), "
+                 f"{prep['family']} model {prep['model_path']}",
+        meta={"train_pairs": prep["train_pairs"], "val_pairs": prep["val_pairs"],
+              "truncated_prompts": prep["truncated_prompts"]},
+        summarize=summarize))
 
 
-def _windows(result) -> list[float]:
-    """samples/s between consecutive kept checkpoints, in step order (for benchmarks)."""
-    kept = sorted((m for _, m in result.best_checkpoints or []), key=lambda m: m.get("step", 0))
-    return [round(m["samples_per_second"], 3) for m in kept if "samples_per_second" in m]
-
-
-def _last(state: dict, key: str):
-    values = [e[key] for e in state.get("log_history", []) if key in e]
-    return values[-1] if values else None
-
-
-def _first(state: dict, key: str):
-    values = [e[key] for e in state.get("log_history", []) if key in e]
-    return values[0] if values else None
+def summarize(history: list[dict], metrics: dict) -> dict:
+    """Losses from the trainer's log; throughput and sampled rationales from Ray Train's last report."""
+    losses = [e["loss"] for e in history if "loss" in e]
+    evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+    return {"first_loss": losses[0] if losses else None, "train_loss": losses[-1] if losses else None,
+            "eval_loss": evals[-1] if evals else None, "samples_per_second": metrics.get("samples_per_second"),
+            "samples_per_second_windows": metrics.get("samples_per_second_windows", []),
+            "samples": metrics.get("samples", [])}
 
 
 # -- inside each Ray Train worker ----------------------------------------------------------
@@ -195,12 +154,11 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
     """The HF trainer of one worker (``zero=False``: no DeepSpeed, the single-process baseline of the bench)."""
     import dataclasses
 
-    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments, Trainer)
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer
 
     from lmcot.models import load_tokenizer, resolve_model_path
     from lmcot.sft_data import CompletionCollator
-    from lmcot.stages.train_common import hf_training_args
+    from lmcot.stages.train_common import auto_model_class, hf_training_args
 
     family = config["family"]
     path = resolve_model_path(config["model"])
@@ -220,23 +178,60 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
     )
     # After the arguments: with ZeRO-3 in them, from_pretrained partitions the weights as it loads.
-    cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-    model = cls.from_pretrained(path, revision=config.get("revision") or None, use_safetensors=True)
+    model = auto_model_class(family).from_pretrained(path, revision=config.get("revision") or None,
+                                                     use_safetensors=True)
     sampler = RationaleSampler(tokenizer, data.get("samples", []), family=family,
                                max_new_tokens=dc.max_target_tokens, synced=dc.scaling.zero_stage == 3 and zero)
     trainer_cls = Seq2SeqTrainer if family == "seq2seq" else Trainer
     multiple = 8 if dc.scaling.use_gpu else 1
+    collator = CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple)
+    seq2seq = {}
+    if family == "seq2seq":
+        # T5 averages its loss over its own batch's tokens; computed here instead, over the tokens of the
+        # global batch (see the module doc), so that 1 or N workers take the same step.
+        collator = DecoderInputs(collator, model)
+        seq2seq = {"compute_loss_func": global_token_loss}
     trainer = trainer_cls(
         model=model, args=args, train_dataset=data["train"], eval_dataset=data["val"] if has_val else None,
-        data_collator=CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple),
-        processing_class=tokenizer, callbacks=[sampler],
+        data_collator=collator, processing_class=tokenizer, callbacks=[sampler], **seq2seq,
     )
     if family == "seq2seq":
-        # T5's forward takes **kwargs but averages its loss itself, ignoring num_items_in_batch; the HF
-        # trainer would then multiply that mean by the number of ranks (loss and gradients N times too
-        # large). Declaring it makes the trainer average per rank and divide by accumulation instead.
-        trainer.model_accepts_loss_kwargs = False
+        trainer.model_accepts_loss_kwargs = False  # the loss above gets the token count, T5's forward need not
     return trainer, sampler
+
+
+class DecoderInputs:
+    """A collator's batch plus the seq2seq model's decoder inputs (its labels shifted right), so
+    that the model is called without labels and :func:`global_token_loss` computes the loss."""
+
+    def __init__(self, collate, model):
+        self.collate, self.model = collate, model
+
+    def __call__(self, rows):
+        batch = self.collate(rows)
+        labels = batch["labels"].masked_fill(batch["labels"] == -100, self.model.config.pad_token_id)
+        batch["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+        return batch
+
+
+def global_token_loss(outputs, labels, num_items_in_batch=None):
+    """Summed token cross-entropy over ``num_items_in_batch`` (the global batch's target tokens,
+    counted by the HF trainer over all ranks and accumulation steps); the batch's own token
+    mean when that count is not given (evaluation).
+
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> out = SimpleNamespace(logits=torch.zeros(1, 2, 4))
+    >>> round(global_token_loss(out, torch.tensor([[1, -100]]), num_items_in_batch=2).item(), 4)  # ln(4) / 2
+    0.6931
+    """
+    import torch.nn.functional as F
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100,
+                            reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    return total / count
 
 
 class RationaleSampler(TrainerCallback):

@@ -16,6 +16,7 @@ from lmcot.data import load_split
 from lmcot.evaluation import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
 from lmcot.generation import make_generator
 from lmcot.metrics import load_aliases
+from lmcot.resources import eval_actor_resources, eval_need
 from lmcot.rewards import RewardJudge
 from lmcot.rundir import RunDir, write_json
 
@@ -67,8 +68,9 @@ class RemoteEvaluator:
         ev = cfg.eval
         ensure_ray()
         check_fits(cfg)
+        need = eval_actor_resources(cfg)
         self._actor = ray.remote(Evaluator).options(
-            num_cpus=ev.num_cpus, num_gpus=ev.num_gpus, resources=cfg.large.placement() or None,
+            num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU"), resources=need or None,
         ).remote()
         try:
             ray.get(self._actor.ready.remote(), timeout=ev.start_timeout_s)
@@ -95,14 +97,8 @@ def check_fits(cfg: Config) -> None:
     """With ``eval.on_cluster``, the evaluation actor must fit the cluster (see ``require_resources``)."""
     from lmcot.stages.cluster import require_resources
 
-    ev = cfg.eval
-    if not ev.on_cluster:
-        return
-    require_resources(
-        {"CPU": ev.num_cpus, "GPU": ev.num_gpus, **cfg.large.placement()},
-        "eval.on_cluster runs the evaluation in one actor (eval.num_cpus / num_gpus, large.ray_resource)",
-        "lower eval.num_cpus / num_gpus, clear large.ray_resource, or set eval.on_cluster: false to evaluate "
-        "in this process")
+    if cfg.eval.on_cluster:
+        require_resources(eval_need(cfg))
 
 
 def open_evaluator(cfg: Config) -> Evaluator | RemoteEvaluator:
@@ -144,5 +140,5 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
     summary = write_outputs(out_dir, ev, per_dataset)
     if judge_aspects and any(r.rationales for r in judged[1]):
         judge = RewardJudge(large, answer_max_new_tokens=cfg.generation.answer_max_new_tokens)
-        write_json(out_dir / "aspects.json", judge_rationales(judged[0], judged[1], judge))
+        write_json(run_dir.eval_aspects(ev.output_label), judge_rationales(judged[0], judged[1], judge))
     return summary

@@ -1,11 +1,17 @@
 """The whole method in one command: rationales -> distill -> (search) -> refine -> eval -> report.
 
-Each step writes a manifest with the hash of the config sections it reads, chained
-through the hashes of the steps before it. A rerun skips every step whose hash is
-unchanged, and a changed config reruns exactly the steps it affects (changing
+One skip rule for every step: a step is done when its record (``RunDir.step_record``)
+carries the identity it would compute now, :func:`lmcot.config.identity` of the fields
+it reads minus run-only ones, chained through the identities of what it reads from
+(distillation hashes the kept pairs themselves, refinement the distilled model's
+identity, an evaluation its small LM's). The training stages apply that rule themselves
+(:func:`lmcot.stages.train_common.run_training`), so ``lmcot distill`` and ``lmcot run``
+decide alike; the pipeline applies it to the other steps. A rerun skips every step whose
+identity is unchanged, a changed config reruns exactly the steps it affects (changing
 ``eval.limit`` reruns the evaluations only; changing ``distill`` reruns distillation,
-refinement and the evaluations of their models). A step that died wrote no manifest,
-so it runs again and resumes from its own checkpoints.
+refinement and the evaluations of their models), and changing a run-only field (workers'
+CPUs, judge resources, retries) reruns nothing. A step that died wrote no record, so it
+runs again and resumes from its own checkpoints.
 
 The report compares standard prompting, CoT prompting and LM-guided CoT with the
 distilled and the refined small LM, each with and without self-consistency.
@@ -13,36 +19,18 @@ distilled and the refined small LM, each with and without self-consistency.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from dataclasses import replace
 from pathlib import Path
 
-from lmcot.config import Config, load_config
-from lmcot.manifest import chain_hash, is_fresh, read_manifest, write_manifest
+from lmcot.config import Config, identity, load_config
 from lmcot.report import write_report
-from lmcot.rundir import RunDir
+from lmcot.rundir import RunDir, finished, record_finished
 from lmcot.stages.cluster import ensure_ray
 
 log = logging.getLogger("lmcot.pipeline")
-
-
-class _Steps:
-    """Runs a step unless its manifest says it is already done with the same config."""
-
-    def __init__(self):
-        self.status: dict[str, str] = {}
-
-    def __call__(self, name: str, out_dir: Path, config_hash: str, fn) -> dict:
-        if is_fresh(out_dir, config_hash):
-            log.info("step %s: up to date, skipped", name)
-            self.status[name] = "skipped"
-            return read_manifest(out_dir)["summary"]
-        log.info("step %s: running", name)
-        summary = fn()
-        write_manifest(out_dir, name, config_hash, summary if isinstance(summary, dict) else {})
-        self.status[name] = "ran"
-        return summary
 
 
 def _stage(module: str):
@@ -50,37 +38,69 @@ def _stage(module: str):
 
 
 def eval_plan(cfg: Config, run_dir: RunDir) -> list[tuple[str, str, int, str | None]]:
-    """(label, method, k, small-LM path) of every evaluation in the report."""
+    """(label, method, k, training stage of the small LM) of every evaluation in the report."""
     k = cfg.pipeline.self_consistency
     rows = (("standard", "standard", None), ("cot", "cot", None),
-            ("lm_guided-distilled", "lm_guided", str(run_dir.distill_model)),
-            ("lm_guided-refined", "lm_guided", str(run_dir.refine_model)))
-    return [(label + (f"-sc{kk}" if kk > 1 else ""), method, kk, model)
-            for label, method, model in rows for kk in (1, k)]
+            ("lm_guided-distilled", "lm_guided", "distill"), ("lm_guided-refined", "lm_guided", "refine"))
+    return [(label + (f"-sc{kk}" if kk > 1 else ""), method, kk, stage)
+            for label, method, stage in rows for kk in (1, k)]
+
+
+def eval_identity(ecfg: Config, run_dir: RunDir, stage: str | None, judge: bool) -> str:
+    """An evaluation's identity: what it reads, its small LM known by the trained model's identity
+    (not by its path, so a moved run directory reruns nothing)."""
+    inputs = ecfg.sections("data", "large", "generation", "eval") | {"judge": judge}
+    if stage is not None:
+        inputs["small"] = dataclasses.replace(ecfg.small, name_or_path=run_dir.model_identity(stage))
+    return identity(inputs)
+
+
+class _Steps:
+    """Runs a step unless its record holds the identity it has now; remembers what ran."""
+
+    def __init__(self):
+        self.status: dict[str, str] = {}
+
+    def __call__(self, name: str, out_dir: Path, step_identity: str, fn) -> dict:
+        record = RunDir.step_record(out_dir)
+        done = finished(record, step_identity)
+        if done is not None:
+            log.info("step %s: up to date, skipped", name)
+            self.status[name] = "skipped"
+            return done
+        log.info("step %s: running", name)
+        summary = fn()
+        record_finished(record, name, step_identity, summary if isinstance(summary, dict) else {})
+        self.status[name] = "ran"
+        return summary
+
+    def training(self, name: str, summary: dict) -> dict:
+        """A training stage, which applied the same rule itself."""
+        self.status[name] = "skipped" if summary.get("skipped") else "ran"
+        return summary
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
+    from lmcot.resources import eval_need
+    from lmcot.stages.cluster import require_resources
+
     ensure_ray()
-    evaluate = _stage("evaluate")
-    evaluate.check_fits(cfg)  # the evaluations come last: find a misfit before hours of training
+    require_resources(eval_need(cfg))  # the evaluations come last: find a misfit before hours of training
     step = _Steps()
-    h_rationales = chain_hash("rationales", cfg.section_hash("data", "large", "generation", "rationales"))
-    step("rationales", run_dir.rationales, h_rationales, lambda: _stage("rationales").run(cfg, run_dir))
+    rationales = _stage("rationales")
+    step("rationales", run_dir.rationales, rationales.stage_identity(cfg), lambda: rationales.run(cfg, run_dir))
+    step.training("distill", _stage("distill").run(cfg, run_dir))
 
-    h_distill = chain_hash("distill", h_rationales, cfg.section_hash("seed", "small", "data", "generation", "distill"))
-    step("distill", run_dir.distill, h_distill, lambda: _stage("distill").run(cfg, run_dir))
-
-    refine_cfg, h_search = cfg, None
+    refine_cfg = cfg
     if cfg.search.enabled:
-        h_search = chain_hash("search", h_distill, cfg.section_hash("large", "generation", "refine", "search"))
-        step("search", run_dir.search, h_search, lambda: _stage("search").run(cfg, run_dir))
+        search = _stage("search")
+        step("search", run_dir.search, search.search_identity(cfg, run_dir), lambda: search.run(cfg, run_dir))
         if run_dir.best_reward_weights.is_file():
             best = load_config(run_dir.best_reward_weights)
             refine_cfg = replace(cfg, refine=replace(cfg.refine, reward_weights=best.refine.reward_weights))
-    h_refine = chain_hash("refine", h_distill, h_search,
-                          refine_cfg.section_hash("seed", "large", "generation", "refine"))
-    step("refine", run_dir.refine, h_refine, lambda: _stage("refine").run(refine_cfg, run_dir))
+    step.training("refine", _stage("refine").run(refine_cfg, run_dir))
 
+    evaluate = _stage("evaluate")
     evaluator = None  # opened at the first evaluation that has to run: a rerun loads no model
 
     def run_eval(ecfg: Config, judge: bool) -> dict:
@@ -88,15 +108,14 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         evaluator = evaluator or evaluate.open_evaluator(ecfg)
         return evaluator.evaluate(ecfg, run_dir, judge)
 
-    model_hash = {str(run_dir.distill_model): h_distill, str(run_dir.refine_model): h_refine, None: None}
-    eval_inputs = cfg.section_hash("data", "large", "generation")
     try:
-        for label, method, k, small_path in eval_plan(cfg, run_dir):
+        for label, method, k, stage in eval_plan(cfg, run_dir):
             ecfg = evaluate.with_small_lm(
-                replace(cfg, eval=replace(cfg.eval, method=method, self_consistency=k, label=label)), small_path)
-            h = chain_hash("eval", label, method, k, cfg.eval.limit, eval_inputs, model_hash[small_path])
-            step(label, run_dir.eval_dir(label), h,
-                 lambda: run_eval(ecfg, cfg.pipeline.judge_rationales and k == 1))  # noqa: B023 (called at once)
+                replace(cfg, eval=replace(cfg.eval, method=method, self_consistency=k, label=label)),
+                str(run_dir.model(stage)) if stage else None)
+            judge = cfg.pipeline.judge_rationales and k == 1
+            step(label, run_dir.eval_dir(label), eval_identity(ecfg, run_dir, stage, judge),
+                 lambda: run_eval(ecfg, judge))  # noqa: B023 (called at once)
     finally:
         if evaluator is not None:
             evaluator.close()

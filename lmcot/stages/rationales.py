@@ -32,12 +32,13 @@ import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy
 
-from lmcot.config import Config
+from lmcot.config import Config, identity
 from lmcot.data import load_split
 from lmcot.metrics import load_aliases
 from lmcot.models import context_tokenizer
+from lmcot.resources import teacher_actor_options, teacher_need
 from lmcot.rundir import RunDir, write_json
-from lmcot.stages.cluster import ensure_ray
+from lmcot.stages.cluster import ensure_ray, require_resources
 from lmcot.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows,
                            rows_to_table, summarize, teacher_manifest)
 
@@ -80,9 +81,7 @@ def build_dataset(cfg: Config, rows: list[dict]) -> ray.data.Dataset:
         batch_size=rc.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=rc.num_actors),
-        num_cpus=rc.cpus_per_actor,
-        num_gpus=rc.gpus_per_actor or None,
-        resources=cfg.large.placement() or None,  # the teacher's worker group (large.ray_resource)
+        **teacher_actor_options(cfg),  # CPUs, GPUs and the teacher's worker group (large.ray_resource)
         **retries,
     )
 
@@ -99,7 +98,7 @@ def _load_datasets(cfg: Config) -> list[tuple[str, list, dict]]:
 def _stats(cfg: Config, run_dir: RunDir, store: ShardStore, expected: set, gen_wall: float, wall: float) -> dict:
     """Totals over every shard, this run's figures appended to ``runs``, and rows/s over all runs."""
     rc = cfg.rationales
-    path = run_dir.rationales / "stats.json"
+    path = run_dir.rationale_stats
     runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
     runs.append({"new_rows": store.new_rows, "new_shards": store.new_shards, "generation_wall_s": round(gen_wall, 3),
                  "wall_s": round(wall, 3), "rows_per_s": store.new_rows / gen_wall if store.new_rows else 0.0,
@@ -117,6 +116,12 @@ def _stats(cfg: Config, run_dir: RunDir, store: ShardStore, expected: set, gen_w
         runs=runs,
     )
     return stats
+
+
+def stage_identity(cfg: Config) -> str:
+    """What the rationales depend on (:func:`lmcot.config.identity`; the actor pool's size and
+    resources are run-only): the pipeline reruns this stage when it changes."""
+    return identity(cfg.sections("data", "large", "generation", "rationales"))
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
@@ -143,6 +148,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
             if not rows:
                 break
             ensure_ray()
+            require_resources(teacher_need(cfg))
             try:
                 for batch in build_dataset(cfg, rows).iter_batches(batch_size=None, batch_format="pyarrow"):
                     store.add(batch.to_pylist())
@@ -154,7 +160,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
             raise RuntimeError(f"{len(missing)} rationale rows are still missing after the run "
                                f"(e.g. {sorted(missing)[:3]}); rerun the command to generate them")
         stats = _stats(cfg, run_dir, store, expected, gen_wall, time.time() - started)
-        write_json(run_dir.rationales / "stats.json", stats)
+        write_json(run_dir.rationale_stats, stats)
     log.info("rationales: %d rows (%d new), %d kept (%.1f%%)", stats["rows"], stats["new_rows"], stats["kept"],
              100 * stats["kept_ratio"])
     return {k: stats[k] for k in ("rows", "new_rows", "kept", "kept_ratio", "rows_per_s", "wall_s")} | {

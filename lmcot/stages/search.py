@@ -49,7 +49,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lmcot.config import Config, EvalConfig, fingerprint_dict, from_dict, to_dict
+from lmcot.config import Config, EvalConfig, fingerprint_dict, from_dict, identity, to_dict
 from lmcot.rundir import RunDir, write_atomic, write_json
 from lmcot.search_space import (
     TrialResult,
@@ -65,12 +65,7 @@ from lmcot.search_space import (
 
 log = logging.getLogger(__name__)
 
-TUNE_NAME = "tune"
-"""Tune's experiment folder under ``RUN/search/``."""
 EVAL_LABEL = "dev"
-STATE_FILE = "round.json"
-"""The trial checkpoint: the last round reported and its metrics."""
-FINGERPRINT_FILE = "search.json"
 
 
 # -- driver --------------------------------------------------------------------------------
@@ -102,51 +97,24 @@ def round_config(cfg: Config, weights: dict[str, float], round_: int) -> Config:
 
 
 def trial_resources(cfg: Config):
-    """The trial's placement group: its own process first, then one bundle per judge actor.
-
-    Tune places a trial's child actors inside the trial's placement group, so the judge
-    actors that refinement starts must fit there. The training workers live in Ray Train's
-    own placement group. A bundle cannot be empty: a trial that needs nothing of its own
-    reserves one byte of memory.
-    """
+    """The trial's placement group (:func:`lmcot.resources.trial_bundles`)."""
     from ray import tune
 
-    sc, rc = cfg.search, cfg.refine
-    head = {k: v for k, v in (("CPU", sc.trial_cpus), ("GPU", sc.trial_gpus)) if v > 0}
-    head.update(cfg.large.placement())  # the trial's own evaluation loads the large LM
-    judge = {k: v for k, v in (("CPU", rc.judge_num_cpus), ("GPU", rc.judge_num_gpus)) if v > 0}
-    judge.update(cfg.large.placement())  # the judges' worker group, inside the trial's group
-    bundles = [head] + ([judge] * rc.judge_num_actors if judge else [])
-    if not any(bundles):
-        bundles = [{"memory": 1}]
-    return tune.PlacementGroupFactory(bundles)
+    from lmcot.resources import trial_bundles
+
+    return tune.PlacementGroupFactory(trial_bundles(cfg))
 
 
-def check_fits(cfg: Config) -> None:
-    """``max_concurrent_trials`` trials (own process + judges + workers) must fit the local cluster."""
-    from lmcot.stages.cluster import add_resources, require_resources
-    from lmcot.stages.refine import refine_resources
-
-    sc = cfg.search
-    own = {"CPU": sc.trial_cpus, "GPU": sc.trial_gpus, **cfg.large.placement()}  # the trial's evaluation
-    n = sc.max_concurrent_trials
-    require_resources(
-        add_resources(refine_resources(cfg), own, times=n),
-        f"search.max_concurrent_trials={n} runs {n} trials at once (each: search.trial_cpus/trial_gpus + "
-        "refine judges + refine.scaling workers)",
-        "lower search.max_concurrent_trials, refine.scaling.num_workers or the judges' resources",
-    )
+def inputs(cfg: Config, run_dir: RunDir) -> dict:
+    """What a search reads, as plain data (run-only fields such as concurrency and trial
+    resources left out: changing them neither refuses a resume nor reruns the search)."""
+    return fingerprint_dict(cfg.sections("seed", "small", "large", "data", "generation", "refine", "search")
+                            | {"distilled": run_dir.model_identity("distill")})
 
 
-def fingerprint(cfg: Config, run_dir: RunDir) -> dict:
-    """What a search depends on; a restored search must have the same."""
-    meta = run_dir.distill_model / "lmcot_model.json"
-    # Run-only fields (concurrency, trial resources) are left out: changing them does not
-    # refuse a resume (a restored search keeps the concurrency Tune saved).
-    return {"search": fingerprint_dict(cfg.search), "refine": to_dict(cfg.refine),
-            "small": fingerprint_dict(cfg.small), "large": fingerprint_dict(cfg.large), "data": to_dict(cfg.data),
-            "generation": to_dict(cfg.generation),
-            "seed": cfg.seed, "distill_model": meta.read_text() if meta.is_file() else ""}
+def search_identity(cfg: Config, run_dir: RunDir) -> str:
+    """The search's identity (:func:`lmcot.config.identity` of :func:`inputs`)."""
+    return identity(inputs(cfg, run_dir))
 
 
 def archive_if_changed(cfg: Config, run_dir: RunDir) -> Path | None:
@@ -155,17 +123,17 @@ def archive_if_changed(cfg: Config, run_dir: RunDir) -> Path | None:
     Returns the archive folder (None when there was nothing to move). Records the
     config of the search about to run, so that the next call can tell.
     """
-    path = run_dir.search / FINGERPRINT_FILE
-    now = fingerprint(cfg, run_dir)
+    path = run_dir.search_inputs
+    now = inputs(cfg, run_dir)
     before = json.loads(path.read_text()) if path.is_file() else now
     changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
     moved = None
-    if changed and (run_dir.search / TUNE_NAME).exists():
-        moved = run_dir.search / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    if changed and run_dir.search_tune.exists():
+        moved = run_dir.search_archive / time.strftime("%Y%m%d-%H%M%S")
         moved.mkdir(parents=True)
-        for name in (TUNE_NAME, "trials", "trials.md", "pareto.png", run_dir.best_reward_weights.name, FINGERPRINT_FILE):
-            if (run_dir.search / name).exists():
-                os.replace(run_dir.search / name, moved / name)
+        for output in run_dir.search_outputs():
+            if output.exists():
+                os.replace(output, moved / output.name)
         log.warning("search: %s holds a search started with a different config (changed: %s); moved it to %s "
                     "and starting a new search", run_dir.search, ", ".join(changed), moved)
     write_json(path, now)
@@ -199,9 +167,9 @@ def make_tuner(cfg: Config, run_dir: RunDir, dims):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     sc = cfg.search
-    path = run_dir.search / TUNE_NAME
+    path = run_dir.search_tune
     trainable = tune.with_resources(
-        tune.with_parameters(trial, cfg_raw=to_dict(cfg), trials_root=str(run_dir.search / "trials"),
+        tune.with_parameters(trial, cfg_raw=to_dict(cfg), trials_root=str(run_dir.search_trials),
                              distill_model=str(run_dir.distill_model)),
         trial_resources(cfg))
     if tune.Tuner.can_restore(str(path)):
@@ -218,7 +186,7 @@ def make_tuner(cfg: Config, run_dir: RunDir, dims):
             search_alg=BasicVariantGenerator(random_state=sc.seed, max_concurrent=sc.max_concurrent_trials),
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=TUNE_NAME, storage_path=str(run_dir.search),
+            name=run_dir.search_tune.name, storage_path=str(run_dir.search_tune.parent),
             failure_config=tune.FailureConfig(max_failures=1),
             # trial checkpoints are one small JSON file each: keep them all (num_to_keep forces
             # an experiment snapshot at every report)
@@ -232,7 +200,7 @@ def collect(result_grid, base_weights: dict) -> list[TrialResult]:
     for result in result_grid:
         trial_id = Path(result.path).name
         history = []
-        result_file = Path(result.path) / "result.json"
+        result_file = Path(result.path) / RunDir.TUNE_RESULT
         if result_file.is_file():
             history = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
         history = [h for h in history if "round" in h]
@@ -249,9 +217,9 @@ def write_outputs(cfg: Config, run_dir: RunDir, trials: list[TrialResult]) -> Tr
     """``trials.md``, ``pareto.png`` and (when a trial reported) ``best_reward_weights.yaml``."""
     sc = cfg.search
     best = best_trial(trials, sc.rounds)
-    write_atomic(run_dir.search / "trials.md", render_trials_md(
+    write_atomic(run_dir.search_trials_md, render_trials_md(
         trials, max_rounds=sc.rounds, best_id=best.trial_id if best else None, steps_per_round=sc.steps_per_round))
-    plot_pareto(trials, run_dir.search / "pareto.png", best_id=best.trial_id if best else None)
+    plot_pareto(trials, run_dir.search_pareto, best_id=best.trial_id if best else None)
     if best is not None:
         write_atomic(run_dir.best_reward_weights, best_weights_yaml(cfg, best, max_rounds=sc.rounds))
     return best
@@ -259,17 +227,18 @@ def write_outputs(cfg: Config, run_dir: RunDir, trials: list[TrialResult]) -> Tr
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     """Search the reward weights; returns the best trial, its weights and where the reports are."""
-    from lmcot.stages.cluster import ensure_ray
+    from lmcot.resources import search_need
+    from lmcot.stages.cluster import ensure_ray, require_resources
 
     dims = check(cfg, run_dir)
     sc = cfg.search
     ensure_ray()
-    check_fits(cfg)
+    require_resources(search_need(cfg))
     archive_if_changed(cfg, run_dir)
     log.info("search: %d trials x up to %d rounds of %d refinement steps, space %s (%s), ASHA grace %d, "
              "reduction %d; Tune storage %s (tensorboard --logdir %s)", num_trials(dims, sc.sampler, sc.num_samples),
              sc.rounds, sc.steps_per_round, dict(sc.space), sc.sampler, sc.grace_period, sc.reduction_factor,
-             run_dir.search / TUNE_NAME, run_dir.search / TUNE_NAME)
+             run_dir.search_tune, run_dir.search_tune)
     started = time.time()
     result_grid = make_tuner(cfg, run_dir, dims).fit()
     trials = collect(result_grid, dict(cfg.refine.reward_weights))
@@ -285,8 +254,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     return {"best_trial": best.trial_id, "best_reward_weights": best.weights, "f1": best.f1,
             "quality": best.quality, "trials": len(trials), "errored": len(errors),
             "stopped_early": sum(t.stopped_early(sc.rounds) for t in trials),
-            "best_config": str(run_dir.best_reward_weights), "trials_md": str(run_dir.search / "trials.md"),
-            "pareto": str(run_dir.search / "pareto.png"), "tune": str(run_dir.search / TUNE_NAME),
+            "best_config": str(run_dir.best_reward_weights), "trials_md": str(run_dir.search_trials_md),
+            "pareto": str(run_dir.search_pareto), "tune": str(run_dir.search_tune),
             "wall_s": round(time.time() - started, 1)}
 
 
@@ -304,12 +273,12 @@ def trial(config: dict, *, cfg_raw: dict, trials_root: str, distill_model: str) 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            done = json.loads((Path(d) / STATE_FILE).read_text())["round"]
+            done = json.loads((Path(d) / RunDir.TRIAL_STATE).read_text())["round"]
         log.info("search trial %s: resuming after round %d", root.name, done)
     for r in range(done + 1, sc.rounds + 1):
         metrics = run_round(cfg, round_run_dir(root, r, Path(distill_model)), weights, r)
         with tempfile.TemporaryDirectory(prefix="lmcot-search-") as tmp:
-            write_json(Path(tmp) / STATE_FILE, metrics)
+            write_json(Path(tmp) / RunDir.TRIAL_STATE, metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -333,7 +302,7 @@ def run_round(cfg: Config, round_dir: RunDir, weights: dict[str, float], r: int)
         str(round_dir.refine_model))
     ev = evaluate.run(ecfg, round_dir, judge_aspects=True)
     f1s = {name: m["f1"] for name, m in ev["datasets"].items()}
-    aspects_file = round_dir.eval_dir(EVAL_LABEL) / "aspects.json"
+    aspects_file = round_dir.eval_aspects(EVAL_LABEL)
     aspects = json.loads(aspects_file.read_text()) if aspects_file.is_file() else {}
     metrics = {
         "round": r, "steps": r * cfg.search.steps_per_round,

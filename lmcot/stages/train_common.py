@@ -1,19 +1,23 @@
-"""Ray Train plumbing shared by the training stages (distillation and refinement).
+"""The training lifecycle shared by distillation and refinement, on Ray Train + DeepSpeed.
 
-Both stages run a Hugging Face trainer (``Seq2SeqTrainer``/``Trainer``, TRL's
-``GRPOTrainer``) inside every worker of a Ray Train ``TorchTrainer``, with DeepSpeed
-ZeRO from ``lmcot.deepspeed_config``. What they share lives here, so the two stages
-checkpoint, resume and export the same way:
+Both stages are one lifecycle, written once in :func:`run_training`:
 
-- driver side: :func:`check_cluster_fits` (before any worker starts),
-  :func:`ray_scaling_config` / :func:`ray_run_config` (workers, absolute storage path,
-  ``FailureConfig``, ``CheckpointConfig``), :func:`fit` (all of it in one call),
-  :func:`export_model` (the final checkpoint -> a ``save_pretrained`` folder that
-  ``lmcot eval`` loads as a model) and :func:`read_trainer_state`;
-- worker side: :func:`hf_training_args` (the ``TrainingArguments`` keywords every
-  trainer shares: DeepSpeed dict, precision, device, logging), :class:`RayReportCallback`
-  (metrics and a checkpoint to Ray Train at every HF save) and :func:`resume_from`
-  (the HF checkpoint folder a restarted worker group resumes from).
+    prepare (the stage, in the driver, no Ray)  ->  identity  ->  skip when RUN/<stage>/step.json
+    holds it  ->  check fits (lmcot.resources)  ->  fit (Ray Train TorchTrainer; the stage's
+    worker loop)  ->  metrics.jsonl from the checkpoint's log  ->  export RUN/<stage>/model/
+    ->  summary  ->  step.json
+
+A stage supplies only what differs, as a :class:`TrainingJob`: its prepared data and
+identity, its worker loop, any services it runs beside the workers (refinement's judge
+actors) and the figures it adds to the summary.
+
+Also here, for the worker loops: :func:`hf_training_args` (the ``TrainingArguments``
+keywords every HF trainer shares: DeepSpeed dict, precision, device, logging, gradient
+checkpointing), :func:`report_checkpoint` (a checkpoint folder and metrics to Ray Train:
+used by :class:`RayReportCallback` at every HF save and by refinement's seq2seq loop),
+:func:`resume_from` (the folder a restarted worker group resumes from), and
+:func:`export_model` (the final checkpoint -> a ``save_pretrained`` folder that
+``lmcot eval`` loads).
 
 Checkpoint flow. The HF trainer writes ``checkpoint-N/`` (weights, tokenizer,
 ``trainer_state.json``, DeepSpeed's per-rank ``global_stepN/`` shards, per-rank RNG
@@ -44,57 +48,100 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import ray
 import ray.train
 from transformers import TrainerCallback
 
-from lmcot.config import ScalingConfig
+from lmcot.config import Config, ScalingConfig
 from lmcot.deepspeed_config import deepspeed_config
-from lmcot.stages.cluster import require_resources
+from lmcot.report import write_jsonl
+from lmcot.resources import Need, training_need, worker_resources
+from lmcot.rundir import RunDir, finished, record_finished, write_atomic
+from lmcot.stages.cluster import ensure_ray, forwarded_env, require_resources
 
 log = logging.getLogger(__name__)
 
 CHAOS_ENV = "LMCOT_CHAOS_EXIT_AFTER_CHECKPOINT"
 """Environment variable of the failure drill (see the module doc)."""
-
-_FORWARDED_ENV = ("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_")
-
-
-# -- driver side ---------------------------------------------------------------------------
-def check_cluster_fits(scaling: ScalingConfig, section: str, placement: dict[str, float] | None = None) -> None:
-    """Fail before any worker starts when the workers cannot fit the cluster (see ``require_resources``)."""
-    per_worker = worker_resources(scaling, placement)
-    require_resources(
-        {k: scaling.num_workers * v for k, v in per_worker.items()},
-        f"{section}.scaling asks for {scaling.num_workers} workers x {per_worker}",
-        f"lower {section}.scaling.num_workers / cpus_per_worker"
-        + (" or set use_gpu: false" if scaling.use_gpu else "")
-        + (" or clear small.ray_resource" if placement else ""),
-    )
+TRAINER_STATE = RunDir.TRAINER_STATE
 
 
-def worker_resources(scaling: ScalingConfig, placement: dict[str, float] | None = None) -> dict[str, float]:
-    """Ray resources of one training worker: its CPUs, one GPU when ``use_gpu``, and the small
-    LM's placement resource (``small.ray_resource``) when set.
+# -- the lifecycle -------------------------------------------------------------------------
+@dataclass
+class TrainingJob:
+    """What one training stage hands :func:`run_training`: everything that differs between them."""
 
-    >>> worker_resources(ScalingConfig(cpus_per_worker=2, use_gpu=True), {"small_lm": 0.001})
-    {'CPU': 2, 'GPU': 1, 'small_lm': 0.001}
-    """
-    return {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {}), **(placement or {})}
+    stage: str
+    """``distill`` or ``refine``: the config section, the run-directory folder, the run's name."""
+    identity: str
+    """The stage identity (:func:`lmcot.config.identity` of what it reads)."""
+    worker: Callable[[dict], None]
+    """The Ray Train loop of one worker."""
+    worker_config: Callable[[], dict]
+    """Builds the workers' config in the driver once Ray runs (large data as ``ray.put`` refs)."""
+    base_model: str
+    """The model training starts from (recorded with the export)."""
+    describe: str
+    """What the run does, for the log line before it starts."""
+    needs: list[Need] = field(default_factory=list)
+    """Resources beyond the training workers (refinement's judge actors), checked before anything starts."""
+    services: Callable[[dict], ContextManager[dict]] | None = None
+    """Runs beside the workers for the whole fit: yields extra worker config (e.g. judge actor
+    handles), and may fill the dict it is given with figures for the summary before it stops."""
+    history: Callable[[list[dict]], list[dict]] = list
+    """The lines of ``metrics.jsonl`` from the checkpoint's HF log history."""
+    meta: dict = field(default_factory=dict)
+    """Facts recorded with the exported model (``lmcot_model.json``) and in the summary."""
+    summarize: Callable[[list[dict], dict], dict] = lambda history, metrics: {}
+    """Stage figures for the summary, from the ``metrics.jsonl`` lines and Ray Train's last metrics."""
 
 
+def run_training(cfg: Config, run_dir: RunDir, job: TrainingJob) -> dict:
+    """The lifecycle of a training stage (see the module doc); returns its summary."""
+    record = run_dir.step_record(run_dir.stage(job.stage))
+    name = f"{job.stage}-{job.identity[:12]}"
+    done = finished(record, job.identity)
+    if done is not None and (run_dir.model(job.stage) / "config.json").is_file():
+        log.info("%s: %s already holds the model of run %s; nothing to do", job.stage, run_dir.model(job.stage), name)
+        return {**done, "skipped": True}
+
+    ensure_ray()
+    for need in [training_need(cfg, job.stage), *job.needs]:
+        require_resources(need)
+    scaling: ScalingConfig = getattr(cfg, job.stage).scaling
+    log.info("%s: %s, %d workers (ZeRO-%d) -> run %s", job.stage, job.describe, scaling.num_workers,
+             scaling.zero_stage, name)
+    started = time.time()
+    extra: dict = {}
+    with (job.services(extra) if job.services else contextlib.nullcontext({})) as service_config:
+        result = fit(job.worker, {**job.worker_config(), **service_config}, scaling=scaling,
+                     storage_path=run_dir.checkpoints(job.stage), name=name, placement=cfg.small.placement())
+    if result.checkpoint is None:
+        raise RuntimeError(f"{job.stage} run {name} finished without a checkpoint; see the worker logs above")
+    state = read_trainer_state(result.checkpoint)
+    history = job.history(state.get("log_history", []))
+    write_jsonl(run_dir.metrics(job.stage), history)
+    metrics = result.metrics or {}
+    meta = {"identity": job.identity, "run": name, "base_model": job.base_model, "checkpoint": result.checkpoint.path,
+            "step": state.get("global_step", 0), **job.meta}
+    export_model(result.checkpoint, run_dir.model(job.stage), metadata=meta)
+    summary = {"model": str(run_dir.model(job.stage)), "skipped": False, **meta,
+               "resumed_from_step": metrics.get("resumed_from_step", 0),
+               "metrics": str(run_dir.metrics(job.stage)), **job.summarize(history, metrics), **extra,
+               "wall_s": round(time.time() - started, 1)}
+    record_finished(record, job.stage, job.identity, summary)
+    return summary
+
+
+# -- Ray Train plumbing ----------------------------------------------------------------------
 def ray_scaling_config(scaling: ScalingConfig, placement: dict[str, float] | None = None) -> ray.train.ScalingConfig:
     """Ray Train workers of an lmcot ``ScalingConfig`` (see :func:`worker_resources`)."""
     return ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                    resources_per_worker=worker_resources(scaling, placement))
-
-
-def forwarded_env() -> dict[str, str]:
-    """The driver's lmcot/HF/DeepSpeed environment variables, handed to every training worker."""
-    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
 
 
 def ray_run_config(scaling: ScalingConfig, storage_path: str | os.PathLike, name: str) -> ray.train.RunConfig:
@@ -147,7 +194,7 @@ def hf_checkpoint_dir(path: str | os.PathLike) -> Path:
 def read_trainer_state(checkpoint: ray.train.Checkpoint) -> dict:
     """The HF ``trainer_state.json`` of a checkpoint (global step, log history), or {} if absent."""
     with checkpoint.as_directory() as d:
-        path = hf_checkpoint_dir(d) / "trainer_state.json"
+        path = hf_checkpoint_dir(d) / TRAINER_STATE
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -155,12 +202,12 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
                  tokenizer_source: str | None = None, metadata: dict | None = None) -> Path:
     """Write the model of ``checkpoint`` to ``out_dir`` as ``save_pretrained`` safetensors + tokenizer.
 
-    The model is loaded back with ``AutoModelForSeq2SeqLM``/``AutoModelForCausalLM`` first,
-    so an export that succeeds is loadable by ``lmcot eval`` (``small.name_or_path: out_dir``).
-    The tokenizer comes from the checkpoint, else from ``tokenizer_source``. ``metadata`` is
-    written to ``out_dir/lmcot_model.json``. The folder is replaced atomically.
+    The model is loaded back with the family's auto class first, so an export that succeeds
+    is loadable by ``lmcot eval`` (``small.name_or_path: out_dir``). The tokenizer comes from
+    the checkpoint, else from ``tokenizer_source``. ``metadata`` is written to the model's
+    ``RunDir.model_meta``. The folder is replaced atomically.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lmcot.models import detect_family
 
@@ -169,8 +216,7 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
     with ctx as d:
         src = hf_checkpoint_dir(d)
         family = detect_family(str(src))
-        cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-        model = cls.from_pretrained(src, trust_remote_code=False)
+        model = auto_model_class(family).from_pretrained(src, trust_remote_code=False)
         has_tokenizer = any((src / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         if not has_tokenizer and tokenizer_source is None:
             raise FileNotFoundError(f"checkpoint {src} has no tokenizer: pass tokenizer_source")
@@ -179,7 +225,7 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "lmcot_model.json").write_text(json.dumps({"family": family, **(metadata or {})}, indent=2) + "\n")
+        write_atomic(RunDir.model_meta(tmp), json.dumps({"family": family, **(metadata or {})}, indent=2) + "\n")
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -190,14 +236,22 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
     return out
 
 
+def auto_model_class(family: str):
+    """The transformers auto class of a model family (``seq2seq`` or ``causal``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+
+
 # -- worker side ---------------------------------------------------------------------------
 def hf_training_args(scaling: ScalingConfig, *, output_dir: str, per_device_batch_size: int,
                      gradient_accumulation_steps: int, learning_rate: float, seed: int = 0) -> dict:
     """``TrainingArguments`` keywords every lmcot trainer shares (pass them to any subclass).
 
     DeepSpeed ZeRO at ``scaling.zero_stage`` (its "auto" values filled from these same
-    arguments), bf16 when asked, CPU + gloo without GPUs, plain-text progress instead of
-    tqdm (worker logs reach the driver), no third-party loggers, checkpoints by steps.
+    arguments), bf16 when asked, gradient checkpointing when asked, CPU + gloo without GPUs,
+    plain-text progress instead of tqdm (worker logs reach the driver), no third-party
+    loggers, checkpoints by steps.
     """
     return dict(
         output_dir=output_dir,
@@ -208,6 +262,7 @@ def hf_training_args(scaling: ScalingConfig, *, output_dir: str, per_device_batc
         deepspeed=deepspeed_config(scaling, hf_trainer=True),
         bf16=scaling.bf16,
         torch_compile=scaling.torch_compile,
+        gradient_checkpointing=scaling.gradient_checkpointing,
         use_cpu=not scaling.use_gpu,
         ddp_backend=None if scaling.use_gpu else "gloo",
         report_to="none",
@@ -242,7 +297,8 @@ class RayReportCallback(TrainerCallback):
 
     Metrics: the latest value of everything the HF trainer logged (``loss``,
     ``eval_loss``, ``learning_rate``, ...), ``step``, ``epoch``, ``samples_per_second``
-    over the optimizer steps since the last report (save and eval time excluded),
+    over the optimizer steps since the last report (save and eval time excluded) and the
+    list of those figures since this worker group started (``samples_per_second_windows``),
     ``resumed_from_step`` (the step this worker group started at: 0, or the checkpoint's
     step after a restart), plus ``extra_metrics()`` when given (e.g. sampled rationales).
     """
@@ -255,6 +311,7 @@ class RayReportCallback(TrainerCallback):
         self._steps = 0
         self._t0: float | None = None
         self._start_step = 0
+        self._windows: list[float] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start_step = state.global_step  # already restored when resuming
@@ -269,8 +326,6 @@ class RayReportCallback(TrainerCallback):
             self._t0 = None
 
     def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
         for entry in state.log_history[self._seen:]:
             self._latest.update(entry)
         self._seen = len(state.log_history)
@@ -280,18 +335,32 @@ class RayReportCallback(TrainerCallback):
         metrics.update(step=state.global_step, epoch=state.epoch or 0.0, resumed_from_step=self._start_step)
         if self._steps:
             metrics["samples_per_second"] = self._steps * global_batch / max(self._step_time, 1e-9)
+            self._windows.append(round(metrics["samples_per_second"], 3))
+        metrics["samples_per_second_windows"] = list(self._windows)
         self._step_time, self._steps = 0.0, 0
         if self.extra_metrics is not None:
             metrics.update(self.extra_metrics())
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every rank's shards are on disk before the node's folder is uploaded
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        checkpoint = None
-        if ctx.get_local_rank() == 0 and folder.is_dir():
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{state.global_step:06d}",
-                         delete_local_checkpoint_after_upload=checkpoint is not None)
-        maybe_chaos_exit(ctx)
+        report_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step, metrics)
+
+
+def report_checkpoint(folder: Path, step: int, metrics: dict) -> None:
+    """Hand a checkpoint folder every rank has written to Ray Train, with ``metrics``.
+
+    Waits for every rank (so all DeepSpeed shards are on disk), then the node's local rank 0
+    reports the folder, which Ray Train merges into ``STORAGE/NAME/checkpoint-00000N/`` and
+    deletes locally; the other ranks report the metrics alone. Then the failure drill.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    ctx = ray.train.get_context()
+    checkpoint = None
+    if ctx.get_local_rank() == 0 and Path(folder).is_dir():
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}",
+                     delete_local_checkpoint_after_upload=checkpoint is not None)
+    maybe_chaos_exit(ctx)
 
 
 def maybe_chaos_exit(ctx) -> None:

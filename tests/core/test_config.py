@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmcot.config import Config, ConfigError, load_config, resolve_config_path
+from lmcot.config import Config, ConfigError, identity, load_config, resolve_config_path
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper", "qwen"])
@@ -72,12 +72,48 @@ def test_preset_names_resolve_to_files():
     assert resolve_config_path("tiny").name == "tiny.yaml"
 
 
-def test_section_hash_tracks_only_named_sections():
-    a = load_config("tiny")
-    b = load_config("tiny", ["eval.limit=1"])
-    c = load_config("tiny", ["distill.learning_rate=0.1"])
-    assert a.section_hash("distill") == b.section_hash("distill")
-    assert a.section_hash("distill") != c.section_hash("distill")
+def test_identity_tracks_the_sections_read_minus_run_only_fields():
+    def distill(cfg):
+        return identity(cfg.sections("seed", "small", "distill"))
+
+    base = distill(load_config("tiny"))
+    assert distill(load_config("tiny", ["eval.limit=1"])) == base  # a section it does not read
+    assert distill(load_config("tiny", ["distill.learning_rate=0.1"])) != base
+    assert distill(load_config("tiny", ["distill.scaling.num_workers=1"])) != base  # the global batch changes
+    run_only = ["distill.scaling.max_failures=0", "distill.scaling.cpus_per_worker=2",
+                "distill.scaling.checkpoints_to_keep=5", "distill.scaling.gradient_checkpointing=true",
+                "small.ray_resource=small_lm"]
+    assert distill(load_config("tiny", run_only)) == base
+
+    def refine(cfg):
+        return identity(cfg.sections("seed", "large", "generation", "data", "refine"))
+
+    judges = ["refine.judge_num_cpus=1", "refine.judge_num_gpus=1", "refine.judge_num_actors=3",
+              "refine.judge_batch_size=4", "refine.judge_batch_wait_ms=0", "refine.judge_timeout_s=5",
+              "refine.scaling.max_failures=0", "large.ray_resource=large_lm"]
+    assert refine(load_config("tiny", judges)) == refine(load_config("tiny"))
+    assert refine(load_config("tiny", ["refine.beta=0.1"])) != refine(load_config("tiny"))
+
+
+def test_every_run_only_field_is_a_resource_retry_or_placement_setting():
+    """Guards the list: a field that changes results must never be marked run-only."""
+    import dataclasses
+
+    def run_only(cls, prefix=""):
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("fingerprint", True) is False:
+                out.append(prefix + f.name)
+            elif dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
+                out += run_only(f.type, f"{prefix}{f.name}.")
+        return out
+
+    from lmcot.config import RefineConfig, ScalingConfig
+
+    assert run_only(ScalingConfig) == ["cpus_per_worker", "gradient_checkpointing", "max_failures",
+                                       "checkpoints_to_keep"]
+    assert run_only(RefineConfig) == ["judge_num_actors", "judge_num_cpus", "judge_num_gpus", "judge_batch_size",
+                                      "judge_batch_wait_ms", "judge_timeout_s"]
 
 
 def test_config_round_trips_through_yaml(tmp_path):

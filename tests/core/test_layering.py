@@ -2,8 +2,11 @@
 
 import importlib
 import pkgutil
+import runpy
 import subprocess
 import sys
+
+import pytest
 
 import lmcot
 
@@ -24,15 +27,36 @@ def test_core_modules_import_with_ray_and_deepspeed_blocked():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "lmcot.method" in CORE and "lmcot.config" in CORE
+    assert "lmcot.method" in CORE and "lmcot.config" in CORE and "lmcot.resources" in CORE
+
+
+def test_a_core_module_that_imports_ray_fails_the_check(tmp_path):
+    """The check above can fail: the same blocking makes an import of ray raise."""
+    code = "import sys\nsys.modules['ray'] = None\nimport ray\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr
 
 
 def test_jobs_do_nothing_at_import(tmp_path):
     """Ray imports entry-point modules on workers: importing them must not run a stage."""
     import pathlib
 
-    root = pathlib.Path(lmcot.__file__).resolve().parents[1]
-    for job in sorted((root / "jobs").glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"job_{job.stem}", job)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # would raise SystemExit if it ran main()
+    import lmcot.cli
+
+    calls = []
+    real_main = lmcot.cli.main
+    lmcot.cli.main = lambda *args, **kwargs: calls.append(args)  # a job calling main at import is recorded
+    try:
+        root = pathlib.Path(lmcot.__file__).resolve().parents[1]
+        jobs = sorted((root / "jobs").glob("*.py"))
+        for job in jobs:
+            spec = importlib.util.spec_from_file_location(f"job_{job.stem}", job)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        assert len(jobs) >= 6 and calls == [], "a job ran a stage at import"
+        for job in jobs:  # run as a script, each one calls the command line once
+            with pytest.raises(SystemExit):
+                runpy.run_path(str(job), run_name="__main__")
+        assert len(calls) == len(jobs) and all(isinstance(args[0], list) for args in calls)
+    finally:
+        lmcot.cli.main = real_main

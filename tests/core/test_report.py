@@ -1,21 +1,33 @@
-"""Stage manifests and the paper-style report, from run-directory files alone."""
+"""Step records, training logs and the paper-style report, from run-directory files alone.
 
-import json
+The report's input here is written by the same functions the stages write with (the
+JSONL helpers, ``RunDir`` paths); ``tests/stages/test_pipeline.py`` checks the report on
+the tiny pipeline's real output.
+"""
 
-from lmcot.manifest import chain_hash, is_fresh, write_manifest
-from lmcot.report import write_report
-from lmcot.rundir import RunDir, write_json
+from lmcot.report import append_jsonl, load_jsonl, truncate_jsonl, write_jsonl, write_report
+from lmcot.rundir import RunDir, finished, record_finished, write_json
 
 
-def test_manifest_freshness(tmp_path):
-    out = tmp_path / "distill"
-    h = chain_hash("distill", "abc")
-    assert not is_fresh(out, h)
-    write_manifest(out, "distill", h, {"steps": 3})
-    assert is_fresh(out, h)
-    assert not is_fresh(out, chain_hash("distill", "abd"))
-    (out / "lmcot-manifest.json").write_text("{broken")
-    assert not is_fresh(out, h)
+def test_a_step_is_finished_only_with_the_same_identity(tmp_path):
+    record = RunDir.step_record(tmp_path / "distill")
+    assert finished(record, "abc") is None
+    record_finished(record, "distill", "abc", {"steps": 3})
+    assert finished(record, "abc") == {"steps": 3}
+    assert finished(record, "abd") is None
+    record.write_text("{broken")
+    assert finished(record, "abc") is None
+
+
+def test_a_resumed_log_drops_the_steps_after_the_checkpoint(tmp_path):
+    path = tmp_path / "refine" / "metrics.jsonl"
+    for step in (1, 2, 3):
+        append_jsonl(path, {"step": step, "reward": step / 10})
+    truncate_jsonl(path, 2)
+    append_jsonl(path, {"step": 3, "reward": 0.5})
+    assert [(e["step"], e["reward"]) for e in load_jsonl(path)] == [(1, 0.1), (2, 0.2), (3, 0.5)]
+    write_jsonl(path, [])
+    assert load_jsonl(path) == [] and load_jsonl(tmp_path / "missing.jsonl") == []
 
 
 def _metrics(label, k, f1, tokens):
@@ -30,34 +42,35 @@ def test_report_tables_plots_and_finding(tmp_path):
     run = RunDir(tmp_path)
     for label, k, f1, tokens in (("standard", 1, 0.2, 300), ("lm_guided-distilled", 1, 0.3, 320),
                                  ("lm_guided-refined", 1, 0.4, 330), ("lm_guided-refined-sc5", 5, 0.5, 1600)):
-        write_json(run.eval_dir(label) / "metrics.json", _metrics(label, k, f1, tokens))
+        write_json(run.eval_metrics(label), _metrics(label, k, f1, tokens))
     aspects = {a: 0.5 for a in ("factuality", "relevance")}
-    write_json(run.eval_dir("lm_guided-distilled") / "aspects.json", aspects)
-    write_json(run.eval_dir("lm_guided-refined") / "aspects.json", {a: 0.7 for a in aspects})
-    run.refine.mkdir(parents=True)
-    run.refine_metrics.write_text("\n".join(json.dumps({"step": i, "reward": i / 10, "loss": 1 - i / 10, "kl": 0.01 * i})
-                                            for i in range(5)))
+    write_json(run.eval_aspects("lm_guided-distilled"), aspects)
+    write_json(run.eval_aspects("lm_guided-refined"), {a: 0.7 for a in aspects})
+    write_jsonl(run.metrics("refine"), [{"step": i, "reward": i / 10, "loss": 1 - i / 10, "kl": 0.01 * i}
+                                        for i in range(5)])
+    write_jsonl(run.metrics("distill"), [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}])
     text = write_report(run).read_text()
     assert "| lm_guided-refined-sc5 | 5 | 25.0 | 50.0 | 25.0 | 50.0 |" in text
     assert "| lm_guided-refined | 0.700 | 0.700 |" in text
     assert "| standard | 1.00 | 300 | 10 |" in text
     assert "moved together" in text
     for png in ("accuracy", "cost", "aspects", "curves"):
-        assert (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
+        assert run.report_figure(png).stat().st_size > 1000
+        assert f"]({run.report_figure(png).relative_to(run.root).as_posix()})" in text
 
 
 def test_finding_reports_quality_and_accuracy_moving_apart(tmp_path):
     run = RunDir(tmp_path)
-    write_json(run.eval_dir("lm_guided-distilled") / "metrics.json", _metrics("lm_guided-distilled", 1, 0.4, 1))
-    write_json(run.eval_dir("lm_guided-refined") / "metrics.json", _metrics("lm_guided-refined", 1, 0.3, 1))
-    write_json(run.eval_dir("lm_guided-distilled") / "aspects.json", {"fluency": 0.2})
-    write_json(run.eval_dir("lm_guided-refined") / "aspects.json", {"fluency": 0.9})
+    write_json(run.eval_metrics("lm_guided-distilled"), _metrics("lm_guided-distilled", 1, 0.4, 1))
+    write_json(run.eval_metrics("lm_guided-refined"), _metrics("lm_guided-refined", 1, 0.3, 1))
+    write_json(run.eval_aspects("lm_guided-distilled"), {"fluency": 0.2})
+    write_json(run.eval_aspects("lm_guided-refined"), {"fluency": 0.9})
     assert "moved apart (in opposite directions)" in write_report(run).read_text()
 
 
 def test_tables_follow_the_given_order(tmp_path):
     run = RunDir(tmp_path)
     for label in ("cot", "standard"):
-        write_json(run.eval_dir(label) / "metrics.json", _metrics(label, 1, 0.1, 1))
+        write_json(run.eval_metrics(label), _metrics(label, 1, 0.1, 1))
     text = write_report(run, order=["standard", "cot"]).read_text()
     assert text.index("| standard | 1 |") < text.index("| cot | 1 |")

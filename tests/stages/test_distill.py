@@ -22,6 +22,7 @@ from lmcot.generation import HFGenerator
 from lmcot.metrics import normalize_answer
 from lmcot.models import load_tokenizer, resolve_model_path
 from lmcot.prompts import small_rationale_prompt
+from lmcot.report import load_jsonl
 from lmcot.rundir import RunDir
 from lmcot.sft_data import NoRationalesError
 from lmcot.stages import distill
@@ -94,8 +95,9 @@ def test_seq2seq_zero2_overfits_and_exports_a_model_lmcot_eval_can_load(ray_clus
     assert out["train_loss"] < out["first_loss"] / 4, out
     assert out["eval_loss"] is not None and len(out["samples"]) == 1 and out["samples"][0]["generated"]
     assert out["samples_per_second"] > 0 and out["resumed_from_step"] == 0
-    history = json.loads((run_dir.distill / "metrics.json").read_text())["log_history"]
+    history = load_jsonl(run_dir.metrics("distill"))  # what the report draws
     assert sum("eval_loss" in e for e in history) == 2  # at step 20 and at the end
+    assert [e["step"] for e in history if "loss" in e] == list(range(5, 41, 5))  # distill.logging_steps=5
 
     run_root = run_dir.distill_checkpoints / out["run"]
     assert sorted(p.name for p in run_root.glob("checkpoint-*")) == ["checkpoint-000020", "checkpoint-000040"]
@@ -109,8 +111,13 @@ def test_seq2seq_zero2_overfits_and_exports_a_model_lmcot_eval_can_load(ray_clus
     train, contexts = train_rows(cfg, rows)
     assert reproduced(model_dir, train, contexts) >= 6, "overfitting 8 questions must reproduce their rationales"
 
+    meta = json.loads(RunDir.model_meta(model_dir).read_text())
+    assert meta["identity"] == out["identity"] and meta["family"] == "seq2seq" and meta["step"] == 40
     again = distill.run(cfg, run_dir)
-    assert again["skipped"] and again["fingerprint"] == out["fingerprint"]
+    assert again["skipped"] and again["identity"] == out["identity"] and again["train_loss"] == out["train_loss"]
+    run_only = distill.run(config("tiny:t5-small", 40, 0.01, "distill.save_steps=20", "distill.eval_steps=20",
+                                  "distill.scaling.max_failures=0", "distill.scaling.checkpoints_to_keep=3"), run_dir)
+    assert run_only["skipped"], "changing only run-only fields reruns nothing"
 
 
 def test_causal_zero2_survives_a_killed_worker_and_resumes(ray_cluster, tmp_path, monkeypatch):
@@ -160,3 +167,23 @@ def test_bad_input_fails_before_any_worker_starts(ray_cluster, tmp_path):
         distill.run(config("tiny:t5-small", 4, 0.01, "distill.scaling.num_workers=3"), run_dir)
 
     assert not run_dir.distill_checkpoints.exists() and not run_dir.distill_model.exists()
+
+
+@pytest.mark.parametrize("small", ["tiny:t5-small", "tiny:causal-small"])
+def test_one_and_two_workers_take_the_same_steps(ray_cluster, tmp_path, small):
+    """The same global batch of 8 on 1 worker x 8 or 2 workers x 4 gives the same losses: the loss is
+    normalised by the global batch's target tokens, whatever their split over the ranks (rationales of
+    different lengths make a per-rank mean differ)."""
+    losses = {}
+    for workers in (1, 2):
+        run_dir = RunDir(tmp_path / f"run-{workers}")
+        write_rationales(run_dir, hotpot(16), with_context=True)
+        cfg = config(small, 3, 0.01, f"distill.scaling.num_workers={workers}",
+                     f"distill.per_device_batch_size={8 // workers}", "distill.eval_fraction=0.0",
+                     "distill.sample_rationales=0", "distill.logging_steps=1", "distill.save_steps=3",
+                     "distill.eval_steps=3")
+        distill.run(cfg, run_dir)
+        losses[workers] = [e["loss"] for e in load_jsonl(run_dir.metrics("distill")) if "loss" in e]
+    assert len(losses[1]) == 3
+    assert losses[2] == pytest.approx(losses[1], rel=2e-3), losses
+    assert losses[1][0] != pytest.approx(losses[1][-1], rel=1e-2), "the steps changed the model"

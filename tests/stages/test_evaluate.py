@@ -18,8 +18,7 @@ SETS = ["eval.limit=2", "eval.method=lm_guided"]
 
 
 def _outputs(run_dir: RunDir, label: str) -> tuple[dict, dict]:
-    out = run_dir.eval_dir(label)
-    return json.loads((out / "predictions.json").read_text()), json.loads((out / "metrics.json").read_text())
+    return json.loads(run_dir.eval_predictions(label).read_text()), json.loads(run_dir.eval_metrics(label).read_text())
 
 
 def test_on_cluster_evaluates_in_an_actor_with_the_same_results(ray_cluster, tmp_path, monkeypatch):
@@ -70,15 +69,16 @@ def test_a_model_pinned_to_a_missing_group_is_named(ray_cluster, tmp_path, monke
 
 
 def test_missing_resources_fail_locally_and_only_warn_on_a_remote_cluster(ray_cluster, monkeypatch, caplog):
+    from lmcot.resources import Need
     from lmcot.stages.cluster import require_resources
 
-    need = {"CPU": 1, "large_lm": 0.001}
+    need = Need({"CPU": 1, "large_lm": 0.001}, "the eval actor", "clear large.ray_resource")
     with pytest.raises(ValueError, match=r"^the eval actor; that needs 0.001 large_lm but the Ray cluster has 0 "
                                          r"large_lm: clear large.ray_resource$"):
-        require_resources(need, "the eval actor", "clear large.ray_resource")
+        require_resources(need)
     # A remote cluster (RAY_ADDRESS) may still grow through its autoscaler: warn and go on.
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.get_runtime_context().gcs_address)
     with caplog.at_level("WARNING", logger="lmcot.stages.cluster"):
-        require_resources(need, "the eval actor", "clear large.ray_resource")
+        require_resources(need)
     assert "waiting for the cluster to grow" in caplog.text
-    require_resources({"CPU": 2}, "fits", "nothing")  # what the cluster has passes silently
+    require_resources(Need({"CPU": 2}, "fits", "nothing"))  # what the cluster has passes silently

@@ -1,10 +1,12 @@
-"""`lmcot run` end to end on a shrunken tiny preset: report filled, reruns skip what is done."""
+"""`lmcot run` end to end on a shrunken tiny preset: the report is built from what the stages really
+wrote, reruns skip what is done, run-only changes rerun nothing."""
 
 import json
 
 import pytest
 
 from lmcot.config import load_config
+from lmcot.report import load_jsonl
 from lmcot.rundir import RunDir
 from lmcot.stages import pipeline
 
@@ -15,6 +17,7 @@ SMALL = [
     "dev_path: sample:hotpotqa_synthetic_dev, limit: 6}]",
     "rationales.samples_per_question=1", "rationales.num_actors=1",
     "distill.scaling.num_workers=1", "distill.max_steps=2", "distill.save_steps=2", "distill.eval_steps=2",
+    "distill.logging_steps=1",
     "refine.scaling.num_workers=1", "refine.max_steps=1", "refine.num_generations=2", "refine.prompts_per_step=1",
     "eval.limit=2", "pipeline.self_consistency=2",
 ]
@@ -28,13 +31,22 @@ def test_pipeline_fills_the_report_and_reruns_only_what_changed(ray_cluster, tmp
     report = run_dir.report.read_text()
     for label in labels:
         assert f"| {label} | " in report, f"report misses the {label} row"
-        metrics = json.loads((run_dir.eval_dir(label) / "metrics.json").read_text())
+        metrics = json.loads(run_dir.eval_metrics(label).read_text())
         assert metrics["datasets"]["hotpotqa"]["n"] == 2
     assert "| lm_guided-refined | 0." in report  # aspect scores of the refined model's rationales
-    assert (run_dir.root / "report" / "accuracy.png").is_file()
+    assert run_dir.report_figure("accuracy").is_file()
+    # the training curves come from the logs the training stages wrote: both have points
+    distill_log, refine_log = load_jsonl(run_dir.metrics("distill")), load_jsonl(run_dir.metrics("refine"))
+    assert [e["step"] for e in distill_log if "loss" in e] == [1, 2]
+    assert [e["step"] for e in distill_log if "eval_loss" in e] == [2]
+    assert [e["step"] for e in refine_log if "reward" in e] == [1]
+    assert "## Training curves" in report and run_dir.report_figure("curves").stat().st_size > 10_000
 
-    again = pipeline.run(load_config("tiny", SMALL), run_dir)
-    assert set(again["steps"].values()) == {"skipped"}
+    run_only = ["distill.scaling.max_failures=0", "distill.scaling.checkpoints_to_keep=3",
+                "refine.judge_num_cpus=0.5", "refine.judge_batch_wait_ms=0", "rationales.num_actors=2",
+                "rationales.shard_rows=4", "eval.num_cpus=2", "search.max_concurrent_trials=2"]
+    again = pipeline.run(load_config("tiny", SMALL + run_only), run_dir)
+    assert set(again["steps"].values()) == {"skipped"}, "run-only changes rerun nothing"
 
     changed = pipeline.run(load_config("tiny", SMALL + ["eval.limit=3"]), run_dir)
     assert {changed["steps"][s] for s in ("rationales", "distill", "refine")} == {"skipped"}

@@ -63,7 +63,7 @@ def test_bad_search_config_is_refused_by_the_command(tmp_path, capsys, override,
     args = ["search", "--run-dir", str(run_dir.root), *[a for s in SETS for a in ("--set", s)], "--set", override]
     assert main(args) == 2
     assert message in capsys.readouterr().err
-    assert not (run_dir.search / search.TUNE_NAME).exists()
+    assert not run_dir.search_tune.exists()
 
 
 def test_missing_distilled_model_fails_before_ray_starts(tmp_path):
@@ -104,16 +104,19 @@ def test_a_search_with_another_config_is_archived_not_mixed_in(tmp_path):
     run_dir = RunDir(tmp_path / "run")
     cfg = load_config("tiny", SETS)
     assert search.archive_if_changed(cfg, run_dir) is None  # a fresh search: its config is recorded
-    (run_dir.search / search.TUNE_NAME).mkdir()
-    (run_dir.search / "trials.md").write_text("old")
+    run_dir.search_tune.mkdir()
+    run_dir.search_trials_md.write_text("old")
     assert search.archive_if_changed(cfg, run_dir) is None  # the same config resumes
     more = load_config("tiny", [*SETS, "search.max_concurrent_trials=1", "search.enabled=true"])
     assert search.archive_if_changed(more, run_dir) is None  # how to run it is not what is searched
     moved = search.archive_if_changed(load_config("tiny", [*SETS, "search.seed=1"]), run_dir)
     assert moved.parent == run_dir.search / "archive"
-    assert (moved / search.TUNE_NAME).is_dir() and (moved / "trials.md").read_text() == "old"
-    assert not (run_dir.search / search.TUNE_NAME).exists() and not (run_dir.search / "trials.md").exists()
-    assert json.loads((run_dir.search / search.FINGERPRINT_FILE).read_text())["search"]["seed"] == 1
+    assert (moved / run_dir.search_tune.name).is_dir() and (moved / run_dir.search_trials_md.name).read_text() == "old"
+    assert not run_dir.search_tune.exists() and not run_dir.search_trials_md.exists()
+    assert json.loads(run_dir.search_inputs.read_text())["search"]["seed"] == 1
+    judges = load_config("tiny", [*SETS, "search.seed=1", "refine.judge_num_cpus=1", "refine.scaling.max_failures=0"])
+    assert search.search_identity(judges, run_dir) == search.search_identity(
+        load_config("tiny", [*SETS, "search.seed=1"]), run_dir), "run-only refine fields do not change the search"
 
 
 # -- the search on Ray Tune ------------------------------------------------------------------
@@ -138,7 +141,7 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def rounds_reported(tune_dir: Path, trial_id: str) -> list[int]:
-    lines = (tune_dir / trial_id / "result.json").read_text().splitlines()
+    lines = (tune_dir / trial_id / RunDir.TUNE_RESULT).read_text().splitlines()
     return [json.loads(line)["round"] for line in lines if line.strip()]
 
 
@@ -147,7 +150,7 @@ def rounds_reported(tune_dir: Path, trial_id: str) -> list[int]:
 def test_four_trials_survive_a_killed_driver_and_the_best_weights_are_refined(ray_cluster, tmp_path):
     run_dir = distilled_run(tmp_path / "run")
     cfg = load_config("tiny", SETS)
-    tune_dir = run_dir.search / search.TUNE_NAME
+    tune_dir = run_dir.search_tune
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
@@ -165,7 +168,7 @@ def test_four_trials_survive_a_killed_driver_and_the_best_weights_are_refined(ra
     assert driver.returncode == -signal.SIGKILL, f"the driver ended by itself:\n{log.read_text()[-3000:]}"
     finished = [t for t, status in trial_statuses(tune_dir).items() if status == "TERMINATED"]
     assert finished  # (usually some trials are still running: the restore must finish them)
-    before = {t: (tune_dir / t / "result.json").read_bytes() for t in finished}
+    before = {t: (tune_dir / t / RunDir.TUNE_RESULT).read_bytes() for t in finished}
     models = {t: [(p, p.stat().st_mtime_ns) for p in sorted((run_dir.search / "trials" / t).glob("round-*/refine/model/*"))]
               for t in finished}
 
@@ -174,26 +177,26 @@ def test_four_trials_survive_a_killed_driver_and_the_best_weights_are_refined(ra
     statuses = trial_statuses(tune_dir)
     assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}
     for t in finished:  # finished trials were not run again
-        assert (tune_dir / t / "result.json").read_bytes() == before[t]
+        assert (tune_dir / t / RunDir.TUNE_RESULT).read_bytes() == before[t]
         assert [(p, p.stat().st_mtime_ns) for p, _ in models[t]] == models[t]
-    md = (run_dir.search / "trials.md").read_text()
+    md = run_dir.search_trials_md.read_text()
     for t in statuses:
         assert rounds_reported(tune_dir, t) == [1]
         trial_root = run_dir.search / "trials" / t
         assert (trial_root / "round-1" / "distill" / "model").resolve() == run_dir.distill_model
         assert (trial_root / "round-1" / "refine" / "model" / "config.json").is_file()
         assert not (trial_root / "round-1" / "refine" / "checkpoints").exists(), "kept only the round's model"
-        assert json.loads((trial_root / "round-1" / "eval" / "dev" / "aspects.json").read_text())
+        assert json.loads(RunDir(trial_root / "round-1").eval_aspects(search.EVAL_LABEL).read_text())
         assert list((tune_dir / t).glob("events.out.tfevents.*")), "TensorBoard event files"
     assert out["trials"] == 4 and out["errored"] == 0 and out["best_trial"] in statuses
     weights = out["best_reward_weights"]
     assert weights["task"] == 1.0 and 0 <= weights["factuality"] <= 1 and 0 <= weights["relevance"] <= 0.5
-    result = json.loads((tune_dir / out["best_trial"] / "result.json").read_text().splitlines()[-1])
+    result = json.loads((tune_dir / out["best_trial"] / RunDir.TUNE_RESULT).read_text().splitlines()[-1])
     assert result["weight_factuality"] == weights["factuality"] and 0 < result["quality"] < 1
 
     assert sum(line.startswith(f"| {t} |") for t in statuses for line in md.splitlines()) == 4
     assert "**best**" in md
-    assert (run_dir.search / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert run_dir.search_pareto.read_bytes()[:4] == b"\x89PNG"
 
     # the best-weights file is a full config that refinement accepts as it is
     best = load_config(run_dir.best_reward_weights)
