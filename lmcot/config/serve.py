@@ -28,8 +28,14 @@ class DeploymentSpec:
     """Memory reserved per replica for scheduling, in GiB; 0 reserves none."""
     max_ongoing_requests: int = 32
     """Requests one replica accepts at once; more wait in the caller's queue."""
+    max_queued_requests: int = 64
+    """Requests each caller (the HTTP proxy, an ingress replica) lets wait for this deployment beyond
+    ``max_ongoing_requests``; more are answered 503 with ``Retry-After`` at once instead of queueing
+    without bound. -1: no bound."""
     max_batch_size: int = 8
-    """Requests merged into one model call by ``@serve.batch`` (model deployments only)."""
+    """Requests merged into one model call by ``@serve.batch`` (model deployments only). A model
+    replica works on up to 4 merged batches at once (their chunks take turns on the model), so
+    keep ``max_ongoing_requests`` >= 4 x ``max_batch_size``."""
     batch_wait_timeout_s: float = 0.002
     """How long a partial batch waits for more requests before it runs. Keep it well below one
     model call: it is added to every call at low load, while under load requests queue during
@@ -50,6 +56,8 @@ class DeploymentSpec:
             raise ValueError("num_cpus, num_gpus and memory_gb must be >= 0")
         if self.max_ongoing_requests < 1:
             raise ValueError(f"max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")
+        if self.max_queued_requests < 1 and self.max_queued_requests != -1:
+            raise ValueError(f"max_queued_requests must be >= 1 or -1 (no bound), got {self.max_queued_requests}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_wait_timeout_s < 0:
@@ -77,7 +85,8 @@ class DeploymentSpec:
             actor["memory"] = int(self.memory_gb * 1024**3)
         if placement:
             actor["resources"] = dict(placement)
-        options: dict = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
+        options: dict = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests,
+                         "max_queued_requests": self.max_queued_requests}
         if self.autoscaling:
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replicas,
@@ -123,13 +132,18 @@ class ServeConfig:
     """Most prompts in one OpenAI-compatible ``/completions`` request."""
     max_top_logprobs: int = 20
     """Most alternatives per token the OpenAI-compatible endpoints return with logprobs."""
+    max_request_tokens: int = 16384
+    """Cost budget of one request: the most new tokens it may make the models generate, counted
+    before it runs (``/completions``: prompts x n x max_tokens; ``/v1/answer``: k x (rationale +
+    answer max new tokens)). Requests over it are refused up front naming the field to lower, so
+    one client cannot hold a model replica for minutes."""
     ingress: DeploymentSpec = field(
         default_factory=lambda: DeploymentSpec(num_cpus=0.1, max_ongoing_requests=64, max_batch_size=1)
     )
     """The FastAPI ingress (HTTP, validation, auth, voting): light, no model."""
     rationalizer: DeploymentSpec = field(default_factory=DeploymentSpec)
     """The small LM deployment that samples k rationales per request."""
-    answerer: DeploymentSpec = field(default_factory=lambda: DeploymentSpec(max_batch_size=16))
+    answerer: DeploymentSpec = field(default_factory=lambda: DeploymentSpec(max_batch_size=16, max_ongoing_requests=64))
     """The large LM deployment that answers (and serves the OpenAI-compatible API)."""
 
     def __post_init__(self):
@@ -142,7 +156,7 @@ class ServeConfig:
         if self.adaptive_round_size < 2:
             raise ValueError(f"adaptive_round_size must be >= 2 (a single sample is greedy), got {self.adaptive_round_size}")
         for name in ("max_question_chars", "max_context_chars", "max_paragraphs", "max_body_bytes",
-                     "max_new_tokens", "max_prompts", "max_top_logprobs"):
+                     "max_new_tokens", "max_prompts", "max_top_logprobs", "max_request_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:

@@ -14,6 +14,22 @@ Three deployments, each with its own replicas and resources (``serve.*`` config)
   (``lmcot.method.run_method``) over thin Generator adapters of the two deployment
   handles, so the serving path and ``lmcot eval`` share one implementation of each method.
 
+One bad client cannot hurt the others:
+
+- *Admission.* Sampling settings the model cannot sample with (a temperature of 1e-40)
+  are refused with a 4xx naming the field; each request's worst-case cost (prompts x
+  samples x new tokens) is checked against ``serve.max_request_tokens`` before it runs;
+  every deployment bounds its queue (``max_queued_requests``) and answers 503 with
+  ``Retry-After`` when it is full.
+- *Isolation.* A merged batch that fails is retried caller by caller
+  (:func:`generate_batch`), so only the request that caused it fails.
+- *Fair turns and cancellation.* Model work runs on one thread per replica in chunks of
+  one model batch (:class:`ModelWorker`), so short requests are served between the chunks
+  of long ones; a request whose client timed out or went away is cancelled in the model
+  replica and its remaining chunks are dropped.
+- *Clean failures.* Every error is JSON in one shape with a request id and no internals
+  (``lmcot.stages.serve_http``); a lost replica answers 503 with ``Retry-After``.
+
 The OpenAI routes live on the ingress (one application, one copy of the large LM,
 one auth and limit policy) and forward to the Answerer's ``complete`` method.
 Adaptive self-consistency samples in rounds and stops once
@@ -26,7 +42,9 @@ annotations`` here: Serve reads ``build_app``'s parameter annotation to parse it
 
 import asyncio
 import dataclasses
+import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -35,6 +53,7 @@ from dataclasses import dataclass
 
 import torch
 from fastapi import Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.exceptions import RayActorError
@@ -49,7 +68,7 @@ from lmcot.models import context_tokenizer
 from lmcot.stages import serve_http as http
 
 log = logging.getLogger(__name__)
-OPENAI_PREFIX = "/openai/v1"
+OPENAI_PREFIX = http.OPENAI_PREFIX
 
 
 # -- calls between deployments ---------------------------------------------------------------
@@ -67,26 +86,101 @@ class GenerateCall:
         return (self.max_new_tokens, self.n, self.temperature, self.top_p)
 
 
-def _locked(lock: threading.Lock, fn, *args, **kwargs):
-    with lock:
-        return fn(*args, **kwargs)
+@dataclass
+class Ticket:
+    """A call inside a model replica; ``cancelled`` is set when its caller gave up (timeout, disconnect)."""
+
+    call: GenerateCall
+    cancelled: bool = False
 
 
-async def generate_batch(generator, lock: threading.Lock, calls: list[GenerateCall]) -> list[list[Generation]]:
-    """Run a ``@serve.batch`` of calls: one ``generate`` per distinct decoding setting, in a worker thread."""
-    results: list = [None] * len(calls)
+class ModelWorker:
+    """A replica's model and the one thread that runs it. Jobs run one at a time, first come first served.
+
+    Work is handed over in chunks of one model batch (:func:`generate_batch`), so a long
+    request queues one chunk at a time and a short request that arrives meanwhile runs
+    after at most one chunk of each request ahead of it, not after the whole long request.
+    A chunk not yet started is dropped when its caller is cancelled.
+    """
+
+    def __init__(self, generator, chunk_rows: int):
+        self.generator = generator
+        self.chunk_rows = chunk_rows
+        """Rows (prompts x samples) per chunk: one batch of the generator (``generation.batch_size``)."""
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="lmcot-model")
+        self.done = 0
+        """Chunks run."""
+        self.dropped = 0
+        """Chunks never handed to the thread because their caller was cancelled."""
+
+    async def run(self, fn, *args, **kwargs):
+        out = await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        self.done += 1
+        return out
+
+    def stats(self) -> dict:
+        return {"chunks_done": self.done, "chunks_dropped": self.dropped}
+
+
+async def generate_batch(worker: ModelWorker, tickets: list[Ticket]) -> list:
+    """Run a ``@serve.batch`` of calls: per decoding setting, chunks of at most ``worker.chunk_rows`` rows.
+
+    Returns, per ticket, its generations, or the exception that failed it. A chunk that
+    fails is retried caller by caller, so one request the model cannot serve fails alone
+    and the requests merged with it still get their answers. Smaller calls go first within
+    a setting, and chunks of cancelled calls are skipped.
+    """
+    results: list = [[None] * len(t.call.prompts) for t in tickets]
+    failed: dict[int, BaseException] = {}
     groups: dict[tuple, list[int]] = {}
-    for i, call in enumerate(calls):
-        groups.setdefault(call.settings(), []).append(i)
+    for i, ticket in enumerate(tickets):
+        groups.setdefault(ticket.call.settings(), []).append(i)
     for (max_new_tokens, n, temperature, top_p), members in groups.items():
-        prompts = [p for i in members for p in calls[i].prompts]
-        outs = iter(await asyncio.to_thread(
-            _locked, lock, generator.generate, prompts,
-            max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p,
-        ))
-        for i in members:
-            results[i] = [next(outs) for _ in calls[i].prompts]
-    return results
+        members.sort(key=lambda i: len(tickets[i].call.prompts))
+        items = [(i, j) for i in members for j in range(len(tickets[i].call.prompts))]
+        size = max(1, worker.chunk_rows // n)
+
+        async def run(chunk: list[tuple[int, int]]) -> None:
+            prompts = [tickets[i].call.prompts[j] for i, j in chunk]
+            outs = await worker.run(worker.generator.generate, prompts, max_new_tokens=max_new_tokens, n=n,
+                                    temperature=temperature, top_p=top_p)
+            for (i, j), out in zip(chunk, outs):
+                results[i][j] = out
+
+        for start in range(0, len(items), size):
+            chunk = [(i, j) for i, j in items[start:start + size] if i not in failed and not tickets[i].cancelled]
+            if not chunk:
+                worker.dropped += any(tickets[i].cancelled for i, _ in items[start:start + size])
+                continue
+            try:
+                await run(chunk)
+            except Exception as exc:  # noqa: BLE001 - isolate the caller that caused it
+                owners = sorted({i for i, _ in chunk})
+                if len(owners) == 1:
+                    failed[owners[0]] = exc
+                    continue
+                for owner in owners:
+                    try:
+                        await run([(i, j) for i, j in chunk if i == owner])
+                    except Exception as own:  # noqa: BLE001
+                        failed[owner] = own
+    for i, ticket in enumerate(tickets):
+        if ticket.cancelled and i not in failed:
+            failed[i] = asyncio.CancelledError()
+    return [failed.get(i, out) for i, out in enumerate(results)]
+
+
+async def call_batched(batched_method, call: GenerateCall) -> list[Generation]:
+    """One call through a ``@serve.batch`` method of tickets: marks it cancelled if its caller gives up."""
+    ticket = Ticket(call)
+    try:
+        out = await batched_method(ticket)
+    except asyncio.CancelledError:
+        ticket.cancelled = True
+        raise
+    if isinstance(out, BaseException):
+        raise out
+    return out
 
 
 def _configure_batching(batched_method, spec) -> None:
@@ -99,30 +193,47 @@ class HandleGenerator:
 
     Lets the ingress run ``lmcot.method`` unchanged. It blocks, so it is called from a
     worker thread, never the replica's event loop. Every call stops at ``deadline``
-    (``time.monotonic()``) and cancels its request. Seeds are not forwarded: calls of
-    different requests share one batched model call, and adaptive rounds must draw
-    fresh samples.
+    (``time.monotonic()``) or once :meth:`cancel` is called (the client went away), and
+    cancels its request in the model replica, which then drops its remaining chunks.
+    Seeds are not forwarded: calls of different requests share one batched model call,
+    and adaptive rounds must draw fresh samples.
     """
+
+    POLL_S = 0.2
 
     def __init__(self, handle, deadline: float):
         self.handle = handle
         self.deadline = deadline
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
     def _wait(self, response):
-        remaining = self.deadline - time.monotonic()
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            return response.result(timeout_s=remaining)
-        except TimeoutError:
+            while True:
+                if self.cancelled.is_set():
+                    raise asyncio.CancelledError
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                try:
+                    return response.result(timeout_s=min(remaining, self.POLL_S))
+                except TimeoutError:
+                    continue
+        except (TimeoutError, asyncio.CancelledError):
             response.cancel()
             raise
 
     def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
+        if self.cancelled.is_set():
+            raise asyncio.CancelledError
         call = GenerateCall(tuple(prompts), max_new_tokens, n, temperature, top_p)
         return self._wait(self.handle.generate.remote(call))
 
     def score_yes_no(self, prompts):
+        if self.cancelled.is_set():
+            raise asyncio.CancelledError
         return self._wait(self.handle.score_yes_no.remote(tuple(prompts)))
 
 
@@ -136,14 +247,32 @@ def trim_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+class TokenNames:
+    """Each vocabulary id's text, decoded once, and the special ids (padding, end of sequence...).
+
+    Log-probabilities list only ordinary tokens, as the OpenAI API does: special tokens are
+    never a chosen token nor an alternative there.
+    """
+
+    def __init__(self, tokenizer):
+        size = len(tokenizer)
+        self.names = tokenizer.batch_decode([[i] for i in range(size)])
+        self.special = sorted({i for i in tokenizer.all_special_ids if i is not None and 0 <= i < size})
+
+
+def _logaddexp(a: float, b: float) -> float:
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
 @torch.inference_mode()
-def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens: int, n: int, temperature: float,
-                        top_p: float, top: int, stops: list[str]) -> dict:
+def logprob_completions(gen: HFGenerator, names: TokenNames, prompts: list[str], *, max_new_tokens: int, n: int,
+                        temperature: float, top_p: float, top: int, stops: list[str]) -> dict:
     """Completions with each token's log-probability and its ``top`` likeliest alternatives (OpenAI ``logprobs``).
 
     Log-probabilities are the model's own next-token distribution (before temperature and
-    ``suppress_tokens``), which is what a yes/no judge reads. The end-of-sequence token is
-    listed too, so a one-token answer always has a distribution to read.
+    ``suppress_tokens``), which is what a yes/no judge reads. Special tokens (end of
+    sequence, padding) are left out of both the tokens and the alternatives.
+    (Reads ``HFGenerator`` internals; belongs in ``HFGenerator.generate_with_logprobs``.)
     """
     tok = gen.tokenizer
     enc = gen.encode_prompts(prompts)
@@ -155,25 +284,30 @@ def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens:
     steps = len(out.logits)
     seqs = out.sequences[:, -steps:]  # the generated tokens, for both families
     logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-    top = min(top, logp.shape[-1])
-    top_lp, top_ids = logp.topk(max(top, 1), dim=-1)
+    ordinary = logp.clone()
+    ordinary[..., names.special] = float("-inf")
+    ordinary[..., len(names.names):] = float("-inf")  # ids past the tokenizer's vocabulary (padding rows)
+    top = min(top, len(names.names) - len(names.special))
+    top_lp, top_ids = ordinary.topk(max(top, 1), dim=-1)
+    special = set(names.special)
     choices, completion_tokens = [], 0
     for r in range(seqs.shape[0]):
         ids = seqs[r].tolist()
         length = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+        listed = [t for t in range(length) if ids[t] not in special]
         alternatives = []
-        for t in range(length):
+        for t in listed:
             merged: dict[str, float] = {}
             for i, lp in zip(top_ids[r, t, :top].tolist(), top_lp[r, t, :top].tolist()):
-                name = tok.decode([i])  # two ids may spell the same text: add their probabilities
-                merged[name] = float(torch.logaddexp(torch.tensor(merged[name]), torch.tensor(lp))) if name in merged else lp
+                name = names.names[i]  # two ids may spell the same text: add their probabilities
+                merged[name] = _logaddexp(merged[name], lp) if name in merged else lp
             alternatives.append(merged)
         text, stopped = trim_at_stop(tok.decode(ids[:length], skip_special_tokens=True).strip(), stops)
         choices.append({
             "text": text,
             "finish_reason": "stop" if stopped or length < len(ids) or ids[length - 1] == tok.eos_token_id else "length",
-            "logprobs": {"tokens": [tok.decode([i]) for i in ids[:length]],
-                         "token_logprobs": [logp[r, t, ids[t]].item() for t in range(length)],
+            "logprobs": {"tokens": [names.names[ids[t]] for t in listed],
+                         "token_logprobs": [logp[r, t, ids[t]].item() for t in listed],
                          "top_logprobs": alternatives},
         })
         completion_tokens += length
@@ -181,18 +315,26 @@ def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens:
 
 
 # -- model deployments -------------------------------------------------------------------------
+MAX_CONCURRENT_BATCHES = 4
+"""Merged batches a model replica works on at once. Their chunks share the replica's one
+:class:`ModelWorker` thread in turn, so a batch of short requests that forms while a long one
+runs is served between its chunks instead of after it."""
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Rationalizer:
     """The small LM: k sampled rationales per request, concurrent requests batched into one call."""
 
     def __init__(self, cfg: Config):
-        self.generator = make_generator(cfg.small, cfg.generation)
-        self.lock = threading.Lock()
-        _configure_batching(self.generate, cfg.serve.rationalizer)
+        self.worker = ModelWorker(make_generator(cfg.small, cfg.generation), cfg.generation.batch_size)
+        _configure_batching(self._generate, cfg.serve.rationalizer)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def generate(self, calls: list[GenerateCall]) -> list[list[Generation]]:
-        return await generate_batch(self.generator, self.lock, calls)
+    async def generate(self, call: GenerateCall) -> list[Generation]:
+        return await call_batched(self._generate, call)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
+    async def _generate(self, tickets: list[Ticket]) -> list:
+        return await generate_batch(self.worker, tickets)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -200,34 +342,60 @@ class Answerer:
     """The frozen large LM: batched greedy answers, yes/no scores and OpenAI-style completions."""
 
     def __init__(self, cfg: Config):
-        self.generator = make_generator(cfg.large, cfg.generation)
-        self.lock = threading.Lock()
-        _configure_batching(self.generate, cfg.serve.answerer)
+        self.worker = ModelWorker(make_generator(cfg.large, cfg.generation), cfg.generation.batch_size)
+        self.generator, self.chunk_rows = self.worker.generator, self.worker.chunk_rows
+        self.names: TokenNames | None = None  # decoded on the first logprobs request
+        _configure_batching(self._generate, cfg.serve.answerer)
         _configure_batching(self.score_yes_no, cfg.serve.answerer)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def generate(self, calls: list[GenerateCall]) -> list[list[Generation]]:
-        return await generate_batch(self.generator, self.lock, calls)
+    async def generate(self, call: GenerateCall) -> list[Generation]:
+        return await call_batched(self._generate, call)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
+    async def _generate(self, tickets: list[Ticket]) -> list:
+        return await generate_batch(self.worker, tickets)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def score_yes_no(self, prompt_lists: list[tuple[str, ...]]) -> list[list[float]]:
         flat = [p for prompts in prompt_lists for p in prompts]
-        scores = iter(await asyncio.to_thread(_locked, self.lock, self.generator.score_yes_no, flat))
+        scores = []
+        for start in range(0, len(flat), self.chunk_rows):
+            scores += await self.worker.run(self.generator.score_yes_no, flat[start:start + self.chunk_rows])
+        scores = iter(scores)
         return [[next(scores) for _ in prompts] for prompts in prompt_lists]
+
+    def stats(self) -> dict:
+        """Model chunks run and dropped (cancelled callers) since the replica started."""
+        return self.worker.stats()
 
     async def complete(self, call: dict) -> dict:
         """An OpenAI completion call (see ``serve_http.completion_call``): choices and token counts.
 
         Without logprobs it joins the batched ``generate`` path; with them it runs its own
-        forward pass that keeps every step's logits (``serve_logprobs``).
+        forward passes that keep every step's logits (:func:`logprob_completions`), one
+        chunk of prompts at a time, so a cancelled request stops at the next chunk.
         """
         prompts, n, stops = call["prompts"], call["n"], call["stop"]
         if call["top_logprobs"] is not None:
-            return await asyncio.to_thread(
-                _locked, self.lock, logprob_completions, self.generator, prompts,
-                max_new_tokens=call["max_tokens"], n=n, temperature=call["temperature"],
-                top_p=call["top_p"], top=call["top_logprobs"], stops=stops,
-            )
+            if self.names is None:
+                self.names = await self.worker.run(TokenNames, self.generator.tokenizer)
+            size = max(1, self.chunk_rows // n)
+            starts = range(0, len(prompts), size)
+            result = {"choices": [], "prompt_tokens": 0, "completion_tokens": 0}
+            for done, start in enumerate(starts):
+                try:
+                    part = await self.worker.run(
+                        logprob_completions, self.generator, self.names, prompts[start:start + size],
+                        max_new_tokens=call["max_tokens"], n=n, temperature=call["temperature"],
+                        top_p=call["top_p"], top=call["top_logprobs"], stops=stops,
+                    )
+                except asyncio.CancelledError:
+                    self.worker.dropped += len(starts) - done - 1
+                    raise
+                result["choices"] += part["choices"]
+                result["prompt_tokens"] += part["prompt_tokens"]
+                result["completion_tokens"] += part["completion_tokens"]
+            return result
         gens = await self.generate(GenerateCall(
             tuple(prompts), call["max_tokens"], n, call["temperature"], call["top_p"]))
         choices = []
@@ -270,16 +438,24 @@ def merge_results(a: methods.MethodResult, b: methods.MethodResult) -> methods.M
 
 
 def _as_api_error(exc: Exception, timeout_s: float) -> http.ApiError:
-    """Map a failure behind the ingress to a status: 504 timeout, 503 unavailable, 500 otherwise."""
+    """Map a failure behind the ingress to a status: 504 timeout, 503 unavailable or full, 500 otherwise.
+
+    Messages never carry the exception's text (it holds pids, addresses, actor ids); the
+    server log has it, under the request id Serve logs with every line.
+    """
     if isinstance(exc, http.ApiError):
         return exc
     if isinstance(exc, TimeoutError):
-        return http.ApiError(504, f"the request took longer than {timeout_s:g}s (serve.request_timeout_s)")
+        return http.ApiError(504, f"the request took longer than {timeout_s:g}s (serve.request_timeout_s); "
+                                  "send a smaller one or retry later", code="timeout")
     if isinstance(exc, _UNAVAILABLE) or (isinstance(exc, RayServeException) and "unavailable" in str(exc).lower()):
-        return http.ApiError(503, f"a model replica is unavailable ({type(exc).__name__}); retry shortly",
-                             headers={"Retry-After": "1"})
-    log.exception("request failed")
-    return http.ApiError(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+        log.warning("model replica unavailable: %s", exc)
+        what = "full" if isinstance(exc, BackPressureError) else "being replaced"
+        return http.ApiError(503, f"a model replica is {what}; retry after the Retry-After delay",
+                             headers={"Retry-After": str(http.RETRY_AFTER_S)}, code="service_unavailable")
+    log.error("request failed", exc_info=exc)
+    return http.ApiError(500, "internal error; the server log has the details under this request's id",
+                         code="internal_error")
 
 
 def _auth_token(cfg: Config) -> str:
@@ -299,7 +475,13 @@ def _auth_token(cfg: Config) -> str:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class Ingress:
-    """HTTP front: validation, auth and limits, then the core method over the two LM deployments."""
+    """HTTP front: validation, auth and limits, then the core method over the two LM deployments.
+
+    It keeps nothing a replacement replica lacks: the config, the token (read from the
+    environment) and the handles are all it holds, so a lost ingress replica is simply
+    replaced and clients retry (the proxy answers its in-flight requests 503, see
+    ``serve_http.proxy_middlewares``).
+    """
 
     def __init__(self, cfg: Config, rationalizer, answerer):
         self.cfg = cfg
@@ -315,6 +497,16 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        http.check_bearer(request, self.token)
+        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title="lmcot")
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict:
         http.check_bearer(request, self.token)
@@ -325,6 +517,9 @@ class Ingress:
         http.check_bearer(request, self.token)
         req = http.parse(http.AnswerRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
         k, method, temperature, adaptive = req.resolved(self.limits, self.cfg.generation.temperature)
+        gen = self.cfg.generation
+        http.check_budget(self.limits, "k", 422, k=k,
+                          new_tokens=gen.rationale_max_new_tokens + gen.answer_max_new_tokens)
         start = time.perf_counter()
         result = await self._in_thread(self._answer, req, k, method, temperature, adaptive)
         return {
@@ -339,51 +534,81 @@ class Ingress:
         http.check_bearer(request, self.token)
         return http.models_body([(self.cfg.large.name_or_path, "answerer")])
 
+    @api.get(OPENAI_PREFIX + "/models/{model_id:path}")
+    async def openai_model(self, model_id: str, request: Request) -> dict:
+        http.check_bearer(request, self.token)
+        self._check_model(model_id)
+        return http.models_body([(self.cfg.large.name_or_path, "answerer")])["data"][0]
+
     @api.post(f"{OPENAI_PREFIX}/completions")
     async def completions(self, request: Request) -> dict:
         http.check_bearer(request, self.token)
-        req = http.parse(http.CompletionRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
+        body = await http.read_body(request, self.limits.max_body_bytes)
+        req = http.parse(http.CompletionRequest, body, self.limits, status=400)
         call = self._openai_call(req, req.prompt, req.logprobs)
         return http.completion_response(self.cfg.large.name_or_path, await self._complete(call))
 
     @api.post(f"{OPENAI_PREFIX}/chat/completions")
     async def chat_completions(self, request: Request) -> dict:
         http.check_bearer(request, self.token)
-        req = http.parse(http.ChatCompletionRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
+        body = await http.read_body(request, self.limits.max_body_bytes)
+        req = http.parse(http.ChatCompletionRequest, body, self.limits, status=400)
         top = (req.top_logprobs or 0) if req.logprobs else None
         call = self._openai_call(req, [http.chat_prompt(req.messages)], top)
         return http.chat_response(self.cfg.large.name_or_path, await self._complete(call))
 
     # -- helpers ---------------------------------------------------------------------------
+    def _check_model(self, model: str) -> None:
+        if model != self.cfg.large.name_or_path:
+            raise http.ApiError(404, f"The model `{model}` does not exist or you do not have access to it; this "
+                                     f"server has {self.cfg.large.name_or_path!r} (GET {OPENAI_PREFIX}/models)",
+                                "model", code="model_not_found")
+
     def _openai_call(self, req, prompts: list[str], top: int | None) -> dict:
-        if req.model and req.model != self.cfg.large.name_or_path:
-            raise http.ApiError(404, f"model: {req.model!r} is not served here; use {self.cfg.large.name_or_path!r} "
-                                     f"(GET {OPENAI_PREFIX}/models)", "model")
+        if req.model:
+            self._check_model(req.model)
         if top is not None and self.cfg.large.backend != "hf":
-            raise http.ApiError(422, f"logprobs: not available for large.backend={self.cfg.large.backend}", "logprobs")
-        return http.completion_call(req, prompts, top, default_max_tokens=16)
+            raise http.ApiError(400, f"logprobs: not available for large.backend={self.cfg.large.backend}", "logprobs")
+        call = http.completion_call(req, prompts, top, default_max_tokens=16)
+        http.check_budget(self.limits, "max_tokens", 400, prompts=len(prompts), n=call["n"],
+                          max_tokens=call["max_tokens"])
+        return call
 
     async def _complete(self, call: dict) -> dict:
+        response = self.answerer.complete.remote(call)
+
+        async def result():
+            return await response
+
         try:
-            return await asyncio.wait_for(self.answerer.complete.remote(call), self.limits.request_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status below
-            raise _as_api_error(exc, self.limits.request_timeout_s) from None
+            return await asyncio.wait_for(result(), self.limits.request_timeout_s)
+        except BaseException as exc:  # timeout or client gone: stop the model work too
+            if isinstance(exc, (asyncio.TimeoutError, asyncio.CancelledError)):
+                response.cancel()
+            if isinstance(exc, Exception):
+                raise _as_api_error(exc, self.limits.request_timeout_s) from None
+            raise
 
     async def _in_thread(self, fn, *args):
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.limits.request_timeout_s
+        small, large = HandleGenerator(self.rationalizer, deadline), HandleGenerator(self.answerer, deadline)
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.pool, fn, deadline, *args),
+            return await asyncio.wait_for(loop.run_in_executor(self.pool, fn, small, large, *args),
                                           self.limits.request_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status below
-            raise _as_api_error(exc, self.limits.request_timeout_s) from None
+        except BaseException as exc:  # timeout or client gone: the worker thread stops at its next call
+            small.cancel()
+            large.cancel()
+            if isinstance(exc, Exception):
+                raise _as_api_error(exc, self.limits.request_timeout_s) from None
+            raise
 
-    def _answer(self, deadline: float, req, k: int, method: str, temperature: float, adaptive: bool):
+    def _answer(self, small: HandleGenerator, large: HandleGenerator, req, k: int, method: str, temperature: float,
+                adaptive: bool):
         """Run the core method in rounds (one round unless adaptive); stop once the vote is settled."""
         gen = dataclasses.replace(self.cfg.generation, temperature=temperature)
         context = http.context_text(req.context, self.tokenizer, self.cfg.data.context_max_tokens)
         question = Question("request", req.question, context)
-        small, large = HandleGenerator(self.rationalizer, deadline), HandleGenerator(self.answerer, deadline)
         sizes = round_sizes(k, adaptive, self.limits.adaptive_round_size)
         result = None
         for i, size in enumerate(sizes):
@@ -455,6 +680,8 @@ def run(cfg: Config, run_dir=None, block: bool | None = None) -> dict:
 
     _auth_token(cfg)
     remote = bool(os.environ.get("RAY_ADDRESS"))
+    if not remote:  # the local cluster's HTTP proxy answers its own errors in lmcot's JSON shape
+        os.environ.setdefault(*http.PROXY_CALLBACK)
     ensure_ray()
     if not remote:
         serve.start(http_options={"host": "127.0.0.1", "port": 8000})

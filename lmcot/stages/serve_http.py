@@ -2,65 +2,221 @@
 
 Kept apart from the deployments (``lmcot.stages.serve``) so the rules a request must
 pass are in one place and testable without a cluster. Every check runs in the
-ingress before a model is called, and every failure is a 4xx whose body names the
-field: ``{"error": {"message": "k: must be between 1 and 16 (serve.max_k), got 40",
-"type": "invalid_request_error", "param": "k"}, "detail": [...]}``, the OpenAI error
-shape (so OpenAI clients show the message) plus FastAPI-style ``detail`` entries.
+ingress before a model is called.
+
+**One error shape.** Every error the service answers, from a refused field to a lost
+replica, is JSON in the OpenAI error shape plus the request id:
+``{"error": {"message": "k: must be between 1 and 16 (serve.max_k), got 40",
+"type": "invalid_request_error", "param": "k", "code": null, "request_id": "..."}}``.
+The message names the field and the fix; it never carries a traceback, a pid, an
+address or an actor id (those go to the server log under the same request id, which is
+also the ``X-Request-ID`` response header). Bad input is 422 on ``/v1/answer`` (FastAPI's
+convention) and 400 on ``/openai/v1`` (what the OpenAI API answers, so ``openai`` clients
+raise ``BadRequestError``). Errors Ray Serve's proxy answers itself (a queue full, the
+ingress replica lost mid-request) get the same shape from :func:`proxy_middlewares`.
 
 Bodies are read by hand (streamed, capped at ``serve.max_body_bytes``) and parsed with
 pydantic in strict mode, so a string where a number belongs, malformed JSON or an
-oversized body are 422/413, never a 500.
+oversized body are 4xx, never a 500.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import time
 import uuid
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmcot.config import ServeConfig
 from lmcot.context import build_context
 from lmcot.data import Example, Paragraph
 
+log = logging.getLogger(__name__)
+OPENAI_PREFIX = "/openai/v1"
+MIN_TEMPERATURE = 1e-3
+"""Smallest non-zero sampling temperature accepted. Below it ``logits / T`` overflows to inf,
+the sampling distribution becomes NaN and the model call fails; 0 means greedy."""
+RETRY_AFTER_S = 1
+"""``Retry-After`` of every 503: a replica is being replaced, or a queue is full."""
+
 
 class ApiError(Exception):
-    """A request the service refuses: HTTP ``status`` with a message naming ``param``."""
+    """A request the service refuses: HTTP ``status`` with a message naming ``param``.
+
+    ``code`` is OpenAI's machine-readable error code (``model_not_found``, ``invalid_api_key``...).
+    """
 
     def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None,
-                 detail: list | None = None):
+                 code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.headers, self.detail = status, message, param, headers, detail
+        self.status, self.message, self.param, self.headers, self.code = status, message, param, headers, code
 
 
-def error_body(message: str, param: str | None, kind: str = "invalid_request_error", detail: list | None = None) -> dict:
-    body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param}}
-    if detail is not None:
-        body["detail"] = detail
-    return body
+def error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for a status.
+
+    >>> [error_type(s) for s in (400, 401, 429, 500, 503)]
+    ['invalid_request_error', 'invalid_request_error', 'rate_limit_error', 'server_error', 'server_error']
+    """
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
 
 
-def _api_error_handler(_request: Request, exc: ApiError) -> JSONResponse:
-    kind = "invalid_request_error" if exc.status < 500 else "server_error"
-    return JSONResponse(error_body(exc.message, exc.param, kind, exc.detail), status_code=exc.status,
-                        headers=exc.headers)
+def request_id_of(headers) -> str:
+    """The request id Serve's proxy put in ``x-request-id`` (the client's own, if it sent one), or a new one."""
+    rid = headers.get("x-request-id") or ""
+    return rid[:128] if rid.isprintable() and rid else uuid.uuid4().hex
 
 
-def _http_error_handler(_request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse(error_body(str(exc.detail), None), status_code=exc.status_code, headers=exc.headers)
+def error_body(message: str, param: str | None, status: int, code: str | None = None, request_id: str = "") -> dict:
+    """The one error shape (see the module docstring)."""
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code,
+                      "request_id": request_id}}
+
+
+def error_response(request: Request, status: int, message: str, param: str | None = None,
+                   code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    # Serve's proxy sets the X-Request-ID response header to the same id.
+    return JSONResponse(error_body(message, param, status, code, request_id_of(request.headers)),
+                        status_code=status, headers=headers)
+
+
+def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(request, exc.status, exc.message, exc.param, exc.code, exc.headers)
+
+
+def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the one shape, worded as OpenAI words them."""
+    if exc.status_code in (404, 405):
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(request, exc.status_code, message, None, "unknown_url", exc.headers)
+    return error_response(request, exc.status_code, str(exc.detail), None, None, exc.headers)
+
+
+def _validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(request, validation_status(request.url.path), "invalid request", "body")
+
+
+def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unexpected: logged with its traceback under the request id, answered without internals."""
+    rid = request_id_of(request.headers)
+    log.error("request %s failed: %s", rid, exc, exc_info=exc)
+    return error_response(request, 500, f"internal error while serving request {rid}; it is in the server log "
+                                        "under this id", None, "internal_error")
+
+
+def validation_status(path: str) -> int:
+    """400 on the OpenAI routes (as OpenAI answers), 422 elsewhere.
+
+    >>> validation_status("/openai/v1/completions"), validation_status("/v1/answer")
+    (400, 422)
+    """
+    return 400 if path.startswith(OPENAI_PREFIX) or f"{OPENAI_PREFIX}/" in path else 422
 
 
 def new_api() -> FastAPI:
-    """The FastAPI app the ingress routes are declared on, with lmcot's error handlers."""
-    api = FastAPI(title="lmcot", description="LM-guided chain-of-thought: a small LM reasons, a large LM answers.")
+    """The FastAPI app the ingress routes are declared on, with lmcot's error handlers.
+
+    FastAPI's own ``/docs``, ``/redoc`` and ``/openapi.json`` are off: the ingress serves
+    ``/docs`` and ``/openapi.json`` itself, behind the same bearer token as every route.
+    """
+    api = FastAPI(title="lmcot", description="LM-guided chain-of-thought: a small LM reasons, a large LM answers.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
     api.add_exception_handler(ApiError, _api_error_handler)
-    api.add_exception_handler(HTTPException, _http_error_handler)
+    api.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    api.add_exception_handler(RequestValidationError, _validation_error_handler)
+    api.add_exception_handler(Exception, _internal_error_handler)
     return api
+
+
+# -- errors Serve's proxy answers itself ---------------------------------------------------------
+class JsonErrorsMiddleware:
+    """ASGI middleware for Serve's HTTP proxy: its own error answers in the one JSON shape.
+
+    The proxy answers some requests without the application: 503 when a deployment's
+    queue is full (``max_queued_requests``), 408 past its own timeout, and nothing at all
+    (uvicorn then sends a plain-text 500) when the ingress replica dies mid-request. This
+    middleware turns a non-JSON error into the JSON shape and a response that never
+    started into 503 with ``Retry-After``, so clients retry a lost replica instead of
+    reading "Internal Server Error". Application answers (always JSON) pass through.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = {"started": False, "held": None}
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
+                if message["status"] >= 400 and "json" not in headers.get("content-type", ""):
+                    state["held"] = message  # replace its body below
+                    return
+                state["started"] = True
+                return await send(message)
+            if state["held"] is not None:
+                if not message.get("more_body", False):
+                    held, state["held"] = state["held"], None
+                    await _send_error(send, scope, held["status"], _proxy_message(held["status"]))
+                    state["started"] = True
+                return None
+            return await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:  # noqa: BLE001 - the proxy lost the request: answer for it
+            log.warning("request lost in the proxy", exc_info=True)
+        if not state["started"]:
+            await _send_error(send, scope, 503, _proxy_message(503))
+
+
+def _proxy_message(status: int) -> str:
+    if status == 408:
+        return "the request took longer than the proxy allows; retry with a smaller request"
+    if status in (429, 503):
+        return "the service is at capacity or a replica is being replaced; retry after the Retry-After delay"
+    return "the replica serving this request stopped; retry after the Retry-After delay"
+
+
+async def _send_error(send, scope, status: int, message: str) -> None:
+    status = 503 if status >= 500 else status
+    headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+    rid = request_id_of(headers)
+    body = json.dumps(error_body(message, None, status, "service_unavailable" if status == 503 else None, rid)).encode()
+    out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+           (b"x-request-id", rid.encode())]  # sent past Serve's own request-id middleware: set it here
+    if status in (429, 503):
+        out.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body})
+
+
+def proxy_middlewares() -> list:
+    """Serve's HTTP proxy callback: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=lmcot.stages.serve_http:proxy_middlewares``.
+
+    Set it in the environment where the cluster starts (before ``ray start``; ``lmcot serve``
+    and the tests set it for their local cluster).
+    """
+    from starlette.middleware import Middleware
+
+    return [Middleware(JsonErrorsMiddleware)]
+
+
+PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "lmcot.stages.serve_http:proxy_middlewares")
 
 
 # -- auth and body -------------------------------------------------------------------------
@@ -71,7 +227,7 @@ def check_bearer(request: Request, token: str) -> None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
         raise ApiError(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                       "authorization", {"WWW-Authenticate": "Bearer"})
+                       "authorization", {"WWW-Authenticate": "Bearer"}, code="invalid_api_key")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -89,21 +245,61 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse(model: type[BaseModel], body: bytes, limits: ServeConfig):
-    """Validate a JSON body into ``model`` (limits in the validation context); 422 naming the field."""
+def parse(model: type[BaseModel], body: bytes, limits: ServeConfig, status: int = 422):
+    """Validate a JSON body into ``model`` (limits in the validation context); ``status`` naming the field.
+
+    The message names the first bad field and lists the others, so one round trip shows them all.
+    """
     try:
         return model.model_validate_json(body or b"null", context=limits)
+    except ApiError as exc:  # a model validator's own refusal
+        exc.status = status
+        raise
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        detail = [{"loc": ["body", *e["loc"]], "msg": e["msg"].removeprefix("Value error, "), "type": e["type"]}
-                  for e in errors]
-        first = detail[0]
-        field = ".".join(str(p) for p in first["loc"][1:]) or "body"
-        raise ApiError(422, f"{field}: {first['msg']}", field, detail=detail) from None
+        fields = [".".join(str(p) for p in e["loc"]) or "body" for e in errors]
+        first = errors[0]["msg"].removeprefix("Value error, ")
+        more = sorted(set(fields[1:]) - {fields[0]})
+        message = f"{fields[0]}: {first}" + (f" (also invalid: {', '.join(more)})" if more else "")
+        raise ApiError(status, message, fields[0]) from None
 
 
 def _limits(info: ValidationInfo) -> ServeConfig:
     return info.context if isinstance(info.context, ServeConfig) else ServeConfig()
+
+
+def check_temperature(v: float) -> float:
+    """0 (greedy) or a temperature the model can sample with: ``MIN_TEMPERATURE`` to 2.
+
+    >>> check_temperature(0.0), check_temperature(0.7)
+    (0.0, 0.7)
+    >>> check_temperature(1e-40)
+    Traceback (most recent call last):
+    ...
+    ValueError: must be 0 (greedy) or between 0.001 and 2, got 1e-40
+    """
+    if not (v == 0 or MIN_TEMPERATURE <= v <= 2):
+        raise ValueError(f"must be 0 (greedy) or between {MIN_TEMPERATURE:g} and 2, got {v:g}")
+    return v
+
+
+def check_budget(limits: ServeConfig, param: str, status: int, **factors: int) -> None:
+    """Refuse a request whose worst case, the product of ``factors`` in new tokens, is over ``serve.max_request_tokens``.
+
+    >>> check_budget(ServeConfig(max_request_tokens=100), "max_tokens", 400, prompts=2, n=2, max_tokens=25)
+    >>> check_budget(ServeConfig(max_request_tokens=100), "max_tokens", 400, prompts=2, n=2, max_tokens=26)
+    Traceback (most recent call last):
+    ...
+    lmcot.stages.serve_http.ApiError: max_tokens: this request may generate prompts=2 x n=2 x max_tokens=26 = 104 tokens; the limit is 100 (serve.max_request_tokens): lower max_tokens or another factor
+    """
+    cost = 1
+    for value in factors.values():
+        cost *= value
+    if cost > limits.max_request_tokens:
+        product = " x ".join(f"{k}={v}" for k, v in factors.items())
+        raise ApiError(status, f"{param}: this request may generate {product} = {cost} tokens; the limit is "
+                               f"{limits.max_request_tokens} (serve.max_request_tokens): lower {param} or another "
+                               "factor", param, code="request_too_large")
 
 
 # -- /v1/answer ---------------------------------------------------------------------------
@@ -163,9 +359,7 @@ class AnswerRequest(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v: float | None) -> float | None:
-        if v is not None and not 0 <= v <= 2:
-            raise ValueError(f"must be between 0 and 2, got {v}")
-        return v
+        return v if v is None else check_temperature(v)
 
     def resolved(self, limits: ServeConfig, default_temperature: float) -> tuple[int, str, float, bool]:
         """(k, method, temperature, adaptive) with the service defaults filled in; 422 if inconsistent."""
@@ -225,9 +419,7 @@ class _OpenAIRequest(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _temp(cls, v: float) -> float:
-        if not 0 <= v <= 2:
-            raise ValueError(f"must be between 0 and 2, got {v}")
-        return v
+        return check_temperature(v)
 
     @field_validator("top_p")
     @classmethod
