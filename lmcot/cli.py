@@ -62,12 +62,28 @@ def _eval_overrides(args) -> list[str]:
     return extra
 
 
+def check_run_dir(path: str) -> None:
+    """Refuse a relative run dir inside a Ray job: it would land in Ray's temporary copy of the working dir.
+
+    ``ray job submit`` runs the entrypoint in a copy of ``--working-dir`` that Ray deletes
+    later, so ``runs/x`` would be written there and lost. Outside a job it resolves
+    against the current directory, as usual.
+    """
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ and not os.path.isabs(os.path.expanduser(path)):
+        raise ValueError(
+            f"--run-dir {path!r} is relative, and this runs inside a Ray job, whose working directory is a "
+            "temporary copy that Ray deletes: pass an absolute path on storage the cluster shares "
+            "(e.g. --run-dir /mnt/runs/x)"
+        )
+
+
 def run_stage(command: str, args) -> object:
     from lmcot.config import load_config
     from lmcot.rundir import RunDir, write_atomic
 
     overrides = list(args.overrides) + (_eval_overrides(args) if command == "eval" else [])
     cfg = load_config(args.config, overrides)
+    check_run_dir(args.run_dir)
     run_dir = RunDir(args.run_dir).ensure()
     write_atomic(run_dir.config_file, cfg.to_yaml())
     module = importlib.import_module(STAGES[command][0])
