@@ -47,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--gold", required=True, help="official-format dataset JSON")
     score.add_argument("--predictions", required=True, help='official prediction JSON {"answer": {id: text}}')
     score.add_argument("--aliases", default=None, help="2Wiki id_aliases.json for alias-aware scoring")
+    plan = sub.add_parser("plan", help="check a config's GPU memory and prompt budgets before running it")
+    plan.add_argument("--config", default="tiny", help="preset name or YAML path [tiny]")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--gpu-memory-gb", type=float, default=None, help="memory of one GPU [80]")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    listing = sub.add_parser("prompts", help="the exact text each model receives, with token counts and limits")
+    listing.add_argument("--config", default="tiny", help="preset name or YAML path [tiny]")
+    listing.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    listing.add_argument("--method", choices=["standard", "cot", "lm_guided"], default=None,
+                         help="only this method's prompts [every role: teacher, small, answer, standard, cot, judge]")
+    listing.add_argument("--limit", type=int, default=2, metavar="N", help="dev questions per dataset [2]")
+    listing.add_argument("--json", action="store_true", help="one JSON list of objects")
     tiny = sub.add_parser("make-tiny-models", help="build the offline tiny models (into the tiny: cache, or DIR)")
     tiny.add_argument("dir", nargs="?", default=None,
                       help="write plain <name>/ folders here instead of warming the tiny: cache")
@@ -90,6 +102,24 @@ def run_stage(command: str, args) -> object:
     return module.run(cfg, run_dir)
 
 
+def inspect_config(args) -> int:
+    """``lmcot plan`` (exit 1 when something cannot fit) and ``lmcot prompts``."""
+    from lmcot.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "prompts":
+        from lmcot.prompt_listing import list_prompts, render_listing
+
+        records = list_prompts(cfg, method=args.method, limit=args.limit)
+        print(json.dumps(records, indent=1) if args.json else render_listing(records))
+        return 0
+    from lmcot.plan import DEFAULT_GPU_GB, make_plan, render_plan
+
+    plan = make_plan(cfg, args.gpu_memory_gb or DEFAULT_GPU_GB)
+    print(json.dumps(plan, indent=1) if args.json else render_plan(plan))
+    return 1 if plan["problems"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LMCOT_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -109,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in make_tiny_models(target, versioned=versioned).items():
                 print(f"{name}: {path}")
             return 0
+        if args.command in ("plan", "prompts"):
+            return inspect_config(args)
         result = run_stage(args.command, args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         # Our own errors already name the field and the fix: show them without a traceback.

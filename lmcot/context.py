@@ -1,9 +1,14 @@
-"""The context text given to both LMs: paragraphs rendered one per line, fitted to a token budget.
+"""The context text given to both LMs: paragraphs rendered one per line, optionally capped.
 
-Gold paragraphs come first (in supporting-fact order), then the distractors in
-their original order. Putting gold first means a budget cut removes distractors
-before evidence, which keeps the tiny-budget runs meaningful; the ``gold`` mode
-drops distractors entirely (the paper's gold-context setting).
+Inference never looks at gold labels: by default (``all``) paragraphs keep the
+dataset's order, or a shuffle seeded by the question id (``shuffled``), and any cut
+falls where it falls. Two oracle settings use the supporting facts and are labelled
+as such in reports: ``gold_first`` puts the gold paragraphs first (a cut then removes
+distractors before evidence) and ``gold`` keeps only them (the gold-context setting).
+
+``data.context_max_tokens`` is an optional cost cap on the context alone; whatever it
+leaves, each model then fits its whole prompt to its own input limit
+(:mod:`lmcot.fitting`).
 
 The budget is counted with the real tokenizer that will read the prompt. Fitting
 is a binary search over whole paragraphs, then over the sentences of the first
@@ -14,21 +19,31 @@ paragraph's title (and the start of its first sentence) is cut token-wise.
 
 from __future__ import annotations
 
+import random
+import zlib
 from typing import Callable, Sequence
 
 from lmcot.data import Example, Paragraph
 
-CONTEXT_MODES = ("all", "gold")
+CONTEXT_MODES = ("all", "shuffled", "gold_first", "gold")
+ORACLE_MODES = ("gold_first", "gold")
+"""Modes that read the gold supporting facts: an oracle setting, never a fair evaluation."""
 
 
 def order_paragraphs(example: Example, mode: str = "all") -> list[Paragraph]:
-    """Paragraphs for ``mode``: gold first (gold-title order), then distractors (``all`` only).
+    """Paragraphs for ``mode`` (see the module doc).
 
     In ``gold`` mode an example without usable supporting facts (e.g. a test split)
     falls back to all paragraphs rather than an empty context.
     """
     if mode not in CONTEXT_MODES:
         raise ValueError(f"data.context_mode={mode!r} is not one of {', '.join(CONTEXT_MODES)}")
+    if mode == "all":
+        return list(example.paragraphs)
+    if mode == "shuffled":
+        order = list(example.paragraphs)
+        random.Random(zlib.crc32(example.id.encode())).shuffle(order)
+        return order
     by_title: dict[str, Paragraph] = {}
     for p in example.paragraphs:
         by_title.setdefault(p.title, p)
@@ -95,7 +110,7 @@ def fit_lines(paragraphs: Sequence[Paragraph], tokenizer, max_tokens: int) -> st
 
 
 def build_context(example: Example, *, mode: str = "all", tokenizer=None, max_tokens: int = 0) -> str:
-    """The context string for ``example``: one ``Title: sentences`` line per paragraph, gold first.
+    """The context string for ``example``: one ``Title: sentences`` line per paragraph, ordered by ``mode``.
 
     With a ``tokenizer`` and ``max_tokens > 0`` the text is fitted to that many tokens
     (counted without special tokens); without a tokenizer no budget is applied.

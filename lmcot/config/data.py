@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FORMATS = ("hotpotqa", "2wiki")
-CONTEXT_MODES = ("all", "gold")
+CONTEXT_MODES = ("all", "shuffled", "gold_first", "gold")
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,12 @@ class DataConfig:
     )
     """Training uses every dataset's train split; evaluation reports each dataset separately."""
     context_mode: str = "all"
-    """``all`` paragraphs (the distractor setting) or ``gold`` paragraphs only."""
-    context_max_tokens: int = 512
-    """Token budget for the context in each prompt (gold paragraphs kept first); 0: no limit."""
+    """``all`` paragraphs in the dataset's order (the distractor setting), ``shuffled`` (seeded by the
+    question id), or the oracle settings that read the gold labels: ``gold_first`` (gold paragraphs
+    first, so a cut drops distractors) and ``gold`` (gold paragraphs only). Reports mark oracle runs."""
+    context_max_tokens: int = 0
+    """Optional cost cap on the context alone, in the large LM's tokens; 0: none. Every model still
+    fits each whole prompt to its own input limit (``max_input_tokens``) by shortening the context."""
 
     def __post_init__(self):
         if not self.datasets:

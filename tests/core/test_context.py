@@ -1,4 +1,4 @@
-"""Context building: gold-first order, gold mode, token budgets with real (locally built) tokenizers."""
+"""Context building: dataset order, seeded shuffle, the oracle modes, token budgets with real (locally built) tokenizers."""
 
 import os
 
@@ -51,8 +51,25 @@ def count(tokenizer, text):
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def test_all_mode_puts_gold_first_in_gold_order():
-    lines = build_context(EXAMPLE).split("\n")
+def test_all_mode_keeps_the_dataset_order_without_reading_gold_labels():
+    unlabeled = Example("c1", EXAMPLE.question, "", EXAMPLE.paragraphs, (), "bridge", "hotpotqa")
+    assert build_context(EXAMPLE) == build_context(unlabeled)
+    assert [line.split(":")[0] for line in build_context(EXAMPLE).split("\n")] == [
+        "Noise One", "Kel Varo", "Noise Two", "Gray Dawn"]
+
+
+def test_shuffled_mode_is_a_seeded_permutation_per_question():
+    unlabeled = Example("c1", EXAMPLE.question, "", EXAMPLE.paragraphs, (), "bridge", "hotpotqa")
+    text = build_context(EXAMPLE, mode="shuffled")
+    assert text == build_context(unlabeled, mode="shuffled"), "gold labels must not change the order"
+    assert sorted(text.split("\n")) == sorted(build_context(EXAMPLE).split("\n"))
+    orders = {build_context(Example(f"q{i}", "", "", EXAMPLE.paragraphs, (), "bridge", "hotpotqa"),
+                            mode="shuffled") for i in range(20)}
+    assert len(orders) > 1, "different questions get different orders"
+
+
+def test_gold_first_mode_puts_gold_first_in_gold_order():
+    lines = build_context(EXAMPLE, mode="gold_first").split("\n")
     assert [line.split(":")[0] for line in lines] == ["Gray Dawn", "Kel Varo", "Noise One", "Noise Two"]
     assert lines[1] == "Kel Varo: Kel Varo was a director. He was born in Ostra. He liked boats."
 
@@ -70,32 +87,32 @@ def test_gold_mode_without_supporting_facts_falls_back_to_all():
 
 
 def test_unknown_mode_and_negative_budget():
-    with pytest.raises(ValueError, match="data.context_mode.*all, gold"):
+    with pytest.raises(ValueError, match="data.context_mode.*all, shuffled, gold_first, gold"):
         build_context(EXAMPLE, mode="distractor")
     with pytest.raises(ValueError, match="context_max_tokens"):
         build_context(EXAMPLE, max_tokens=-1)
 
 
 def test_no_budget_without_tokenizer_or_zero_budget(tokenizer):
-    full = build_context(EXAMPLE)
-    assert build_context(EXAMPLE, max_tokens=3) == full
-    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=0) == full
-    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=10_000) == full
+    full = build_context(EXAMPLE, mode="gold_first")
+    assert build_context(EXAMPLE, mode="gold_first", max_tokens=3) == full
+    assert build_context(EXAMPLE, mode="gold_first", tokenizer=tokenizer, max_tokens=0) == full
+    assert build_context(EXAMPLE, mode="gold_first", tokenizer=tokenizer, max_tokens=10_000) == full
 
 
 def test_budget_drops_trailing_paragraphs_then_sentences(tokenizer):
-    full = build_context(EXAMPLE)
+    full = build_context(EXAMPLE, mode="gold_first")
     gold_two = "\n".join(full.split("\n")[:2])
     budget = count(tokenizer, gold_two)
-    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=budget) == gold_two
+    assert build_context(EXAMPLE, mode="gold_first", tokenizer=tokenizer, max_tokens=budget) == gold_two
     # A little more room: the next paragraph comes in partially, cut at a sentence boundary.
     partial = gold_two + "\nNoise One: Noise one is here."
-    assert build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=count(tokenizer, partial)) == partial
+    assert build_context(EXAMPLE, mode="gold_first", tokenizer=tokenizer, max_tokens=count(tokenizer, partial)) == partial
 
 
 @pytest.mark.parametrize("budget", [1, 2, 3, 5, 8, 13, 21, 34, 55])
 def test_every_budget_fits_and_is_never_empty(tokenizer, budget):
-    text = build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=budget)
+    text = build_context(EXAMPLE, mode="gold_first", tokenizer=tokenizer, max_tokens=budget)
     assert text.strip() and count(tokenizer, text) <= budget
     # the first gold paragraph always leads; under a tiny budget its title itself is cut token-wise
     assert text.startswith("Gray Dawn") or "Gray Dawn".startswith(text)
@@ -103,12 +120,12 @@ def test_every_budget_fits_and_is_never_empty(tokenizer, budget):
 
 def test_tight_budget_truncates_first_gold_paragraph_sentences(tokenizer):
     one_sentence = "Gray Dawn: Gray Dawn is a film directed by Kel Varo."
-    text = build_context(EXAMPLE, tokenizer=tokenizer, max_tokens=count(tokenizer, one_sentence))
+    text = build_context(EXAMPLE, mode="gold_first", tokenizer=tokenizer, max_tokens=count(tokenizer, one_sentence))
     assert text == one_sentence
 
 
 def test_budget_on_shipped_samples(tokenizer):
     for ex in load_json_file("sample:hotpotqa_synthetic_dev", "hotpotqa")[:10]:
-        text = build_context(ex, tokenizer=tokenizer, max_tokens=64)
+        text = build_context(ex, mode="gold_first", tokenizer=tokenizer, max_tokens=64)
         assert 0 < count(tokenizer, text) <= 64
         assert text.startswith(ex.gold_titles[0])

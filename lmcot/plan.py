@@ -1,0 +1,223 @@
+"""``lmcot plan``: will this config fit its GPUs and its models' input limits? Asked before any work.
+
+For every actor and worker the config starts (teacher actors, distillation and
+refinement workers, judge actors, the evaluation actor, search trials) the plan
+estimates its GPU memory at the configured shapes (:mod:`lmcot.memory`) and compares
+it with the GPU share it asks for; for every model it reports the prompt budget: the
+input limit (:func:`lmcot.fitting.input_limit`), what the longest template takes with an
+empty context, and the room left for the context. Anything that cannot fit fails with
+the field to change. Models are described without downloading them: a local folder or
+``tiny:`` model is read, a known hub id (FLAN-T5-Large/XXL, Qwen2.5-0.5B/14B-Instruct)
+uses the published config shipped in ``lmcot/known_models/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from lmcot import prompts
+from lmcot.fitting import PromptFitter, input_limit
+from lmcot.memory import GIB, Shape, generation_bytes, training_bytes
+
+DEFAULT_GPU_GB = 80.0
+QUESTION_TOKENS = 64
+"""Room kept for a long question when checking that a template leaves space for the context."""
+
+
+class PlanError(ValueError):
+    """The config asks for something that cannot fit; the message names the fields to change."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    limit: int
+    shape: Shape
+    fitter: PromptFitter
+    exact_tokens: bool
+    """True when the real tokenizer counts the prompts; False: estimated from characters."""
+
+
+@dataclass(frozen=True)
+class Row:
+    component: str
+    count: int
+    gpus: float
+    need_gb: float
+    have_gb: float
+    fits: bool
+    fix: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    role: str
+    model: str
+    limit: int
+    template_tokens: int
+    context_room: int
+    exact: bool
+    fits: bool
+
+
+def known_model(name: str) -> dict | None:
+    """The shipped published config of a known hub model, or None."""
+    entry = resources.files("lmcot") / "known_models" / (name.replace("/", "--") + ".json")
+    return json.loads(entry.read_text()) if entry.is_file() else None
+
+
+def describe_model(spec, field: str) -> ModelInfo:
+    """Config, family, limit and shape of a model spec, without downloading anything."""
+    from transformers import AutoConfig
+
+    known = known_model(spec.name_or_path)
+    if known and not Path(spec.name_or_path).exists():
+        config = AutoConfig.for_model(**known["config"])
+        family = "seq2seq" if config.is_encoder_decoder else "causal"
+
+        class DeclaredLimit:
+            model_max_length = known["tokenizer"]["model_max_length"]
+
+        limit = input_limit(DeclaredLimit(), config, spec.max_input_tokens)
+        fitter = PromptFitter(model=spec.name_or_path, limit=limit, family=family, field=field)
+        return ModelInfo(spec.name_or_path, family, limit, Shape.from_config(config, family), fitter, False)
+    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(spec.name_or_path)
+    family = detect_family(path, spec.family, spec.revision)
+    config = AutoConfig.from_pretrained(path, revision=spec.revision or None, trust_remote_code=False)
+    tokenizer = load_tokenizer(path, family, spec.revision)
+    fitter = PromptFitter.for_model(spec, tokenizer, family, config, field=field)
+    return ModelInfo(spec.name_or_path, family, fitter.limit, Shape.from_config(config, family), fitter, True)
+
+
+# -- prompt budgets ---------------------------------------------------------------------------
+def _longest_prompts(rationale_tokens: int) -> dict[str, list[str]]:
+    """Each role's prompt with an empty context, a long question and a rationale of the longest length."""
+    q = "word " * QUESTION_TOKENS
+    r = "word " * rationale_tokens
+    return {
+        "small": [prompts.small_rationale_prompt(q, "")],
+        "large": [prompts.standard_prompt(q, ""), prompts.cot_prompt(q, ""),
+                  prompts.answer_from_rationale_prompt(q, "", r)],
+        "teacher": [prompts.teacher_rationale_prompt(q, "")],
+        "judge": [prompts.judge_prompt(a, q, "", r) for a in prompts.ASPECTS],
+    }
+
+
+def prompt_budgets(cfg, small: ModelInfo, large: ModelInfo) -> list[Budget]:
+    gen = cfg.generation
+    reserve = {"small": gen.rationale_max_new_tokens, "teacher": gen.rationale_max_new_tokens,
+               "large": gen.rationale_max_new_tokens + gen.answer_max_new_tokens, "judge": 1}
+    out = []
+    for role, texts in _longest_prompts(gen.rationale_max_new_tokens).items():
+        info = small if role == "small" else large
+        budget = info.fitter.budget(reserve[role]) or 10**9
+        template = max(info.fitter.count(info.fitter.format(t)) for t in texts)
+        room = budget - template
+        out.append(Budget(role, info.name, info.limit, template, room, info.exact_tokens, room > 0))
+    return out
+
+
+# -- memory -----------------------------------------------------------------------------------
+def _row(component: str, count: int, gpus: float, need: int, gpu_gb: float, fix: str) -> Row:
+    have = gpus * gpu_gb
+    return Row(component, count, gpus, round(need / GIB, 1), round(have, 1), gpus == 0 or need / GIB <= have, fix)
+
+
+def longest_prompt(info: ModelInfo, budgets: list[Budget], context_cap: int) -> int:
+    """The longest prompt a model will read: its limit, or less where ``data.context_max_tokens``
+    bounds the context (templates counted from the budgets)."""
+    template = max(b.template_tokens for b in budgets if b.model == info.name)
+    longest = template + context_cap if context_cap else 10**9
+    return min(info.limit or longest, longest) if (info.limit or context_cap) else 2048
+
+
+def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
+                budgets: list[Budget]) -> tuple[list[Row], int]:
+    gen, dc, rc = cfg.generation, cfg.distill, cfg.refine
+    s_limit = longest_prompt(small, [b for b in budgets if b.role == "small"], cfg.data.context_max_tokens)
+    l_limit = longest_prompt(large, [b for b in budgets if b.role != "small"], cfg.data.context_max_tokens)
+    rows = []
+    teacher = generation_bytes(large.shape, rows=cfg.rationales.batch_size, prompt=l_limit,
+                               new_tokens=gen.rationale_max_new_tokens)
+    if cfg.large.backend == "vllm":  # vLLM pages its KV cache into whatever the weights leave: one sequence must fit
+        teacher = generation_bytes(large.shape, rows=1, prompt=l_limit, new_tokens=gen.rationale_max_new_tokens)
+    rows.append(_row("teacher actor (large LM)", cfg.rationales.num_actors, cfg.rationales.gpus_per_actor, teacher,
+                     gpu_gb, "lower rationales.batch_size or large.max_input_tokens, or raise rationales.gpus_per_actor"))
+    source = min(dc.max_source_tokens or s_limit, s_limit)
+    sc = dc.scaling
+    distill = training_bytes(small.shape, batch=dc.per_device_batch_size, source=source, target=dc.max_target_tokens,
+                             zero_stage=sc.zero_stage, world=sc.num_workers, bf16=sc.bf16,
+                             checkpointing=sc.gradient_checkpointing)
+    rows.append(_row("distill worker (small LM)", sc.num_workers, 1.0 if sc.use_gpu else 0.0, distill, gpu_gb,
+                     "set distill.scaling.gradient_checkpointing: true, or lower distill.per_device_batch_size"))
+    rc_sc = rc.scaling
+    new = rc.max_new_tokens or gen.rationale_max_new_tokens
+    refine = training_bytes(small.shape, batch=rc.prompts_per_step * rc.num_generations, source=s_limit, target=new,
+                            zero_stage=rc_sc.zero_stage, world=rc_sc.num_workers, bf16=rc_sc.bf16,
+                            checkpointing=rc_sc.gradient_checkpointing)
+    refine += small.shape.params * (2 if rc_sc.bf16 else 4) * (rc.beta > 0)  # the frozen reference model
+    rows.append(_row("refine worker (small LM)", rc_sc.num_workers, 1.0 if rc_sc.use_gpu else 0.0, refine, gpu_gb,
+                     "set refine.scaling.gradient_checkpointing: true, or lower refine.prompts_per_step"))
+    judge = generation_bytes(large.shape, rows=rc.judge_batch_size, prompt=l_limit, new_tokens=1)
+    rows.append(_row("judge actor (large LM)", rc.judge_num_actors, rc.judge_num_gpus, judge, gpu_gb,
+                     "lower refine.judge_batch_size or raise refine.judge_num_gpus"))
+    both = (generation_bytes(small.shape, rows=gen.batch_size, prompt=s_limit, new_tokens=gen.rationale_max_new_tokens)
+            + generation_bytes(large.shape, rows=gen.batch_size, prompt=l_limit,
+                               new_tokens=gen.rationale_max_new_tokens + gen.answer_max_new_tokens))
+    if cfg.eval.on_cluster:
+        rows.append(_row("eval actor (both LMs)", 1, cfg.eval.num_gpus, both, gpu_gb,
+                         "lower generation.batch_size or raise eval.num_gpus"))
+    rows.append(_row("search trial (both LMs)", cfg.search.max_concurrent_trials, cfg.search.trial_gpus, both, gpu_gb,
+                     "lower generation.batch_size or raise search.trial_gpus"))
+    return rows, s_limit
+
+
+# -- the plan ---------------------------------------------------------------------------------
+def make_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB) -> dict:
+    """Every budget and memory row of ``cfg``, and the problems found (empty when it fits)."""
+    small = describe_model(cfg.small, "small.max_input_tokens")
+    large = describe_model(cfg.large, "large.max_input_tokens")
+    budgets = prompt_budgets(cfg, small, large)
+    rows, longest_small = memory_rows(cfg, small, large, gpu_gb, budgets)
+    problems = [f"{b.role} prompts for {b.model} need {b.template_tokens} tokens with an empty context, over its "
+                f"limit of {b.limit}: raise {'small' if b.role == 'small' else 'large'}.max_input_tokens"
+                for b in budgets if not b.fits]
+    problems += [f"{r.component} needs about {r.need_gb} GiB but asks for {r.gpus} GPU(s) of {gpu_gb:g} GiB: {r.fix}"
+                 for r in rows if not r.fits]
+    dc = cfg.distill
+    if dc.max_source_tokens and dc.max_source_tokens < longest_small:
+        problems.append(f"distill.max_source_tokens={dc.max_source_tokens} is below the longest small-LM prompt "
+                        f"(~{longest_small} tokens): training prompts would be fitted tighter than at inference; "
+                        f"set it to {longest_small} or more, or lower small.max_input_tokens to match")
+    return {"gpu_gb": gpu_gb, "budgets": [asdict(b) for b in budgets], "memory": [asdict(r) for r in rows],
+            "problems": problems}
+
+
+def check_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB) -> dict:
+    """:func:`make_plan`, raising :class:`PlanError` with every problem when there is one."""
+    plan = make_plan(cfg, gpu_gb)
+    if plan["problems"]:
+        raise PlanError("the config cannot run as planned:\n- " + "\n- ".join(plan["problems"]))
+    return plan
+
+
+def render_plan(plan: dict) -> str:
+    lines = ["## Prompt budgets", "", "| role | model | input limit | template tokens | room for context | counted |",
+             "|---|---|---:|---:|---:|---|"]
+    for b in plan["budgets"]:
+        lines.append(f"| {b['role']} | {b['model']} | {b['limit'] or 'none'} | {b['template_tokens']} | "
+                     f"{b['context_room'] if b['limit'] else 'all'} | {'tokenizer' if b['exact'] else '~4 chars/token'} |")
+    lines += ["", f"## GPU memory (GPUs of {plan['gpu_gb']:g} GiB)", "",
+              "| component | count | GPUs each | need (GiB) | has (GiB) | fits |", "|---|---:|---:|---:|---:|---|"]
+    for r in plan["memory"]:
+        has = f"{r['have_gb']}" if r["gpus"] else "CPU"
+        lines.append(f"| {r['component']} | {r['count']} | {r['gpus']:g} | {r['need_gb']} | {has} | "
+                     f"{'yes' if r['fits'] else '**no**'} |")
+    lines += ["", "Problems:" if plan["problems"] else "Everything fits."] + [f"- {p}" for p in plan["problems"]]
+    return "\n".join(lines) + "\n"

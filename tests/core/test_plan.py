@@ -1,0 +1,90 @@
+"""`lmcot plan` and `lmcot prompts`: presets checked against 80 GB GPUs and their models' limits, offline."""
+
+import json
+
+import pytest
+
+from lmcot.cli import main
+from lmcot.config import load_config
+from lmcot.memory import GIB, Shape, training_bytes
+from lmcot.plan import PlanError, check_plan, describe_model, known_model
+from lmcot.prompt_listing import list_prompts
+
+CUES = {"teacher": "Rationale:", "small": "Rationale:", "answer": "Answer:", "standard": "Answer:",
+        "cot": "<answer>.\"", "judge": "Answer:"}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper", "qwen"])
+def test_shipped_presets_fit_80gb_gpus_and_their_limits(preset):
+    plan = check_plan(load_config(preset))
+    assert plan["memory"] and all(r["fits"] for r in plan["memory"])
+    assert all(b["context_room"] > 0 for b in plan["budgets"])
+
+
+def test_known_models_are_the_published_shapes_without_a_download():
+    xxl = describe_model(load_config("paper").large, "large.max_input_tokens")
+    assert known_model("google/flan-t5-xxl")["tokenizer"]["model_max_length"] == 512
+    assert xxl.limit == 1024, "the preset's max_input_tokens overrides the declared 512"
+    assert 10.9e9 < xxl.shape.params < 11.4e9 and xxl.shape.hidden == 4096 and xxl.shape.layers == 24
+    qwen = describe_model(load_config("qwen").large, "large.max_input_tokens")
+    assert qwen.limit == 32768 and qwen.shape.kv_dim == 8 * 128 and 14.0e9 < qwen.shape.params < 15.0e9
+
+
+def test_memory_estimate_brackets_the_measured_t5_large_peaks():
+    cfg = load_config("paper")
+    shape = describe_model(cfg.small, "small.max_input_tokens").shape
+    pure_bf16_states = 8 * shape.params  # the measurement ran without fp32 master weights
+    mixed_states = 16 * shape.params
+
+    def estimate(batch, checkpointing):
+        total = training_bytes(shape, batch=batch, source=1536, target=128, zero_stage=0, world=1, bf16=True,
+                               checkpointing=checkpointing)
+        return (total - mixed_states + pure_bf16_states) / 1e9
+
+    assert 46.7 * 0.9 < estimate(4, False) < 46.7 * 1.3
+    assert 15.7 * 0.9 < estimate(16, True) < 15.7 * 1.3
+    assert estimate(16, False) > 141, "micro-batch 16 without checkpointing ran out of the H200's memory"
+
+
+def test_a_config_that_cannot_fit_fails_naming_the_fields():
+    too_big = load_config("paper", ["distill.scaling.gradient_checkpointing=false", "distill.max_source_tokens=2048",
+                                    "small.max_input_tokens=2048", "rationales.batch_size=128"])
+    with pytest.raises(PlanError) as err:
+        check_plan(too_big)
+    assert "distill.scaling.gradient_checkpointing" in str(err.value)
+    assert "rationales.batch_size" in str(err.value)
+    with pytest.raises(PlanError, match="distill.max_source_tokens=256"):
+        check_plan(load_config("tiny", ["distill.max_source_tokens=256"]))
+    with pytest.raises(PlanError, match="small.max_input_tokens"):
+        check_plan(load_config("tiny", ["small.max_input_tokens=64"]))
+
+
+def test_plan_command_exit_codes(capsys):
+    assert main(["plan", "--config", "qwen"]) == 0
+    assert "Everything fits" in capsys.readouterr().out
+    assert main(["plan", "--config", "paper", "--gpu-memory-gb", "24", "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["problems"] and any(not r["fits"] for r in plan["memory"])
+
+
+def test_every_prompt_at_flan_t5_limit_keeps_its_question_and_cue():
+    # no context cap: every model fits the whole context to its own 512-token limit
+    cfg = load_config("tiny", ["data.context_max_tokens=0", "generation.rationale_max_new_tokens=128"])
+    records = list_prompts(cfg, limit=2)
+    roles = {r["role"].split(":")[0] for r in records}
+    assert roles == set(CUES)
+    assert {r["limit"] for r in records} == {512}, "a seq2seq model's output does not share its input limit"
+    for r in records:
+        assert r["tokens"] <= r["limit"], r
+        assert r["text"].rstrip().endswith(CUES[r["role"].split(":")[0]]), r["text"][-80:]
+        assert "Question: " in r["text"]
+    assert any(r["context_cut"] for r in records), "whole distractor contexts exceed 512 tokens"
+
+
+def test_prompts_command_json(capsys):
+    assert main(["prompts", "--config", "tiny", "--method", "lm_guided", "--limit", "1", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["role"] for r in records} == {"small", "answer"}
+    assert all({"id", "role", "model", "tokens", "limit", "text"} <= set(r) for r in records)
+    assert training_bytes(Shape("causal", 10, 8, 1, 8, 1, 0, 10), batch=1, source=1, target=1, zero_stage=0,
+                          world=1, bf16=True, checkpointing=False) > GIB, "runtime overhead is counted"
