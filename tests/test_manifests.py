@@ -1,24 +1,31 @@
-"""The KubeRay manifests in ``cluster/`` and the ``Dockerfile``, checked without a cluster.
+"""The KubeRay deployment in ``cluster/`` and the ``Dockerfile``, checked without a cluster.
 
-Every RayCluster, RayJob and RayService is validated against the ``openAPIV3Schema`` of the
-KubeRay v1.7.0 CRDs in ``../shared/kuberay-crds/`` made strict: an object schema that lists
-its ``properties`` rejects any other key (what ``kubectl apply --validate=strict`` does), and
-``x-kubernetes-int-or-string`` accepts exactly an int or a string. A misspelt field would
-otherwise be dropped silently by the API server and the pod would run without it.
+``cluster/base`` holds the manifests with two image placeholders (``lmcot``, ``lmcot-submitter``);
+``cluster/overlays/example`` is what a team copies and applies: its registry, storage class and
+node selection, set in one place. Every RayCluster, RayJob and RayService, in the base and as
+``kubectl kustomize`` renders the overlay (skipped where kubectl is absent), is validated against
+the ``openAPIV3Schema`` of the KubeRay v1.7.0 CRDs in ``../shared/kuberay-crds/`` made strict: an
+object schema that lists its ``properties`` rejects any other key (what ``kubectl apply
+--validate=strict`` does), and ``x-kubernetes-int-or-string`` accepts exactly an int or a string.
+A misspelt field would otherwise be dropped silently by the API server.
 
-Then what a schema cannot say: every container has requests and limits and runs as non-root,
-the image and Ray version are pinned to what the tests ran on, Ray token auth is on and
-nothing is exposed outside the cluster, each RayJob's entrypoint parses with the real CLI
-into a real preset, its cluster has the GPUs that preset asks for, and the RayService's Serve
-config is the one in ``serve_configs/`` and parses into the lmcot config.
+Then what a schema cannot say: every container has requests and limits (ephemeral storage too)
+and runs as non-root, the run volume is writable by the pods' uid, every RayJob fails fast when
+its cluster cannot come up, per-GPU requests fit common GPU node types, Ray token auth is on and
+nothing is exposed, each RayJob's entrypoint parses with the real CLI into a real preset and its
+cluster has the GPUs that preset asks for, the RayService's Serve config mirrors the one in
+``serve_configs/``, and the Dockerfile builds what the manifests run.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +33,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
+BASE = CLUSTER / "base"
+OVERLAY = CLUSTER / "overlays" / "example"
 CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
@@ -39,18 +48,26 @@ GROUP_RESOURCE = {"small-lm-gpu": "small_lm", "large-lm-gpu": "large_lm"}
 AUTH = {"mode": "token", "secretName": "lmcot-ray-auth"}
 RUNS_CLAIM, RUNS_MOUNT = "lmcot-runs", "/mnt/runs"
 SERVE_IMPORT = "lmcot.stages.serve:build_app"
+# The base's image placeholders, which an overlay's `images:` replaces: Ray pods, and the small
+# image of the submitters and the volume's init Job (the Dockerfile's default and `submitter` targets).
+RAY_IMAGE, SMALL_IMAGE = "lmcot", "lmcot-submitter"
+HF_TOKEN_REF = {"name": "lmcot-hf-token", "key": "token", "optional": True}
+COMPONENT = "app.kubernetes.io/component"
 
 
 def _pins(path: Path) -> dict[str, str]:
     return dict(re.findall(r"(?im)^([A-Za-z0-9_.\-]+)==([^\s#]+)", path.read_text()))
 
 
-PROJECT_VERSION = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
 RAY_VERSION = _pins(ROOT / "constraints.txt")["ray"]
-IMAGE = f"ghcr.io/lmcot/lmcot:{PROJECT_VERSION}"
 
-DOCS = [(path.name, doc) for path in sorted(CLUSTER.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+def load_docs(text: str, source: str) -> list[tuple[str, dict]]:
+    return [(source, doc) for doc in yaml.safe_load_all(text) if doc]
+
+
+KUSTOMIZATION = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+DOCS = [pair for file in KUSTOMIZATION["resources"] for pair in load_docs((BASE / file).read_text(), file)]
 CRD_DOCS = [(name, doc) for name, doc in DOCS if doc.get("kind") in CRD_FILES]
 JOBS = [(name, doc) for name, doc in DOCS if doc.get("kind") == "RayJob"]
 SERVICES = [doc for _, doc in DOCS if doc.get("kind") == "RayService"]
@@ -58,6 +75,90 @@ SERVICES = [doc for _, doc in DOCS if doc.get("kind") == "RayService"]
 
 def _ids(pairs):
     return [f"{name}:{doc['kind']}" for name, doc in pairs]
+
+
+# --- kustomize ---------------------------------------------------------------------------------
+
+def kustomize(path: Path) -> list[tuple[str, dict]]:
+    """``kubectl kustomize PATH`` as (source, doc) pairs; skips where kubectl is absent."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found on PATH: the kustomize overlays are not rendered here "
+                    "(install kubectl >= 1.32, which bundles kustomize v5.5, to run these checks)")
+    done = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"kubectl kustomize {path}: {done.stderr}"
+    return load_docs(done.stdout, f"{path.name}(rendered)")
+
+
+@pytest.fixture(scope="module")
+def overlay_docs():
+    return kustomize(OVERLAY)
+
+
+def overlay_settings() -> dict:
+    """What the example overlay sets: images, storage class, and node selectors per GPU group."""
+    kust = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    images = {i["name"]: i["newName"] + (f"@{i['digest']}" if "digest" in i else f":{i['newTag']}")
+              for i in kust["images"]}
+    (pvc_patch,) = [p for p in kust["patches"] if p["target"]["kind"] == "PersistentVolumeClaim"]
+    (op,) = yaml.safe_load(pvc_patch["patch"])
+    selectors = {doc["metadata"]["name"].removesuffix("-node-selector") + "-gpu": doc["data"]
+                 for doc in yaml.safe_load_all((OVERLAY / "node-selectors.yaml").read_text())}
+    return {"images": images, "storage_class": op["value"], "node_selectors": selectors}
+
+
+def test_base_lists_every_manifest_and_renders_to_the_same_objects():
+    on_disk = sorted(p.name for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(KUSTOMIZATION["resources"]) == on_disk
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # kustomize orders by kind
+    rendered = sorted((d for _, d in kustomize(BASE)), key=key)
+    assert rendered == sorted((d for _, d in DOCS), key=key), "the base renders as written"
+
+
+def test_overlay_changes_only_images_storage_class_and_node_selectors(overlay_docs):
+    """The overlay is the one place a team edits; what it renders is the base plus its settings."""
+    settings = overlay_settings()
+    assert set(settings["images"]) == {RAY_IMAGE, SMALL_IMAGE}
+    assert all(not image.startswith(("lmcot:", "lmcot@")) and "/" in image for image in settings["images"].values())
+    undone = []
+    for _, doc in overlay_docs:
+        doc = copy.deepcopy(doc)
+        reverse = {v: k for k, v in settings["images"].items()}
+        for _, c, _ in containers(doc):
+            if "image" in c:
+                assert c["image"] in reverse, f"{doc['metadata']['name']}: {c['image']} not from the overlay"
+                c["image"] = reverse[c["image"]]
+        if doc["kind"] == "PersistentVolumeClaim":
+            assert doc["spec"].pop("storageClassName") == settings["storage_class"]
+        for spec in cluster_specs(doc) if doc["kind"] in CRD_FILES else []:
+            for group in spec.get("workerGroupSpecs", []):
+                pod = group["template"]["spec"]
+                assert pod["nodeSelector"] == settings["node_selectors"][group["groupName"]]
+                pod["nodeSelector"] = {}
+        undone.append(doc)
+    key = lambda d: (d["kind"], d["metadata"]["name"])
+    assert sorted(undone, key=key) == sorted((d for _, d in DOCS), key=key)
+    assert not [d for _, d in overlay_docs if d["kind"] == "ConfigMap"], "node selectors are local config"
+
+
+@pytest.mark.parametrize("image", ["registry.internal:5000/ml/lmcot@sha256:" + "ab" * 32, "lmcot.example.org/lmcot:2024-06"])
+def test_one_images_entry_sets_every_ray_pod_image(tmp_path, validators, image):
+    """A team's own registry, tag or digest, set once, reaches every Ray container and still validates."""
+    name, _, ref = image.rpartition("@") if "@" in image else image.rpartition(":")
+    entry = {"name": RAY_IMAGE, "newName": name, **({"digest": ref} if "@" in image else {"newTag": ref})}
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+         "resources": [os.path.relpath(BASE, tmp_path)], "images": [entry]}))
+    docs = kustomize(tmp_path)
+    seen = 0
+    for _, doc in docs:
+        for where, c, _ in containers(doc):
+            if "image" in c:
+                seen += 1
+                assert c["image"] in (image, SMALL_IMAGE), (doc["metadata"]["name"], where, c["image"])
+        if doc["kind"] in CRD_FILES:
+            assert schema_errors(validators, doc) == []
+    assert seen > 20
 
 
 # --- strict CRD schemas -------------------------------------------------------------------
@@ -109,6 +210,13 @@ def test_manifest_matches_strict_kuberay_schema(validators, name, doc):
     assert schema_errors(validators, doc) == []
 
 
+def test_rendered_overlay_matches_strict_kuberay_schema(validators, overlay_docs):
+    crds = [doc for _, doc in overlay_docs if doc["kind"] in CRD_FILES]
+    assert len(crds) == len(CRD_DOCS)
+    for doc in crds:
+        assert schema_errors(validators, doc) == [], doc["metadata"]["name"]
+
+
 def test_strict_schema_rejects_unknown_fields_and_wrong_types(validators):
     (doc,) = [d for _, d in CRD_DOCS if d["kind"] == "RayCluster"]
     assert schema_errors(validators, doc) == []
@@ -145,10 +253,10 @@ def test_strict_schema_rejects_unknown_fields_and_wrong_types(validators):
 # --- what every manifest shares --------------------------------------------------------------
 
 def cluster_specs(doc: dict) -> list[dict]:
-    """The RayCluster specs a manifest creates."""
-    spec = doc["spec"]
+    """The RayCluster specs a manifest creates (none for other kinds)."""
+    spec = doc.get("spec", {})
     return {"RayCluster": [spec], "RayJob": [spec.get("rayClusterSpec")],
-            "RayService": [spec.get("rayClusterConfig")]}[doc["kind"]]
+            "RayService": [spec.get("rayClusterConfig")]}.get(doc["kind"], [])
 
 
 def pod_specs(doc: dict):
@@ -161,6 +269,8 @@ def pod_specs(doc: dict):
             yield group["groupName"], group["template"]["spec"]
     if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
         yield "submitter", doc["spec"]["submitterPodTemplate"]["spec"]
+    if doc["kind"] == "Job":
+        yield "job", doc["spec"]["template"]["spec"]
 
 
 def containers(doc: dict):
@@ -193,7 +303,9 @@ def test_every_container_is_bounded_and_non_root(name, doc):
         seen += 1
         res = c.get("resources", {})
         requests, limits = res.get("requests", {}), res.get("limits", {})
-        for key in ("cpu", "memory"):
+        # The autoscaler writes only to the head's /tmp/ray volume, which KubeRay mounts into it.
+        keys = ("cpu", "memory") if where == "autoscaler" else ("cpu", "memory", "ephemeral-storage")
+        for key in keys:
             assert key in requests and key in limits, f"{name} {where}: needs {key} requests and limits"
             assert quantity(requests[key]) <= quantity(limits[key]), f"{name} {where}: {key} request > limit"
         if "nvidia.com/gpu" in limits:
@@ -211,7 +323,7 @@ def test_every_container_is_bounded_and_non_root(name, doc):
 
 
 @pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
-def test_name_image_and_ray_version_are_pinned(name, doc):
+def test_name_ray_version_and_image_placeholders(name, doc):
     assert RAY_VERSION == "2.60.0"
     meta = doc["metadata"]
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", meta["name"]), "name must be a DNS-1035 label"
@@ -220,7 +332,9 @@ def test_name_image_and_ray_version_are_pinned(name, doc):
         assert spec["rayVersion"] == RAY_VERSION
     for where, c, _ in containers(doc):
         if where != "autoscaler" or "image" in c:  # the autoscaler defaults to the head's image
-            assert c["image"] == IMAGE, f"{name} {where}: {c['image']} (pinned, never :latest)"
+            # A bare placeholder, so an overlay's `images:` sets registry, tag or digest in one place.
+            want = SMALL_IMAGE if where.startswith("submitter/") else RAY_IMAGE
+            assert c["image"] == want, f"{name} {where}: {c['image']}"
             assert c.get("imagePullPolicy") != "Always"
 
 
@@ -243,7 +357,7 @@ def test_token_auth_on_and_nothing_exposed(name, doc):
 def test_no_ingress_or_external_service_and_pvc_shape():
     kinds = {doc["kind"] for _, doc in DOCS}
     assert {"RayCluster", "RayJob", "RayService", "PersistentVolumeClaim"} <= kinds
-    assert kinds <= set(CRD_FILES) | {"PersistentVolumeClaim", "Service", "Secret", "ConfigMap"}, kinds
+    assert kinds <= set(CRD_FILES) | {"PersistentVolumeClaim", "Job", "Service", "Secret", "ConfigMap"}, kinds
     for name, doc in DOCS:
         assert doc.get("apiVersion") and doc.get("kind"), name
         assert isinstance(doc.get("metadata", {}).get("name"), str), f"{name}: metadata.name"
@@ -260,6 +374,9 @@ def test_no_ingress_or_external_service_and_pvc_shape():
     assert pvc["apiVersion"] == "v1" and pvc["metadata"]["name"] == RUNS_CLAIM
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "head and workers share it across nodes"
     assert quantity(pvc["spec"]["resources"]["requests"]["storage"]) > 0
+    # The cluster default is usually ReadWriteOnce block storage: the overlay names an RWX class.
+    assert "storageClassName" not in pvc["spec"] and "storageClassName" in (BASE / "pvc.lmcot-runs.yaml").read_text()
+    assert overlay_settings()["storage_class"]
 
 
 @pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
@@ -272,6 +389,17 @@ def test_every_ray_pod_mounts_the_shared_run_dir(name, doc):
         mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0].get("volumeMounts", [])}
         assert claims.get(mounts.get(RUNS_MOUNT)) == RUNS_CLAIM, f"{name} {where}: {RUNS_MOUNT}"
         assert pod["containers"][0].get("workingDir") == "/home/ray/lmcot", "jobs/ paths are relative"
+        sec = pod["securityContext"]
+        assert sec["fsGroup"] == 100 and sec["fsGroupChangePolicy"] == "OnRootMismatch", f"{name} {where}"
+        # /tmp (Ray's logs and spilling, the HF trainer's checkpoints) on a bounded emptyDir, not
+        # the container's root filesystem; the container's ephemeral-storage limit covers it.
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        tmp = volumes[mounts["/tmp"]]["emptyDir"]
+        assert "medium" not in tmp and quantity(tmp["sizeLimit"]) > 0, f"{name} {where}: /tmp"
+        limits = pod["containers"][0]["resources"]["limits"]
+        assert quantity(tmp["sizeLimit"]) < quantity(limits["ephemeral-storage"]), f"{name} {where}"
+        shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+        assert shm["medium"] == "Memory" and quantity(shm["sizeLimit"]) <= quantity(limits["memory"]) / 3
 
 
 # --- GPU groups and what the presets ask of them -------------------------------------------------
@@ -304,7 +432,8 @@ def test_gpu_groups_advertise_their_role(name, doc):
             if group["minReplicas"] == 0:
                 assert spec.get("enableInTreeAutoscaling"), f"{group_name}: scale from zero needs the autoscaler"
             pod = group["template"]["spec"]
-            assert pod["nodeSelector"] == {"lmcot/gpu-pool": group_name.removesuffix("-gpu")}
+            assert pod["nodeSelector"] == {}, "node selection is the overlay's (node-selectors.yaml)"
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
 def job_args(doc: dict):
@@ -353,6 +482,9 @@ def test_ray_job_owns_its_cluster_and_cleans_up(name, doc):
     assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] >= 1
+    # An unschedulable pod fails the job in minutes instead of holding the GPUs that did schedule
+    # until activeDeadlineSeconds (hours to days).
+    assert 600 <= spec["preRunningDeadlineSeconds"] <= 3600 < spec["activeDeadlineSeconds"]
     assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
     assert not spec.get("entrypointNumCpus") and not spec.get("entrypointNumGpus"), "drivers run on the head"
 
@@ -391,7 +523,97 @@ def test_ray_job_cluster_holds_what_its_preset_asks(name, doc):
         assert group["gpus"] >= gpus and group["cpus"] >= cpus, (name, group["gpus"], gpus, cpus)
 
 
+# --- sizing, storage, secrets, and applying one part at a time ---------------------------------------
+
+# Common GPU nodes: (vCPUs, memory GiB, GPUs), from the providers' published shapes. A pod must fit
+# 90 % of its per-GPU share: the rest is the kubelet's reservations and the DaemonSets (GPU device
+# plugin, logging, CNI). 1-GPU nodes with 8 vCPUs take only the small LM (a 24-48 GB card).
+NODE_TYPES = {
+    "p4d.24xlarge (8x A100 40GB)": (96, 1152, 8), "p5.48xlarge (8x H100)": (192, 2048, 8),
+    "a2-highgpu-8g (8x A100 40GB)": (96, 633, 8), "a3-highgpu-8g (8x H100)": (208, 1743, 8),
+    "ND96asr_v4 (8x A100 40GB)": (96, 900, 8), "a2-highgpu-1g (A100 40GB)": (12, 79, 1),
+    "a3-highgpu-1g (H100)": (26, 218, 1), "g6e.2xlarge (L40S)": (8, 64, 1),
+}
+SMALL_ONLY = {"g6e.2xlarge (L40S)"}
+NODE_SHARE = 0.9
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_per_gpu_requests_fit_common_gpu_nodes(name, doc):
+    for spec in cluster_specs(doc):
+        for group_name, g in gpu_groups(spec).items():
+            requests = g["group"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+            for node, (cpus, mem_gib, gpus) in NODE_TYPES.items():
+                if group_name == "large-lm-gpu" and node in SMALL_ONLY:
+                    continue
+                assert quantity(requests["cpu"]) <= NODE_SHARE * cpus / gpus, (name, group_name, node)
+                assert quantity(requests["memory"]) <= NODE_SHARE * mem_gib * 2**30 / gpus, (name, group_name, node)
+            # The sums behind the numbers stand next to each group (docs/deployment.md has the table).
+            text = (BASE / name).read_text()
+            assert re.search(rf"# {group_name}, per GPU: {requests['cpu']} CPU, "
+                             rf"{requests['memory'].removesuffix('Gi')} GiB", text), (name, group_name)
+
+
+def test_run_volume_init_job_is_the_only_root_container():
+    (job,) = [doc for _, doc in DOCS if doc["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sec = c["securityContext"]
+    assert c["image"] == SMALL_IMAGE and pod["restartPolicy"] == "Never"
+    assert sec["runAsUser"] == 0 and sec["allowPrivilegeEscalation"] is False
+    assert sec["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    assert [claims[m["name"]] for m in c["volumeMounts"] if m["mountPath"] == RUNS_MOUNT] == [RUNS_CLAIM]
+    script = c["args"][0]
+    assert "chown 1000:100" in script and 'stat -c %u "$d")" != 1000' in script, "only when not yet owned"
+    assert job["metadata"]["labels"][COMPONENT] == "run-volume", "applied with the claim"
+    for _, doc in CRD_DOCS:
+        for where, c, pod in containers(doc):
+            assert c.get("securityContext", {}).get("runAsUser", 1000) == 1000
+
+
+def test_each_part_is_applied_on_its_own_by_label():
+    """`kubectl apply -k OVERLAY -l app.kubernetes.io/component=X` picks exactly one part."""
+    parts: dict[str, list[str]] = {}
+    for _, doc in DOCS:
+        parts.setdefault(doc["metadata"]["labels"][COMPONENT], []).append(doc["kind"])
+    assert sorted(parts.pop("run-volume")) == ["Job", "PersistentVolumeClaim"]
+    assert all(len(kinds) == 1 for kinds in parts.values()), parts
+    assert set(parts) == set(JOB_SCRIPTS) | {"ray-cluster", "serve"}
+    used = set()
+    for doc_file in (ROOT / "README.md", CLUSTER / "README.md", OVERLAY / "kustomization.yaml"):
+        used |= set(re.findall(rf"-l {re.escape(COMPONENT)}=([a-z-]+)", doc_file.read_text()))
+    assert used and used <= set(parts) | {"run-volume"}, used - set(parts)
+    assert {"run-volume", "refine", "serve"} <= used, "the docs walk through storage, refine, then serve"
+
+
+@pytest.mark.parametrize("name,doc", CRD_DOCS, ids=_ids(CRD_DOCS))
+def test_hf_token_reaches_model_pods_from_an_optional_secret_only(name, doc):
+    for where, c, _ in containers(doc):
+        env = {e["name"]: e for e in c.get("env", [])}
+        if where == "autoscaler" or where.startswith("submitter/"):
+            assert "HF_TOKEN" not in env, f"{name} {where}: loads no model"
+            continue
+        assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": HF_TOKEN_REF}}, where
+        for e in env.values():
+            assert not (e["name"].endswith("TOKEN") and "value" in e), f"{name} {where}: {e['name']} inline"
+    # A runtime_env is shown in the dashboard: no secrets there, nor anything else per job.
+    assert "runtimeEnvYAML" not in doc["spec"]
+
+
 # --- the RayService and its Serve config -------------------------------------------------------
+
+def test_ray_service_upgrades_in_place_and_reads_what_refine_wrote():
+    (doc,) = SERVICES
+    # NewCluster (the default) builds a whole second GPU cluster for any change to rayClusterConfig.
+    assert doc["spec"]["upgradeStrategy"] == {"type": "None"}
+    (refine,) = [d for n, d in JOBS if n == "ray-job.refine.yaml"]
+    _, args = job_args(refine)
+    (app,) = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["small"]["name_or_path"] == f"{args.run_dir}/refine/model"
+    assert app["args"]["config"] == args.config
+
 
 def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
     from lmcot.stages.serve import config_from_args  # what build_app parses its args with
@@ -401,7 +623,7 @@ def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
     (app,) = serve["applications"]
     assert app["import_path"] == SERVE_IMPORT
     # serve_configs/lmcot.gpu.yaml, but serving the small LM that ray-job.refine.yaml trained,
-    # each model pinned to its GPU group.
+    # each model pinned to its GPU group: these are the only fields that may differ.
     refined = f"{RUNS_MOUNT}/paper/refine/model"
     assert app["args"]["small"]["name_or_path"] == refined
     expected = yaml.safe_load((ROOT / "serve_configs" / "lmcot.gpu.yaml").read_text())
@@ -420,29 +642,79 @@ def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
     assert serve_cfg.rationalizer.num_gpus * most[id(serve_cfg.rationalizer)] <= groups["small-lm-gpu"]["gpus"]
     for d in deployments:
         assert d.num_gpus <= 1 and any(d.num_cpus <= g["cpus"] for g in groups.values())
+    large_limits = groups["large-lm-gpu"]["group"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert serve_cfg.answerer.memory_gb * 1e9 <= quantity(large_limits["memory"])
     assert serve_cfg.auth_token_env, "the RayService serves with bearer auth"
     for where, c, _ in containers(doc):
         if where != "autoscaler":
             env = {e["name"]: e for e in c.get("env", [])}
             ref = env[serve_cfg.auth_token_env]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "lmcot-serve-auth", "key": "token"}, f"{where}: token from the Secret"
+            # Serve's HTTP proxy answers its own errors as JSON (lmcot.stages.serve_http).
+            from lmcot.stages.serve_http import PROXY_CALLBACK
+            assert env[PROXY_CALLBACK[0]]["value"] == PROXY_CALLBACK[1], where
 
 
-# --- the image -------------------------------------------------------------------------------------
+# --- the images ------------------------------------------------------------------------------------
 
-def test_dockerfile_pins_what_the_tests_ran_on_and_runs_non_root():
-    text = (ROOT / "Dockerfile").read_text()
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
-    froms = [l.split()[1] for l in lines if l.upper().startswith("FROM ")]
-    assert froms and all(":" in f and not f.endswith(":latest") for f in froms), froms
-    assert froms[-1] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"
+def dockerfile_stages() -> dict[str, dict]:
+    """Stage name -> {from, lines} of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    args = dict(re.findall(r"(?m)^ARG (\w+)=(\S+)", text.split("\nFROM ", 1)[0]))
+    stages: dict[str, dict] = {}
+    for line in (l.strip() for l in text.splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            base, _, name = line.split()[1:4]
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+            stages[name] = {"from": base, "lines": []}
+        elif stages:
+            stages[list(stages)[-1]]["lines"].append(line)
+    return stages
+
+
+def test_dockerfile_targets_layers_and_cuda():
+    stages = dockerfile_stages()
+    assert list(stages)[-1] == "lmcot", "the default target is the image of every Ray pod"
+    assert stages["ray-base"]["from"] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"
+    assert {"submitter", "vllm"} <= set(stages)
+
+    def chain(name):  # a stage and the stages it is built on
+        return [name] + (chain(stages[name]["from"]) if stages[name]["from"] in stages else [])
+
+    def run(name):
+        return " ".join(l for s in chain(name) for l in stages[s]["lines"] if l.startswith("RUN "))
+
     (torch_pin,) = set(re.findall(r"\btorch==([0-9.]+)", (ROOT / "Makefile").read_text()))
-    assert re.search(rf"\btorch=={re.escape(torch_pin)}\b", text), f"torch=={torch_pin} as in the Makefile"
-    assert "-c constraints.txt" in text, "the exact versions of constraints.txt"
-    users = [l.split()[1] for l in lines if l.upper().startswith("USER ")]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image ends as a non-root user"
-    workdir = [l.split()[1] for l in lines if l.upper().startswith("WORKDIR ")]
-    assert workdir[-1] == "/home/ray/lmcot"
+    for target, cuda in (("lmcot", r"\$\{TORCH_CUDA\}"), ("vllm", "cu130")):
+        text = run(target)
+        # torch from PyTorch's index for a named CUDA, then a build-time check of torch.version.cuda.
+        assert re.search(rf"--index-url \"?https://download\.pytorch\.org/whl/{cuda}\"? \"torch=={re.escape(torch_pin)}\+{cuda}\"", text), target
+        assert "torch.version.cuda ==" in text, target
+        # Dependencies before code: the stages that install them copy no package code, and the
+        # final stage installs the package alone on top.
+        for stage in chain(target)[1:]:
+            for line in (l for l in stages[stage]["lines"] if l.startswith("COPY ")):
+                sources = {w for w in line.split()[1:-1] if not w.startswith("--")}
+                assert sources <= {"constraints.txt", "pyproject.toml"}, (stage, line)
+        assert "-r /home/ray/requirements.txt" in text and "pip install --no-deps -e ." in text
+    assert re.search(r"\bvllm==[0-9.]+", run("vllm")) and "vllm" not in run("lmcot")
+    assert "-c constraints.txt" in run("lmcot"), "the exact versions of constraints.txt"
+    assert "ARG TORCH_CUDA=cu128" in (ROOT / "Dockerfile").read_text()
+
+    submitter = stages["submitter"]
+    assert submitter["from"].startswith("python:3.11-slim")
+    text = " ".join(submitter["lines"])
+    assert f'"ray[default]=={RAY_VERSION}"' in text and "torch" not in text, "the Ray CLI, nothing heavy"
+    for target in ("lmcot", "vllm", "submitter"):
+        users = [l.split()[1] for s in chain(target) for l in stages[s]["lines"] if l.startswith("USER ")]
+        assert users and users[0].split(":")[0] not in ("root", "0"), f"{target} ends as a non-root user"
+        workdir = [l.split()[1] for s in chain(target)[::-1] for l in stages[s]["lines"] if l.startswith("WORKDIR ")]
+        assert workdir[-1] == ("/home/ray" if target == "submitter" else "/home/ray/lmcot"), target
+
+
+def test_dockerignore_allows_only_what_the_dockerfile_copies():
     # .dockerignore is an allowlist: nothing but the package, its entry points and presets.
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
                 if p.strip() and not p.startswith("#")]
@@ -450,7 +722,8 @@ def test_dockerfile_pins_what_the_tests_ran_on_and_runs_non_root():
     kept = [p[1:].strip("/") for p in patterns if p.startswith("!")]
     assert {"lmcot", "jobs", "configs", "constraints.txt", "pyproject.toml"} <= set(kept)
     assert not {".venv", "artifacts", "runs", ".git", "tests"} & set(kept)
-    copied = re.findall(r"(?im)^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", text)
-    for sources in copied:
-        for src in sources.split():
-            assert src.strip("/") in kept, f"COPY {src}: not in the .dockerignore allowlist"
+    for stage in dockerfile_stages().values():
+        for line in stage["lines"]:
+            if line.startswith("COPY ") and "--from=" not in line:
+                for src in [w for w in line.split()[1:-1] if not w.startswith("--")]:
+                    assert src.strip("/") in kept, f"COPY {src}: not in the .dockerignore allowlist"
