@@ -13,7 +13,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from lmcot.config import EvalConfig, GenerationConfig
-from lmcot.context import build_context
+from lmcot.context import ORACLE_MODES, build_context
 from lmcot.data import Example
 from lmcot.generation import Generator, Usage
 from lmcot.method import MethodResult, Question, run_method
@@ -49,7 +49,12 @@ def evaluate(
 
 
 def summarize(examples: Sequence[Example], results: Sequence[MethodResult], aliases: dict | None = None) -> dict:
-    """Official answer metrics plus the cost per question of each model."""
+    """Official answer metrics plus the cost per question of each model.
+
+    Prompt and completion tokens are kept apart: completion tokens of the large LM are what
+    LM-guided CoT saves. ``n`` samples of one prompt count its prompt tokens once, as the
+    generators prefill it once and as OpenAI-compatible servers report ``usage`` for ``n``.
+    """
     predictions = {"answer": {r.id: r.answer for r in results}}
     metrics = score_predictions(list(examples), predictions, aliases)
     n = max(1, len(results))
@@ -58,11 +63,14 @@ def summarize(examples: Sequence[Example], results: Sequence[MethodResult], alia
         for r in results:
             total.add(r.usage[role])
         metrics[f"{role}_calls_per_question"] = total.calls / n
+        metrics[f"{role}_prompt_tokens_per_question"] = total.prompt_tokens / n
+        metrics[f"{role}_completion_tokens_per_question"] = total.completion_tokens / n
         metrics[f"{role}_tokens_per_question"] = (total.prompt_tokens + total.completion_tokens) / n
     return metrics
 
 
-def write_outputs(out_dir: Path, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]]) -> dict:
+def write_outputs(out_dir: Path, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]],
+                  context_mode: str = "all") -> dict:
     """``predictions.json`` (official format), ``metrics.json``, ``details.jsonl`` and ``report.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = {r.id: r.answer for results, _ in per_dataset.values() for r in results}
@@ -71,6 +79,8 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, per_dataset: dict[str, tuple[l
         "method": cfg.method,
         "self_consistency": cfg.self_consistency,
         "label": cfg.output_label,
+        "context_mode": context_mode,
+        "oracle": context_mode in ORACLE_MODES,
         "datasets": {name: metrics for name, (_, metrics) in per_dataset.items()},
     }
     write_json(out_dir / "metrics.json", summary)
@@ -91,15 +101,22 @@ def render_report(summary: dict) -> str:
         "",
         f"Method `{summary['method']}`, self-consistency k={summary['self_consistency']}.",
         "",
-        "| dataset | n | EM | F1 | precision | recall | large-LM calls/q | large-LM tokens/q | small-LM tokens/q |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | n | EM | F1 | precision | recall | large-LM calls/q | large-LM prompt tok/q | "
+        "large-LM completion tok/q | small-LM tokens/q |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in summary["datasets"].items():
         rows.append(
             f"| {name} | {m['n']} | {100 * m['em']:.1f} | {100 * m['f1']:.1f} | {100 * m['prec']:.1f} | "
-            f"{100 * m['recall']:.1f} | {m['large_calls_per_question']:.2f} | {m['large_tokens_per_question']:.0f} | "
+            f"{100 * m['recall']:.1f} | {m['large_calls_per_question']:.2f} | "
+            f"{m.get('large_prompt_tokens_per_question', 0):.0f} | {m.get('large_completion_tokens_per_question', 0):.0f} | "
             f"{m['small_tokens_per_question']:.0f} |"
         )
+    rows += ["", "Token counts are those of the fitted prompts the models received; the n samples of one prompt "
+             "count its prompt once (one prefill, as OpenAI-compatible servers bill n)."]
+    if summary.get("context_mode") in ORACLE_MODES:
+        rows += ["", f"**Oracle setting**: data.context_mode={summary['context_mode']} reads the gold supporting "
+                 "facts to build the context; not comparable with a fair evaluation."]
     return "\n".join(rows) + "\n"
 
 

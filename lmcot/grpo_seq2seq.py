@@ -113,7 +113,8 @@ def sample_rollouts(model, tokenizer, prompts: Sequence[str], k: int, *, max_new
                     temperature: float = 1.0, top_p: float = 1.0, max_prompt_tokens: int = 512) -> Rollouts:
     """Sample ``k`` completions per prompt (rows grouped by prompt) from an encoder-decoder model."""
     device = next(model.parameters()).device
-    enc = tokenizer(list(prompts), padding=True, truncation=True, max_length=max_prompt_tokens, return_tensors="pt")
+    # Prompts come fitted to the small LM's limit (lmcot.fitting): never cut them here.
+    enc = tokenizer(list(prompts), padding=True, truncation=False, return_tensors="pt")
     enc = {key: v.to(device) for key, v in enc.items()}
     was_training = model.training
     model.eval()

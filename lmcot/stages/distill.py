@@ -57,6 +57,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     from transformers import AutoConfig
 
     from lmcot.data import load_split
+    from lmcot.fitting import PromptFitter
     from lmcot.models import context_tokenizer, detect_family, load_tokenizer, resolve_model_path
     from lmcot.sft_data import (build_pairs, check_tokenizer_vocab, encode_pairs, pairs_fingerprint,
                                 read_kept_rows, rebuild_contexts, rows_needing_context, sample_prompts, split_pairs)
@@ -80,14 +81,20 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
                                     tokenizer=context_tokenizer(cfg.large), max_tokens=cfg.data.context_max_tokens)
     pairs = build_pairs(rows, contexts, limit=dc.limit)
     train_pairs, val_pairs = split_pairs(pairs, dc.eval_fraction, cfg.seed)
+    # The small LM's own fitter: training prompts are exactly those it is later served.
+    fitter = PromptFitter.for_model(spec, tokenizer, family, model_config, field="small.max_input_tokens")
     encode = dict(family=family, max_source_tokens=dc.max_source_tokens, max_target_tokens=dc.max_target_tokens,
-                  chat_template=spec.chat_template)
+                  chat_template=spec.chat_template, fitter=fitter, reserve=cfg.generation.rationale_max_new_tokens)
     train = encode_pairs(tokenizer, train_pairs, **encode)
     val = encode_pairs(tokenizer, val_pairs, **encode) if val_pairs else None
+    longest = max(len(train.source_ids(i)) for i in range(len(train))) if len(train) else 0
+    if longest > dc.max_source_tokens:
+        raise ValueError(f"distill.max_source_tokens={dc.max_source_tokens} is below the longest small-LM prompt "
+                         f"({longest} tokens, as served): raise it to {longest} or lower small.max_input_tokens "
+                         "(`lmcot plan` checks this)")
     if train.truncated_sources:
-        log.warning("distill: %d of %d prompts are longer than distill.max_source_tokens=%d and lose their start; "
-                    "the model sees them whole at inference: raise distill.max_source_tokens above the longest "
-                    "prompt (data.context_max_tokens + ~64)", train.truncated_sources, len(train), dc.max_source_tokens)
+        log.info("distill: %d of %d prompts have their context shortened to the small LM's limit of %d tokens, "
+                 "as at inference", train.truncated_sources, len(train), fitter.limit)
     if train.truncated_targets:
         log.warning("distill: %d of %d rationales are cut to distill.max_target_tokens=%d",
                     train.truncated_targets, len(train), dc.max_target_tokens)

@@ -137,7 +137,7 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
         judged[0].extend(questions)
         judged[1].extend(results)
     out_dir = run_dir.eval_dir(ev.output_label)
-    summary = write_outputs(out_dir, ev, per_dataset)
+    summary = write_outputs(out_dir, ev, per_dataset, cfg.data.context_mode)
     if judge_aspects and any(r.rationales for r in judged[1]):
         judge = RewardJudge(large, answer_max_new_tokens=cfg.generation.answer_max_new_tokens)
         write_json(run_dir.eval_aspects(ev.output_label), judge_rationales(judged[0], judged[1], judge))

@@ -60,7 +60,10 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
         raise ValueError("refine.scaling.zero_stage=3 is not supported by the seq2seq GRPO loop (sampling would "
                          "need gathered weights): use zero_stage 2, which shards optimizer state and gradients")
     tokenizer = load_tokenizer(str(model_dir), family)
-    rows = build_rows(cfg, family, tokenizer, rc.max_steps * rc.prompts_per_step * rc.scaling.num_workers)
+    from transformers import AutoConfig
+
+    rows = build_rows(cfg, family, tokenizer, rc.max_steps * rc.prompts_per_step * rc.scaling.num_workers,
+                      AutoConfig.from_pretrained(str(model_dir)))
     # A model folder without lmcot's record (copied in by hand) is known by its files' time.
     distilled = run_dir.model_identity("distill") or str((model_dir / "config.json").stat().st_mtime)
     inputs = cfg.sections("seed", "large", "generation", "data", "refine") | {
@@ -70,7 +73,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
                 identity=identity(inputs))
 
 
-def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
+def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -> list[dict]:
     """``n`` seeded training questions as rows: the small LM's prompt plus the reward columns.
 
     Contexts are fitted to the large LM's tokenizer (the judge reads them); gold answers
@@ -80,8 +83,8 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
     from lmcot.evaluation import prepare_questions
     from lmcot.metrics import load_aliases
     from lmcot.models import context_tokenizer
+    from lmcot.fitting import PromptFitter
     from lmcot.prompts import small_rationale_prompt
-    from lmcot.sft_data import format_prompt
 
     pool = []
     for spec in cfg.data.datasets:
@@ -93,11 +96,13 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int) -> list[dict]:
     pool = pool[:n]
     questions = prepare_questions([ex for ex, _ in pool], mode=cfg.data.context_mode,
                                   tokenizer=context_tokenizer(cfg.large), max_tokens=cfg.data.context_max_tokens)
+    # Fitted as the served small LM fits them (same limit: small.max_input_tokens or the declared one).
+    fitter = PromptFitter.for_model(cfg.small, tokenizer, family, model_config, field="small.max_input_tokens")
+    reserve = cfg.refine.max_new_tokens or cfg.generation.rationale_max_new_tokens
     rows = []
     for (ex, aliases), q in zip(pool, questions):
         golds = [ex.answer] + [a for a in aliases.get(getattr(ex, "answer_id", ""), ()) if a != ex.answer]
-        prompt = format_prompt(tokenizer, small_rationale_prompt(q.question, q.context), family,
-                               cfg.small.chat_template)
+        prompt = fitter.fit(small_rationale_prompt(q.question, q.context), reserve).text
         rows.append({"prompt": prompt, "question": q.question, "context": q.context, "answer": golds})
     return rows
 
