@@ -43,7 +43,7 @@ class ModelSpec:
     tokenizer, set it to the endpoint's context window (tokens are then estimated from characters)."""
     ray_resource: str = field(default="", metadata={"fingerprint": False})
     """A custom Ray resource that pins every actor or worker holding this model to the worker
-    group offering it (``small_lm`` / ``large_lm`` in ``cluster/ray-cluster.lmcot.yaml``), so
+    group offering it (``small_lm`` / ``large_lm`` in ``cluster/base/ray-cluster.lmcot.yaml``), so
     the autoscaler grows the right GPU group; empty: any node with the CPUs/GPUs it needs."""
 
     def placement(self) -> dict[str, float]:
