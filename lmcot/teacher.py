@@ -40,7 +40,8 @@ from lmcot.config import Config, DataConfig, RationalesConfig
 from lmcot.context import build_context
 from lmcot.data import Example, parse_records, to_official_json
 from lmcot.metrics import answer_metrics
-from lmcot.prompts import split_rationale, teacher_rationale_prompt
+from lmcot.prompts import (ANSWER_CUE, answer_from_rationale_prompt, parse_answer, split_rationale,
+                           teacher_rationale_prompt)
 
 if TYPE_CHECKING:
     from lmcot.generation import Generator
@@ -189,10 +190,32 @@ def generate_rows(generator: Generator, rows: Sequence[dict], cfg: Config, token
                 out.append({
                     "dataset": row["dataset"], "id": row["id"], "sample": int(sample), "question": row["question"],
                     "context": context, "output": text, "gold_answer": row["golds"][0],
-                    **judge_output(text, row["golds"], rc),
+                    **judge_output(text, row["golds"], rc), "golds": row["golds"],
                     "prompt_tokens": int(g.prompt_tokens), "completion_tokens": int(tokens), "teacher": teacher,
                 })
+    if rc.judged_answer == "from_rationale":
+        rejudge_from_rationale(generator, out, cfg)
+    for r in out:
+        del r["golds"]
     return out
+
+
+def rejudge_from_rationale(generator: Generator, rows: list[dict], cfg: Config) -> None:
+    """Score each rationale by the large LM's greedy answer *from it* (what LM-guided inference does).
+
+    ``teacher_answer``, ``em``, ``f1``, ``kept`` and ``reason`` then describe that answer; rows
+    without a rationale keep their verdict.
+    """
+    todo = [r for r in rows if r["rationale"].strip()]
+    answers = generator.generate(
+        [answer_from_rationale_prompt(r["question"], r["context"], r["rationale"]) for r in todo],
+        max_new_tokens=cfg.generation.answer_max_new_tokens,
+    )
+    for r, g in zip(todo, answers):
+        r.update(judge_output(f"{r['rationale']} {ANSWER_CUE} {parse_answer(g.texts[0])}", r["golds"],
+                              cfg.rationales))
+        r["prompt_tokens"] += int(g.prompt_tokens)
+        r["completion_tokens"] += int(g.completion_tokens)
 
 
 def rows_to_table(rows: Sequence[dict]) -> pa.Table:

@@ -17,6 +17,10 @@ class RationalesConfig:
     """Rationales drawn per training question (sampled at ``generation.temperature`` when > 1)."""
     filter: str = "em"
     """Keep a rationale when the teacher's answer from it is right: ``em`` or ``f1`` >= ``f1_threshold``."""
+    judged_answer: str = "teacher"
+    """Which answer the filter scores: ``teacher`` (the answer the teacher's own CoT ends with) or
+    ``from_rationale`` (the large LM answers again from the rationale alone with the
+    answer-from-rationale prompt, as at LM-guided inference; one more greedy call per rationale)."""
     f1_threshold: float = 0.5
     """With ``filter: f1``: the least token F1 of the teacher's answer for a rationale to be kept.
     0 keeps every rationale, even one stating no answer (plumbing runs with a random teacher);
@@ -39,6 +43,8 @@ class RationalesConfig:
     def __post_init__(self):
         if self.samples_per_question < 1:
             raise ValueError("samples_per_question must be >= 1")
+        if self.judged_answer not in ("teacher", "from_rationale"):
+            raise ValueError(f"judged_answer={self.judged_answer!r} is not one of teacher, from_rationale")
         if self.filter not in FILTERS:
             raise ValueError(f"filter={self.filter!r} is not one of {', '.join(FILTERS)}")
         if not 0 <= self.f1_threshold <= 1:

@@ -157,6 +157,34 @@ def test_generate_rows_one_row_per_missing_sample(cfg, examples, teacher, k):
         assert [r["output"] for r in again] == [r["output"] for r in out]
 
 
+class RuleTeacher:
+    """Answers by role: its own CoT names the wrong city; asked from the rationale, the right one."""
+
+    def __init__(self, right: str):
+        self.right, self.calls = right, []
+
+    def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
+        from lmcot.generation import Generation
+
+        self.calls.append([p.role for p in prompts])
+        text = lambda p: self.right if p.role == "answer" else "A was born there. So the answer is: Nowhere."  # noqa: E731
+        return [Generation((text(p),) * n, 10, 3 * n) for p in prompts]
+
+
+def test_filter_can_judge_the_answer_the_large_lm_gives_from_the_rationale(cfg, examples):
+    ex = examples["hotpotqa"][0]
+    rows = question_rows([ex], "hotpotqa", 1, done=set())
+    own = generate_rows(RuleTeacher(ex.answer), rows, load_config("tiny", ["rationales.filter=em"]))
+    assert [(r["kept"], r["reason"]) for r in own] == [(False, "wrong_answer")]
+    teacher = RuleTeacher(ex.answer)
+    guided = generate_rows(teacher, rows, load_config("tiny", ["rationales.filter=em",
+                                                               "rationales.judged_answer=from_rationale"]))
+    assert teacher.calls == [["teacher"], ["answer"]]
+    [r] = guided
+    assert (r["kept"], r["teacher_answer"], r["rationale"]) == (True, ex.answer, "A was born there.")
+    assert r["prompt_tokens"] == 20 and rows_to_table(guided).schema == SCHEMA
+
+
 # -- the shard store --------------------------------------------------------------------------
 def test_store_writes_whole_shards_and_never_a_key_twice(tmp_path):
     with ShardStore(tmp_path, shard_rows=3) as store:
