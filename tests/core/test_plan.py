@@ -88,3 +88,10 @@ def test_prompts_command_json(capsys):
     assert all({"id", "role", "model", "tokens", "limit", "text"} <= set(r) for r in records)
     assert training_bytes(Shape("causal", 10, 8, 1, 8, 1, 0, 10), batch=1, source=1, target=1, zero_stage=0,
                           world=1, bf16=True, checkpointing=False) > GIB, "runtime overhead is counted"
+
+
+def test_lmcot_run_checks_the_plan_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "--config", "tiny", "--run-dir", str(run), "--set", "distill.max_source_tokens=256"]) == 2
+    assert "distill.max_source_tokens=256" in capsys.readouterr().err
+    assert not run.exists(), "nothing started, nothing written"
