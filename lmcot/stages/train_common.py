@@ -262,7 +262,7 @@ def hf_training_args(scaling: ScalingConfig, *, output_dir: str, per_device_batc
         deepspeed=deepspeed_config(scaling, hf_trainer=True),
         bf16=scaling.bf16,
         torch_compile=scaling.torch_compile,
-        gradient_checkpointing=scaling.gradient_checkpointing,
+        **({"gradient_checkpointing": True} if scaling.gradient_checkpointing else {}),
         use_cpu=not scaling.use_gpu,
         ddp_backend=None if scaling.use_gpu else "gloo",
         report_to="none",

@@ -169,21 +169,24 @@ def test_bad_input_fails_before_any_worker_starts(ray_cluster, tmp_path):
     assert not run_dir.distill_checkpoints.exists() and not run_dir.distill_model.exists()
 
 
-@pytest.mark.parametrize("small", ["tiny:t5-small", "tiny:causal-small"])
-def test_one_and_two_workers_take_the_same_steps(ray_cluster, tmp_path, small):
+def test_one_and_two_workers_take_the_same_steps(ray_cluster, tmp_path):
     """The same global batch of 8 on 1 worker x 8 or 2 workers x 4 gives the same losses: the loss is
-    normalised by the global batch's target tokens, whatever their split over the ranks (rationales of
-    different lengths make a per-rank mean differ)."""
+    normalised by the global batch's target tokens, whatever their split over the ranks (the rationales
+    differ in length, so a mean per rank would differ). T5 without dropout, whose masks would differ."""
+    model = tmp_path / "t5-no-dropout"
+    shutil.copytree(resolve_model_path("tiny:t5-small"), model)
+    config_file = model / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "dropout_rate": 0.0}))
     losses = {}
     for workers in (1, 2):
         run_dir = RunDir(tmp_path / f"run-{workers}")
         write_rationales(run_dir, hotpot(16), with_context=True)
-        cfg = config(small, 3, 0.01, f"distill.scaling.num_workers={workers}",
+        cfg = config(str(model), 2, 0.01, f"distill.scaling.num_workers={workers}",
                      f"distill.per_device_batch_size={8 // workers}", "distill.eval_fraction=0.0",
-                     "distill.sample_rationales=0", "distill.logging_steps=1", "distill.save_steps=3",
-                     "distill.eval_steps=3")
+                     "distill.sample_rationales=0", "distill.logging_steps=1", "distill.save_steps=2",
+                     "distill.eval_steps=2")
         distill.run(cfg, run_dir)
         losses[workers] = [e["loss"] for e in load_jsonl(run_dir.metrics("distill")) if "loss" in e]
-    assert len(losses[1]) == 3
-    assert losses[2] == pytest.approx(losses[1], rel=2e-3), losses
-    assert losses[1][0] != pytest.approx(losses[1][-1], rel=1e-2), "the steps changed the model"
+    assert len(losses[1]) == 2
+    assert losses[2] == pytest.approx(losses[1], rel=1e-3), losses
+    assert losses[1][0] != pytest.approx(losses[1][1], rel=1e-2), "the first step changed the model"
