@@ -12,8 +12,17 @@ in one run (calls interleaved, so a busy machine slows both sides alike):
 (c) ``--clients`` concurrent clients for ``--seconds`` on 127.0.0.1: throughput, p50, p99,
     errors; goal: 0 errors.
 
+``--contention`` measures instead how a short request fares while long ones run: one client
+sends small chat completions (greedy, 4 tokens) for ``--seconds``, first alone, then while 3
+clients keep maximal requests in flight (``--large-prompts`` x n=4 x 256 tokens with 20
+logprobs, the most the default ``serve.max_request_tokens`` admits). It prints p50/p99 of the
+small requests in both phases and their ratio. ``--src DIR`` deploys the lmcot package found
+in DIR instead of this checkout (replicas get it through ``PYTHONPATH``), so an older version
+can be measured with the same script: ``git archive REV lmcot configs | tar -x -C /tmp/before``.
+
     python bench/serve_latency.py                       # the full run (~3 min on 2 CPUs)
     python bench/serve_latency.py --clients 8 --seconds 10 --repeats 5   # a quick look
+    python bench/serve_latency.py --contention --seconds 30 [--src /tmp/before]
 """
 
 from __future__ import annotations
@@ -37,7 +46,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # other work that starves every hop of the graph but not the in-process side. The bench's
 # own cluster runs them at the bench's priority, so both sides compete alike.
 os.environ.setdefault("RAY_worker_niceness", "0")
-sys.path.insert(0, str(ROOT))
+if "--src" in sys.argv:  # before anything imports lmcot, here and in the cluster's processes
+    SRC = str(Path(sys.argv[sys.argv.index("--src") + 1]).resolve())
+    os.environ["PYTHONPATH"] = os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    sys.path.insert(0, SRC)
+else:
+    sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -113,6 +127,79 @@ async def load(url: str, body: dict, clients: int, seconds: float, timeout_s: fl
     return {"requests": len(latencies), "errors": errors, "wall_s": wall, "latencies": latencies}
 
 
+def deploy(cfg) -> int:
+    """Start a local 2-CPU cluster and the graph on a free loopback port; returns the port."""
+    from ray import serve
+
+    from lmcot.stages.cluster import ensure_ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ensure_ray(num_cpus=2)
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
+    serve.run(graph(cfg), name="lmcot", route_prefix="/", logging_config=quiet)
+    return port
+
+
+def contention(args) -> dict:
+    """Small-request latency alone, then with 3 maximal requests always in flight (see the module docstring)."""
+    import ray
+    from ray import serve
+
+    import lmcot
+
+    cfg = config_from_args({"config": "tiny", "serve": {"request_timeout_s": 300.0}})
+    port = deploy(cfg)
+    base = f"http://127.0.0.1:{port}/openai/v1"
+    model = cfg.large.name_or_path
+    small = {"model": model, "messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}],
+             "max_tokens": 4, "temperature": 0}
+    large = {"model": model, "prompt": [f"Question {i}: who was born first, Alpha or Beta?" for i in range(args.large_prompts)],
+             "n": 4, "max_tokens": 256, "temperature": 1.0, "logprobs": 20}
+
+    async def phase(with_large: bool) -> dict:
+        stop_at = time.perf_counter() + args.seconds
+        latencies, errors, large_done = [], {}, []
+        async with httpx.AsyncClient(timeout=600) as client:
+            async def small_client():
+                while time.perf_counter() < stop_at:
+                    t0 = time.perf_counter()
+                    r = await client.post(f"{base}/chat/completions", json=small)
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+
+            async def large_client():
+                while time.perf_counter() < stop_at:
+                    r = await client.post(f"{base}/completions", json=large)
+                    large_done.append(r.status_code)
+
+            tasks = [small_client()] + ([large_client() for _ in range(3)] if with_large else [])
+            if with_large:  # let the long requests start before timing the short ones
+                started = [asyncio.ensure_future(t) for t in tasks[1:]]
+                await asyncio.sleep(2.0)
+                await asyncio.gather(tasks[0], *started)
+            else:
+                await asyncio.gather(*tasks)
+        return {"small_requests": len(latencies), "p50_ms": 1000 * pct(latencies, 0.5),
+                "p99_ms": 1000 * pct(latencies, 0.99), "max_ms": 1000 * max(latencies), "errors": errors,
+                "large_statuses": {str(s): large_done.count(s) for s in set(large_done)}}
+
+    try:
+        asyncio.run(phase(False))  # warm every path
+        alone = asyncio.run(phase(False))
+        loaded = asyncio.run(phase(True))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return {"lmcot": str(Path(lmcot.__file__).parent), "large_request": {k: v for k, v in large.items() if k != "prompt"}
+            | {"prompts": args.large_prompts}, "alone": alone, "with_3_large": loaded,
+            "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--call-ms", type=float, default=200.0, help="target model compute per call (b)")
@@ -123,7 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="duration of (c)")
     p.add_argument("--load-k", type=int, default=3, help="self-consistency k of the (c) requests")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--contention", action="store_true", help="small-request latency with 3 maximal requests running")
+    p.add_argument("--large-prompts", type=int, default=16, help="prompts per maximal request (--contention)")
+    p.add_argument("--src", default=None, help="deploy the lmcot package in this directory (--contention)")
     args = p.parse_args(argv)
+    if args.contention:
+        load_start = os.getloadavg()[0]
+        out = contention(args) | {"loadavg_1m": [load_start, os.getloadavg()[0]]}
+        print(json.dumps(out, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+        return 0
 
     load_start = os.getloadavg()[0]
     torch.set_num_threads(1)  # a replica with a fractional CPU runs torch on one thread
@@ -164,15 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from lmcot.stages.cluster import ensure_ray
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ensure_ray(num_cpus=2)
-    quiet = {"log_level": "WARNING", "enable_access_log": False}
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-    serve.run(graph(cfg), name="lmcot", route_prefix="/", logging_config=quiet)
+    port = deploy(cfg)
     url = f"http://127.0.0.1:{port}/v1/answer"
     request = {"question": example.question, "context": official, "method": "lm_guided"}
     results: dict = {"small_tokens": small_tokens, "large_tokens": large_tokens,

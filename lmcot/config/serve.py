@@ -137,6 +137,12 @@ class ServeConfig:
     before it runs (``/completions``: prompts x n x max_tokens; ``/v1/answer``: k x (rationale +
     answer max new tokens)). Requests over it are refused up front naming the field to lower, so
     one client cannot hold a model replica for minutes."""
+    max_chunk_tokens: int = 2048
+    """Most rows x new tokens of one model call in a model replica. A long request's work is split
+    into calls of at most this size (and at most ``generation.batch_size`` rows) that take turns
+    with other requests' calls, so a short request waits for about one such call, and a
+    cancelled request stops after the call that is running. Larger: more throughput per call on
+    a GPU; smaller: shorter waits for short requests."""
     ingress: DeploymentSpec = field(
         default_factory=lambda: DeploymentSpec(num_cpus=0.1, max_ongoing_requests=64, max_batch_size=1)
     )
@@ -156,7 +162,8 @@ class ServeConfig:
         if self.adaptive_round_size < 2:
             raise ValueError(f"adaptive_round_size must be >= 2 (a single sample is greedy), got {self.adaptive_round_size}")
         for name in ("max_question_chars", "max_context_chars", "max_paragraphs", "max_body_bytes",
-                     "max_new_tokens", "max_prompts", "max_top_logprobs", "max_request_tokens"):
+                     "max_new_tokens", "max_prompts", "max_top_logprobs", "max_request_tokens",
+                     "max_chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0:

@@ -94,36 +94,88 @@ class Ticket:
     cancelled: bool = False
 
 
-class ModelWorker:
-    """A replica's model and the one thread that runs it. Jobs run one at a time, first come first served.
+@dataclass
+class _Job:
+    cost: int
+    since: float
+    fn: object
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
 
-    Work is handed over in chunks of one model batch (:func:`generate_batch`), so a long
-    request queues one chunk at a time and a short request that arrives meanwhile runs
-    after at most one chunk of each request ahead of it, not after the whole long request.
-    A chunk not yet started is dropped when its caller is cancelled.
+
+def _settle(future: asyncio.Future, ok: bool, out) -> None:
+    if not future.cancelled():
+        future.set_result(out) if ok else future.set_exception(out)
+
+
+class ModelWorker:
+    """A replica's model and the one thread that runs it, one chunk of work at a time.
+
+    Work is handed over in chunks of at most ``chunk_rows`` rows and ``chunk_tokens`` rows x
+    new tokens (:meth:`prompts_per_chunk`), so a long request queues one chunk at a time.
+    When the thread is free it takes the waiting chunk with the least cost (rows x new
+    tokens) per second waited, plus one: a short request that arrives while long ones run
+    waits for about one chunk, and a long chunk's turn still comes as it ages. A chunk whose
+    caller was cancelled before its turn is dropped.
     """
 
-    def __init__(self, generator, chunk_rows: int):
+    def __init__(self, generator, chunk_rows: int, chunk_tokens: int):
         self.generator = generator
         self.chunk_rows = chunk_rows
-        """Rows (prompts x samples) per chunk: one batch of the generator (``generation.batch_size``)."""
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="lmcot-model")
+        """Most rows (prompts x samples) per chunk: one batch of the generator (``generation.batch_size``)."""
+        self.chunk_tokens = chunk_tokens
+        """Most rows x new tokens per chunk (``serve.max_chunk_tokens``)."""
         self.done = 0
         """Chunks run."""
         self.dropped = 0
-        """Chunks never handed to the thread because their caller was cancelled."""
+        """Chunks never run because their caller was cancelled."""
+        self._pending: list[_Job] = []
+        self._ready = threading.Condition()
+        threading.Thread(target=self._loop, name="lmcot-model", daemon=True).start()
 
-    async def run(self, fn, *args, **kwargs):
-        out = await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
-        self.done += 1
-        return out
+    def prompts_per_chunk(self, n: int, max_new_tokens: int) -> int:
+        """Prompts of ``n`` samples each that one chunk holds (at least one).
+
+        >>> w = ModelWorker(None, chunk_rows=16, chunk_tokens=2048)
+        >>> w.prompts_per_chunk(1, 8), w.prompts_per_chunk(4, 256), w.prompts_per_chunk(8, 4096)
+        (16, 2, 1)
+        """
+        rows = min(self.chunk_rows, self.chunk_tokens // max(1, max_new_tokens))
+        return max(1, rows // max(1, n))
+
+    async def run(self, cost: int, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the model thread when its turn comes; ``cost``: rows x new tokens."""
+        loop = asyncio.get_running_loop()
+        job = _Job(cost, time.monotonic(), functools.partial(fn, *args, **kwargs), loop.create_future(), loop)
+        with self._ready:
+            self._pending.append(job)
+            self._ready.notify()
+        return await job.future
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                now = time.monotonic()
+                job = min(self._pending, key=lambda j: j.cost / (1.0 + now - j.since))  # ties: first come
+                self._pending.remove(job)
+            if job.future.cancelled():
+                self.dropped += 1
+                continue
+            try:
+                out, ok = job.fn(), True
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                out, ok = exc, False
+            self.done += 1
+            job.loop.call_soon_threadsafe(_settle, job.future, ok, out)
 
     def stats(self) -> dict:
         return {"chunks_done": self.done, "chunks_dropped": self.dropped}
 
 
 async def generate_batch(worker: ModelWorker, tickets: list[Ticket]) -> list:
-    """Run a ``@serve.batch`` of calls: per decoding setting, chunks of at most ``worker.chunk_rows`` rows.
+    """Run a ``@serve.batch`` of calls: per decoding setting, in chunks (:meth:`ModelWorker.prompts_per_chunk`).
 
     Returns, per ticket, its generations, or the exception that failed it. A chunk that
     fails is retried caller by caller, so one request the model cannot serve fails alone
@@ -138,11 +190,12 @@ async def generate_batch(worker: ModelWorker, tickets: list[Ticket]) -> list:
     for (max_new_tokens, n, temperature, top_p), members in groups.items():
         members.sort(key=lambda i: len(tickets[i].call.prompts))
         items = [(i, j) for i in members for j in range(len(tickets[i].call.prompts))]
-        size = max(1, worker.chunk_rows // n)
+        size = worker.prompts_per_chunk(n, max_new_tokens)
 
         async def run(chunk: list[tuple[int, int]]) -> None:
             prompts = [tickets[i].call.prompts[j] for i, j in chunk]
-            outs = await worker.run(worker.generator.generate, prompts, max_new_tokens=max_new_tokens, n=n,
+            outs = await worker.run(len(prompts) * n * max_new_tokens, worker.generator.generate, prompts,
+                                    max_new_tokens=max_new_tokens, n=n,
                                     temperature=temperature, top_p=top_p)
             for (i, j), out in zip(chunk, outs):
                 results[i][j] = out
@@ -326,7 +379,8 @@ class Rationalizer:
     """The small LM: k sampled rationales per request, concurrent requests batched into one call."""
 
     def __init__(self, cfg: Config):
-        self.worker = ModelWorker(make_generator(cfg.small, cfg.generation), cfg.generation.batch_size)
+        self.worker = ModelWorker(make_generator(cfg.small, cfg.generation), cfg.generation.batch_size,
+                                  cfg.serve.max_chunk_tokens)
         _configure_batching(self._generate, cfg.serve.rationalizer)
 
     async def generate(self, call: GenerateCall) -> list[Generation]:
@@ -342,8 +396,9 @@ class Answerer:
     """The frozen large LM: batched greedy answers, yes/no scores and OpenAI-style completions."""
 
     def __init__(self, cfg: Config):
-        self.worker = ModelWorker(make_generator(cfg.large, cfg.generation), cfg.generation.batch_size)
-        self.generator, self.chunk_rows = self.worker.generator, self.worker.chunk_rows
+        self.worker = ModelWorker(make_generator(cfg.large, cfg.generation), cfg.generation.batch_size,
+                                  cfg.serve.max_chunk_tokens)
+        self.generator = self.worker.generator
         self.names: TokenNames | None = None  # decoded on the first logprobs request
         _configure_batching(self._generate, cfg.serve.answerer)
         _configure_batching(self.score_yes_no, cfg.serve.answerer)
@@ -359,8 +414,10 @@ class Answerer:
     async def score_yes_no(self, prompt_lists: list[tuple[str, ...]]) -> list[list[float]]:
         flat = [p for prompts in prompt_lists for p in prompts]
         scores = []
-        for start in range(0, len(flat), self.chunk_rows):
-            scores += await self.worker.run(self.generator.score_yes_no, flat[start:start + self.chunk_rows])
+        size = self.worker.prompts_per_chunk(1, 1)
+        for start in range(0, len(flat), size):
+            chunk = flat[start:start + size]
+            scores += await self.worker.run(len(chunk), self.generator.score_yes_no, chunk)
         scores = iter(scores)
         return [[next(scores) for _ in prompts] for prompts in prompt_lists]
 
@@ -378,14 +435,14 @@ class Answerer:
         prompts, n, stops = call["prompts"], call["n"], call["stop"]
         if call["top_logprobs"] is not None:
             if self.names is None:
-                self.names = await self.worker.run(TokenNames, self.generator.tokenizer)
-            size = max(1, self.chunk_rows // n)
+                self.names = await self.worker.run(0, TokenNames, self.generator.tokenizer)
+            size = self.worker.prompts_per_chunk(n, call["max_tokens"])
             starts = range(0, len(prompts), size)
             result = {"choices": [], "prompt_tokens": 0, "completion_tokens": 0}
             for done, start in enumerate(starts):
                 try:
                     part = await self.worker.run(
-                        logprob_completions, self.generator, self.names, prompts[start:start + size],
+                        len(prompts[start:start + size]) * n * call["max_tokens"], logprob_completions, self.generator, self.names, prompts[start:start + size],
                         max_new_tokens=call["max_tokens"], n=n, temperature=call["temperature"],
                         top_p=call["top_p"], top=call["top_logprobs"], stops=stops,
                     )

@@ -116,6 +116,47 @@ def test_bad_args_fail_before_any_replica_starts(monkeypatch):
         build_app(AppArgs(config="tiny", serve={"auth_token_env": "LMCOT_UNSET_TOKEN"}))
 
 
+def run_proxy_middleware(app) -> tuple[int, dict, dict]:
+    """Status, headers and JSON body that ``JsonErrorsMiddleware`` sends for a request to ``app``."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "headers": [(b"x-request-id", b"rid-1")]}
+    asyncio.run(serve_http.JsonErrorsMiddleware(app)(scope, receive, send))
+    (start,) = [m for m in sent if m["type"] == "http.response.start"]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
+
+
+def test_the_proxy_answers_its_own_errors_in_the_json_shape():
+    async def plain_503(scope, receive, send):  # what Serve's proxy sends for a full queue
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Request dropped due to backpressure"})
+
+    async def replica_died(scope, receive, send):  # the proxy sends nothing; uvicorn would say 500
+        return None
+
+    async def app_error(scope, receive, send):  # the application's own JSON answers pass through
+        body = json.dumps(serve_http.error_body("k: bad", "k", 422, None, "rid-1")).encode()
+        await send({"type": "http.response.start", "status": 422, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    for app in (plain_503, replica_died):
+        status, headers, body = run_proxy_middleware(app)
+        assert status == 503 and headers["retry-after"] == "1" and headers["x-request-id"] == "rid-1"
+        assert set(body["error"]) == ERROR_KEYS and body["error"]["request_id"] == "rid-1"
+        assert "backpressure" not in body["error"]["message"]
+    assert run_proxy_middleware(app_error)[0] == 422
+    assert run_proxy_middleware(app_error)[2]["error"]["param"] == "k"
+
+
 # -- the graph ----------------------------------------------------------------------------------------
 def test_health_and_models(served):
     assert served.get("/healthz").json() == {"status": "ok"}
@@ -348,7 +389,7 @@ def run_batch(tickets, chunk_rows=8, gen=None):
     import asyncio
 
     gen = gen or FakeGenerator()
-    worker = serve_module.ModelWorker(gen, chunk_rows)
+    worker = serve_module.ModelWorker(gen, chunk_rows, 4096)
     return gen, worker, asyncio.run(serve_module.generate_batch(worker, tickets))
 
 
@@ -379,7 +420,7 @@ def test_a_short_request_runs_between_the_chunks_of_a_long_one():
     import asyncio
 
     gen = FakeGenerator()
-    worker = serve_module.ModelWorker(gen, 2)
+    worker = serve_module.ModelWorker(gen, 2, 4096)
 
     async def both():
         long = asyncio.ensure_future(serve_module.generate_batch(worker, [ticket(*"abcdefgh")]))
