@@ -96,10 +96,10 @@ def run_stage(command: str, args) -> object:
     overrides = list(args.overrides) + (_eval_overrides(args) if command == "eval" else [])
     cfg = load_config(args.config, overrides)
     check_run_dir(args.run_dir)
-    if command == "run":  # hours of work ahead: a config that cannot fit fails now (see `lmcot plan`)
+    if command != "serve":  # hours of work ahead: a config that cannot fit fails now (see `lmcot plan`)
         from lmcot.plan import check_plan
 
-        check_plan(cfg)
+        check_plan(cfg, stage=command)
     run_dir = RunDir(args.run_dir).ensure()
     write_atomic(run_dir.config_file, cfg.to_yaml())
     module = importlib.import_module(STAGES[command][0])

@@ -185,25 +185,44 @@ def make_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB) -> dict:
     large = describe_model(cfg.large, "large.max_input_tokens")
     budgets = prompt_budgets(cfg, small, large)
     rows, longest_small = memory_rows(cfg, small, large, gpu_gb, budgets)
+    stages = {}  # problem -> the stage it stops (budgets stop every stage)
     problems = [f"{b.role} prompts for {b.model} need {b.template_tokens} tokens with an empty context, over its "
                 f"limit of {b.limit}: raise {'small' if b.role == 'small' else 'large'}.max_input_tokens"
                 for b in budgets if not b.fits]
-    problems += [f"{r.component} needs about {r.need_gb} GiB but asks for {r.gpus} GPU(s) of {gpu_gb:g} GiB: {r.fix}"
-                 for r in rows if not r.fits]
+    for r in rows:
+        if not r.fits:
+            text = f"{r.component} needs about {r.need_gb} GiB but asks for {r.gpus} GPU(s) of {gpu_gb:g} GiB: {r.fix}"
+            problems.append(text)
+            stages[text] = COMPONENT_STAGES[r.component.split(" ")[0]]
     dc = cfg.distill
     if dc.max_source_tokens and dc.max_source_tokens < longest_small:
-        problems.append(f"distill.max_source_tokens={dc.max_source_tokens} is below the longest small-LM prompt "
-                        f"(~{longest_small} tokens): training prompts would be fitted tighter than at inference; "
-                        f"set it to {longest_small} or more, or lower small.max_input_tokens to match")
+        text = (f"distill.max_source_tokens={dc.max_source_tokens} is below the longest small-LM prompt "
+                f"(~{longest_small} tokens): training prompts would be fitted tighter than at inference; "
+                f"set it to {longest_small} or more, or lower small.max_input_tokens to match")
+        problems.append(text)
+        stages[text] = ("distill",)
     return {"gpu_gb": gpu_gb, "budgets": [asdict(b) for b in budgets], "memory": [asdict(r) for r in rows],
-            "problems": problems}
+            "problems": problems, "stages": {p: list(stages.get(p, ("*",))) for p in problems}}
 
 
-def check_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB) -> dict:
-    """:func:`make_plan`, raising :class:`PlanError` with every problem when there is one."""
+COMPONENT_STAGES = {"teacher": ("generate-rationales",), "distill": ("distill",), "refine": ("refine", "search"),
+                    "judge": ("refine", "search"), "eval": ("eval",), "search": ("search",)}
+"""Which stage commands a memory problem stops (``lmcot run`` runs them all)."""
+
+
+def check_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB, stage: str = "run") -> dict:
+    """:func:`make_plan`, raising :class:`PlanError` with the problems that stop ``stage`` (a stage
+    command, or ``run`` for the whole pipeline); problems of other stages are only logged."""
+    import logging
+
     plan = make_plan(cfg, gpu_gb)
-    if plan["problems"]:
-        raise PlanError("the config cannot run as planned:\n- " + "\n- ".join(plan["problems"]))
+    blocking = [p for p in plan["problems"] if stage == "run" or {"*", stage} & set(plan["stages"][p])]
+    for p in plan["problems"]:
+        if p not in blocking:
+            logging.getLogger(__name__).warning("plan: a later stage will not fit: %s", p)
+    if blocking:
+        raise PlanError(f"the config cannot run {stage} as planned (`lmcot plan` shows why):\n- "
+                        + "\n- ".join(blocking))
     return plan
 
 

@@ -95,3 +95,13 @@ def test_lmcot_run_checks_the_plan_before_any_work(tmp_path, capsys):
     assert main(["run", "--config", "tiny", "--run-dir", str(run), "--set", "distill.max_source_tokens=256"]) == 2
     assert "distill.max_source_tokens=256" in capsys.readouterr().err
     assert not run.exists(), "nothing started, nothing written"
+
+
+def test_each_stage_fails_only_on_what_stops_it(caplog):
+    cfg = load_config("tiny", ["distill.max_source_tokens=256"])
+    with pytest.raises(PlanError, match="distill.max_source_tokens"):
+        check_plan(cfg, stage="distill")
+    check_plan(cfg, stage="eval")  # evaluation never reads distill settings: a warning only
+    assert "distill.max_source_tokens" in caplog.text
+    with pytest.raises(PlanError, match="small.max_input_tokens"):
+        check_plan(load_config("tiny", ["small.max_input_tokens=64"]), stage="eval")
