@@ -1,4 +1,4 @@
-"""Write the shipped synthetic HotpotQA / 2WikiMultiHopQA samples in lmcot/data/.
+"""Write synthetic HotpotQA / 2WikiMultiHopQA data: the shipped samples in lmcot/data/, or new worlds.
 
 Why synthetic: the real datasets cannot be downloaded where the project is
 built and tested, yet every stage needs data in the *official* record layout.
@@ -11,6 +11,14 @@ name is built from invented syllables, so no record describes a real entity.
 Deterministic (one seeded ``random.Random``, no set iteration), stdlib only:
 ``python tools/make_synthetic_data.py`` rewrites the files byte for byte;
 ``--check`` fails if the shipped files differ from what the script writes.
+
+New worlds: ``--seed S --out-dir D [--train N] [--dev N]`` writes the same five files
+(same names, same official layouts, aliases included) for a different world: every
+name is drawn again from the seed, so a model trained on one seed's world cannot have
+memorised another's facts. ``--train`` / ``--dev`` set the number of questions per
+dataset and split; the world grows with them (``--scale``, chosen automatically) so
+every question template keeps enough distinct questions. With the default seed and
+counts the random draws are exactly those of the shipped files.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from pathlib import Path
 SEED = 20240404
 COUNTS = {"hotpotqa_synthetic_train": 100, "hotpotqa_synthetic_dev": 40,
           "2wiki_synthetic_train": 40, "2wiki_synthetic_dev": 40}
+QUESTIONS_PER_SCALE = 140
+"""A world of scale 1 (28 films, 18 companies, 16 bands, 84 people) comfortably holds this many
+distinct questions per dataset with every template represented; larger requests grow the world."""
 OUT_DIR = Path(__file__).resolve().parents[1] / "lmcot" / "data"
 
 
@@ -101,8 +112,15 @@ class World:
         return out
 
 
-def build_world(rng: random.Random) -> World:
-    """Invent the entities (unique names), then write their paragraphs."""
+def build_world(rng: random.Random, scale: int = 1) -> World:
+    """Invent the entities (unique names), then write their paragraphs.
+
+    ``scale`` multiplies every entity count except the five countries; scale 1 makes
+    exactly the random draws of the shipped world.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    s = scale
     used: set = set()  # every invented word, so no two entities share a name part by accident
     counter = iter(range(9100001, 9999999))
 
@@ -120,7 +138,7 @@ def build_world(rng: random.Random) -> World:
     for suffix, dem in rng.sample(COUNTRY_SUFFIXES, 5):
         stem = word(2, 2)
         countries.append(entity(stem + suffix, extra={"demonym": stem + dem}))
-    cities = [entity(word(1, 2, rng.choice(CITY_SUFFIXES)), country=countries[i % 5].name) for i in range(15)]
+    cities = [entity(word(1, 2, rng.choice(CITY_SUFFIXES)), country=countries[i % 5].name) for i in range(15 * s)]
     people: list = []
 
     def person(gen_years: tuple[int, int], father: Entity | None) -> Entity:
@@ -136,16 +154,17 @@ def build_world(rng: random.Random) -> World:
         people.append(p)
         return p
 
-    elders = [person((1850, 1880), None) for _ in range(12)]
-    middle = [person((0, 0), rng.choice(elders)) for _ in range(22)]
-    middle += [person((1885, 1915), None) for _ in range(6)]
-    for _ in range(44):
+    elders = [person((1850, 1880), None) for _ in range(12 * s)]
+    middle = [person((0, 0), rng.choice(elders)) for _ in range(22 * s)]
+    middle += [person((1885, 1915), None) for _ in range(6 * s)]
+    for _ in range(44 * s):
         person((0, 0), rng.choice([m for m in middle if m.gender == "m"]))
     pool = [p for p in people if p.year >= 1890]
     rng.shuffle(pool)
-    directors, founders, musicians = pool[:14], pool[14:28], [p for p in pool[28:] if p.year >= 1915][:14]
+    directors, founders = pool[:14 * s], pool[14 * s:28 * s]
+    musicians = [p for p in pool[28 * s:] if p.year >= 1915][:14 * s]
     films = []
-    for _ in range(28):
+    for _ in range(28 * s):
         d = rng.choice(directors)
         year = rng.randint(max(1935, d.year + 22), min(2005, d.year + 70))
         pattern = rng.choice(["{w} {n}", "The {n} of {w}", "{w}'s {n}"])
@@ -153,14 +172,14 @@ def build_world(rng: random.Random) -> World:
         films.append(entity(pattern.format(w=word(2, 3), n=noun), year=year, director=d.name,
                             country=d.country, genre=rng.choice(FILM_GENRES)))
     companies = []
-    for _ in range(18):
+    for _ in range(18 * s):
         f = rng.choice(founders)
         kind, industry = rng.choice(COMPANY_KINDS)
         city = rng.choice(cities)
         companies.append(entity(f"{word(2, 3)} {kind}", year=rng.randint(f.year + 20, min(f.year + 50, 2010)),
                                 founder=f.name, city=city.name, country=city.country, genre=industry))
     bands = []
-    for _ in range(16):
+    for _ in range(16 * s):
         m = rng.choice(musicians)
         name = rng.choice(["The {w} {n}", "{w} {n}"]).format(
             w=word(2, 2), n=rng.choice(["Lanterns", "Sparrows", "Engines", "Tides", "Foxes", "Echoes"]))
@@ -331,10 +350,19 @@ def _twowiki_question(rng: random.Random, w: World) -> dict:
                 ev_id=[], gold=[x.name, dx.name, y.name, dy.name], type=kind)
 
 
+def _count_try(tries: int, n: int, what: str) -> int:
+    """Stop a question loop that cannot find ``n`` distinct questions (a world too small for ``n``)."""
+    if tries > 200 * n + 10_000:
+        raise ValueError(f"could not draw {n} distinct {what} questions from this world; pass a larger --scale")
+    return tries + 1
+
+
 def make_hotpot(rng: random.Random, world: World, n: int, seen: set) -> list[dict]:
     """``n`` HotpotQA records with distinct questions (``seen`` is shared across splits)."""
     out = []
+    tries = 0
     while len(out) < n:
+        tries = _count_try(tries, n, "HotpotQA")
         item = _hotpot_question(rng, world)
         if item["q"] in seen:
             continue
@@ -350,7 +378,9 @@ def make_hotpot(rng: random.Random, world: World, n: int, seen: set) -> list[dic
 def make_2wiki(rng: random.Random, world: World, n: int, seen: set) -> list[dict]:
     """``n`` 2WikiMultiHopQA records (official v1.1 layout with ``evidences_id`` / ``answer_id``)."""
     out = []
+    tries = 0
     while len(out) < n:
+        tries = _count_try(tries, n, "2Wiki")
         item = _twowiki_question(rng, world)
         if item["q"] in seen:
             continue
@@ -368,16 +398,37 @@ def dump_records(records: list) -> str:
     return "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
 
 
-def generate() -> dict[str, str]:
-    """File name -> file text for every shipped sample."""
-    rng = random.Random(SEED)
-    world = build_world(rng)
+def counts_for(train: int | None = None, dev: int | None = None) -> dict[str, int]:
+    """Questions per file: the shipped counts, or ``train`` / ``dev`` per dataset where given."""
+    return {name: (n if (train if name.endswith("_train") else dev) is None
+                   else (train if name.endswith("_train") else dev)) for name, n in COUNTS.items()}
+
+
+def auto_scale(counts: dict[str, int]) -> int:
+    """The smallest world scale that holds ``counts`` (1 for the shipped counts)."""
+    per_dataset = max(sum(n for k, n in counts.items() if k.startswith(p)) for p in ("hotpotqa", "2wiki"))
+    return max(1, -(-per_dataset // QUESTIONS_PER_SCALE))
+
+
+def generate_world(seed: int = SEED, train: int | None = None, dev: int | None = None,
+                   scale: int = 0) -> tuple[World, dict[str, list]]:
+    """The world of ``seed`` and file stem -> records (``scale`` 0: :func:`auto_scale`)."""
+    counts = counts_for(train, dev)
+    rng = random.Random(seed)
+    world = build_world(rng, scale or auto_scale(counts))
     hotpot_seen: set = set()
     wiki_seen: set = set()
-    files = {}
-    for name, n in COUNTS.items():
+    records = {}
+    for name, n in counts.items():
         maker = make_hotpot if name.startswith("hotpotqa") else make_2wiki
-        files[f"{name}.json"] = dump_records(maker(rng, world, n, hotpot_seen if maker is make_hotpot else wiki_seen))
+        records[name] = maker(rng, world, n, hotpot_seen if maker is make_hotpot else wiki_seen)
+    return world, records
+
+
+def generate(seed: int = SEED, train: int | None = None, dev: int | None = None, scale: int = 0) -> dict[str, str]:
+    """File name -> file text for every file of one world (by default: the shipped samples)."""
+    world, records = generate_world(seed, train, dev, scale)
+    files = {f"{name}.json": dump_records(recs) for name, recs in records.items()}
     files["2wiki_synthetic_id_aliases.json"] = "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                        for r in world.alias_records())
     return files
@@ -385,10 +436,18 @@ def generate() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: lmcot/data)")
-    parser.add_argument("--check", action="store_true", help="compare with the files in --out, write nothing")
+    parser.add_argument("--out-dir", "--out", dest="out", type=Path, default=OUT_DIR,
+                        help="output folder (default: lmcot/data, the shipped samples)")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"world seed (default {SEED}: the shipped world)")
+    parser.add_argument("--train", type=int, default=None, help="train questions per dataset (default: shipped)")
+    parser.add_argument("--dev", type=int, default=None, help="dev questions per dataset (default: shipped)")
+    parser.add_argument("--scale", type=int, default=0, help="world size multiplier (default: as --train/--dev need)")
+    parser.add_argument("--check", action="store_true", help="compare with the files in --out-dir, write nothing")
     args = parser.parse_args(argv)
-    files = generate()
+    shipped = (args.seed, args.train, args.dev, args.scale) == (SEED, None, None, 0)
+    if not shipped and not args.check and args.out.resolve() == OUT_DIR.resolve():
+        parser.error("a non-default world would overwrite the shipped samples; pass --out-dir")
+    files = generate(args.seed, args.train, args.dev, args.scale)
     stale = [name for name, text in files.items()
              if not (args.out / name).is_file() or (args.out / name).read_text(encoding="utf-8") != text]
     if args.check:

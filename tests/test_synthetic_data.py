@@ -1,0 +1,89 @@
+"""tools/make_synthetic_data.py: the shipped samples are reproducible, other seeds make new worlds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lmcot.data import load_json_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "make_synthetic_data.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("make_synthetic_data", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_synthetic_data"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_seed_reproduces_shipped_files_byte_for_byte(tool):
+    files = tool.generate()
+    shipped = sorted(p.name for p in (ROOT / "lmcot" / "data").glob("*.json"))
+    assert sorted(files) == shipped
+    for name, text in files.items():
+        assert (ROOT / "lmcot" / "data" / name).read_bytes() == text.encode("utf-8"), name
+
+
+def test_cli_with_explicit_default_seed_writes_the_shipped_files(tmp_path):
+    done = subprocess.run([sys.executable, str(TOOL), "--seed", "20240404", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for path in (ROOT / "lmcot" / "data").glob("*.json"):
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_another_seed_makes_a_new_world(tool):
+    shipped, _ = tool.generate_world()
+    other, _ = tool.generate_world(seed=7)
+    assert set(shipped.titles) & set(other.titles) == set()  # every person, film, city... renamed
+    people = lambda w: {p.name.split(" ")[1] for p in w.people}  # noqa: E731
+    assert not people(shipped) & people(other)
+
+
+def test_a_non_default_world_refuses_to_overwrite_the_shipped_samples():
+    done = subprocess.run([sys.executable, str(TOOL), "--seed", "7"], capture_output=True, text=True)
+    assert done.returncode != 0 and "--out-dir" in done.stderr
+
+
+def test_any_number_of_questions_of_every_template_in_official_layouts(tmp_path):
+    done = subprocess.run([sys.executable, str(TOOL), "--seed", "11", "--out-dir", str(tmp_path),
+                           "--train", "400", "--dev", "50"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    hot_train = load_json_file(tmp_path / "hotpotqa_synthetic_train.json", "hotpotqa")
+    hot_dev = load_json_file(tmp_path / "hotpotqa_synthetic_dev.json", "hotpotqa")
+    wiki_train = load_json_file(tmp_path / "2wiki_synthetic_train.json", "2wiki")
+    wiki_dev = load_json_file(tmp_path / "2wiki_synthetic_dev.json", "2wiki")
+    assert (len(hot_train), len(hot_dev), len(wiki_train), len(wiki_dev)) == (400, 50, 400, 50)
+    assert not {e.question for e in hot_train} & {e.question for e in hot_dev}
+    assert not {e.question for e in wiki_train} & {e.question for e in wiki_dev}
+    # every template shows up: recognise them by their wording
+    hot_templates = Counter(q.question.split(" ")[0] + ("?" if "both" in q.question else "") for q in hot_train)
+    for start in ("The", "In", "What", "Which", "Are?", "Who"):
+        assert hot_templates[start] > 0, start
+    assert any(q.question.endswith("were formed in a city that lies in which country?") for q in hot_train)
+    assert {e.type for e in wiki_train} == {"compositional", "comparison", "inference", "bridge_comparison"}
+    # answers follow from the gold paragraphs named by the supporting facts
+    for ex in hot_train[:50] + wiki_train[:50]:
+        titles = {p.title for p in ex.paragraphs}
+        assert set(ex.gold_titles) <= titles
+    aliases = [json.loads(line) for line in (tmp_path / "2wiki_synthetic_id_aliases.json").read_text().splitlines()]
+    ids = {a["Q_id"] for a in aliases}
+    assert all(e.answer_id in ids for e in wiki_train if e.answer_id)
+    assert all(set(a) == {"Q_id", "aliases", "demonyms"} for a in aliases)
+
+
+def test_world_grows_with_the_request(tool):
+    assert tool.auto_scale(tool.counts_for()) == 1
+    assert tool.auto_scale(tool.counts_for(train=1000, dev=100)) == 8
+    with pytest.raises(ValueError, match="--scale"):  # a world too small for n stops, never loops forever
+        tool._count_try(200 * 5 + 10_001, 5, "HotpotQA")
