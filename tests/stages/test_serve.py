@@ -371,6 +371,30 @@ def test_auth_on_every_route_but_health(ray_cluster, served):
         serve.delete("secure")
 
 
+def test_a_full_queue_answers_503_with_retry_after(ray_cluster, served):
+    """An ingress that works on 1 request and queues 1 more: the rest are refused at once, in the JSON shape."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    cfg = config_from_args({**ARGS, "serve": {**SERVE, "ingress": {"num_cpus": 0.05, "max_ongoing_requests": 1,
+                                                                    "max_queued_requests": 1}}})
+    models = [serve.get_deployment_handle(name, app_name="lmcot") for name in ("Rationalizer", "Answerer")]
+    serve.run(Ingress.options(**cfg.serve.ingress.deployment_options()).bind(cfg, *models),
+              name="tight", route_prefix="/tight")
+    try:
+        body = {"question": "Who was born first?", "context": OFFICIAL, "k": 4, "temperature": 0.9}
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: served.post("/tight/v1/answer", json=body), range(6)))
+        statuses = sorted(r.status_code for r in answers)
+        assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+        for r in answers:
+            if r.status_code == 503:
+                assert_error(r, 503)
+    finally:
+        serve.delete("tight")
+
+
 # -- isolation, fair turns and cancellation -----------------------------------------------------------
 class FakeGenerator:
     """Records each model call's prompts; a prompt "bad" makes the whole call fail, as a bad setting would."""
