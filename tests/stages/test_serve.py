@@ -157,6 +157,23 @@ def test_the_proxy_answers_its_own_errors_in_the_json_shape():
     assert run_proxy_middleware(app_error)[2]["error"]["param"] == "k"
 
 
+def test_an_unexpected_error_is_a_500_without_internals(caplog):
+    from fastapi.testclient import TestClient
+
+    api = serve_http.new_api()
+
+    @api.get("/boom")
+    def boom():
+        raise RuntimeError("ActorDiedError pid=4242 ip=10.0.0.7 actor_id=abc123")
+
+    with TestClient(api, raise_server_exceptions=False) as client:
+        r = client.get("/boom", headers={"x-request-id": "rid-9"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert set(r.json()["error"]) == ERROR_KEYS and r.json()["error"]["request_id"] == "rid-9"
+    assert "pid" not in r.text and "10.0.0.7" not in r.text and "rid-9" in r.json()["error"]["message"]
+    assert "10.0.0.7" in caplog.text  # the details are in the server log, under the request id
+
+
 # -- the graph ----------------------------------------------------------------------------------------
 def test_health_and_models(served):
     assert served.get("/healthz").json() == {"status": "ok"}
