@@ -192,7 +192,7 @@ class RunDir:
 
     def eval_labels(self) -> list[str]:
         """Labels of the finished evaluations (those with metrics), sorted."""
-        return sorted(p.parent.name for p in self.evals.glob(f"*/{self.eval_metrics('x').name}"))
+        return sorted(p.name for p in self.evals.glob("*") if self.eval_metrics(p.name).is_file())
 
     # -- the report ----------------------------------------------------------------------------
     @property

@@ -16,6 +16,18 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / "artifacts" / "torch-ex
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where a CUDA GPU is visible and are skipped (with the reason) elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local 2-CPU Ray cluster for one test module, shut down afterwards."""

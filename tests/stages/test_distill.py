@@ -190,3 +190,16 @@ def test_one_and_two_workers_take_the_same_steps(ray_cluster, tmp_path):
     assert len(losses[1]) == 2
     assert losses[2] == pytest.approx(losses[1], rel=1e-3), losses
     assert losses[1][0] != pytest.approx(losses[1][1], rel=1e-2), "the first step changed the model"
+
+
+@pytest.mark.gpu
+def test_gpu_smoke_bf16_with_gradient_checkpointing(ray_cluster, tmp_path):
+    """On a GPU: one worker, bf16, gradient checkpointing, the real DeepSpeed path; the model learns."""
+    run_dir = RunDir(tmp_path / "run")
+    write_rationales(run_dir, hotpot(9), with_context=True)
+    cfg = config("tiny:t5-small", 20, 0.01, "distill.scaling.num_workers=1", "distill.scaling.use_gpu=true",
+                 "distill.scaling.bf16=true", "distill.scaling.gradient_checkpointing=true", "distill.save_steps=20",
+                 "distill.eval_steps=20")
+    out = distill.run(cfg, run_dir)
+    assert out["step"] == 20 and out["train_loss"] < out["first_loss"] / 2, out
+    assert (run_dir.distill_model / "model.safetensors").is_file()
