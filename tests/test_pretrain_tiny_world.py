@@ -1,0 +1,96 @@
+"""tools/pretrain_tiny_world.py: the smoke run writes loadable models with their record; data and
+training are deterministic from the seed; the shipped dev world is never trained on."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "pretrain_tiny_world.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_world", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pretrain_tiny_world"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from lmcot.tiny import build_tokenizer
+
+    return build_tokenizer("seq2seq")
+
+
+def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
+    done = subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "tiny_world.json").read_text())
+    assert summary["data"]["world_seeds"] and 20240404 not in summary["data"]["world_seeds"]
+    for name in ("large", "small"):
+        folder = tmp_path / name
+        record = json.loads((folder / "lmcot_tiny_world.json").read_text())
+        digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        assert record["sha256"]["model.safetensors"] == digest == summary["models"][name]["sha256"]["model.safetensors"]
+        assert record["train"]["steps"] == 2 and record["world_seeds"] == summary["data"]["world_seeds"]
+        assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+    from lmcot.config import ModelSpec
+    from lmcot.generation import HFGenerator
+
+    large = HFGenerator(ModelSpec(str(tmp_path / "large"), device="cpu"))
+    assert large.tokenizer.model_max_length == 512 and large.family == "seq2seq"
+    [out] = large.generate(["Question: who?\nAnswer:"], max_new_tokens=3)
+    assert out.texts[0] is not None
+
+
+def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer):
+    args = argparse.Namespace(seed=3, worlds=1, questions=3, context_tokens=256)
+    large_a, small_a, prov = tool.build_pairs(args, tokenizer)
+    large_b, small_b, _ = tool.build_pairs(args, tokenizer)
+    assert large_a == large_b and small_a == small_b
+    assert prov["world_seeds"] == [3001]
+    tasks = {t for t, _, _ in large_a}
+    assert tasks == set(tool.LARGE_TASK_WEIGHTS)
+    cot = next(tgt for t, _, tgt in large_a if t == "cot")
+    assert "So the answer is:" in cot
+    assert {tgt for t, _, tgt in large_a if t.startswith("judge")} == {"yes", "no"}
+    assert all(src.endswith("Answer:") for t, src, _ in large_a if t == "standard")
+
+
+def test_world_seeds_skip_the_shipped_world(tool):
+    assert 20240404 not in tool.world_seeds(20240, 10)  # 20240 * 1000 + 404 would be it
+    assert len(tool.world_seeds(20240, 500)) == 500
+
+
+def test_each_corruption_changes_the_rationale(tool):
+    world, records = tool.world_gen.generate_world(seed=5, train=4, dev=0)
+    from lmcot.data import parse_records
+
+    ex = parse_records(records["hotpotqa_synthetic_train"], "hotpotqa", "t")[0]
+    rat = tool.gold_rationale(ex)
+    corrupt = tool.Corruptor(world)
+    for kind in tool.CORRUPTIONS:
+        assert corrupt(kind, random.Random(0), rat, ex.answer, ["An unrelated sentence."]) != rat, kind
+
+
+def test_training_is_deterministic_from_the_seed(tool, tokenizer):
+    data = [([5, 6, 7, 1], [8, 1], "x"), ([9, 10, 1], [11, 12, 1], "x"), ([13, 1], [14, 1], "x")]
+    digests = []
+    for _ in range(2):
+        model = tool.build_t5(tool.SMOKE_SIZES["small"], tokenizer, seed=1)
+        tool.train(model, data, steps=2, seconds=0, lr=1e-3, batch_size=2, seed=1, pad_id=0, log_every=1, name="t")
+        digests.append(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+    assert digests[0] == digests[1]

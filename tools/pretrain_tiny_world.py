@@ -1,0 +1,438 @@
+"""Pretrain the tiny world's two T5s from scratch, on CPU, on synthetic worlds the dev sets never use.
+
+Why: lmcot's random tiny models only show plumbing (every accuracy is 0). These two
+models make the method visible offline (issue 13):
+
+- ``large``: a T5 of a few M parameters, instruction-tuned on lmcot's own prompt
+  templates (:mod:`lmcot.prompts`): direct answer, CoT ending in the answer cue, answer
+  from a given rationale (gold facts, gold facts + cue, or none), teacher rationale, and
+  each judge aspect as yes/no. Rationales are the supporting-fact sentences; judge
+  positives are those faithful rationales, negatives one corruption per aspect (wrong
+  entity: factuality; unrelated sentences: relevance; shuffled steps: logicality and
+  coherence; a contradiction: consistency; broken words: fluency; repeated words:
+  naturalness and readability).
+- ``small``: a smaller T5 that has only learned the world's language (span denoising
+  and continuation of its paragraphs), so writing rationales is what distillation
+  must teach it.
+
+Training data comes from ``tools/make_synthetic_data.py`` worlds of seeds derived from
+``--seed`` (never the shipped world's seed, so the shipped dev sets stay unseen: new
+names, new facts). Contexts are the gold paragraphs plus a few distractors, fitted to
+``--context-tokens`` (the tiny preset's ``data.context_max_tokens``) with lmcot's own
+:func:`lmcot.context.build_context`; prompts are lmcot's own templates, so the model is
+trained on exactly what it will be served.
+
+Deterministic from ``--seed`` at a fixed thread count: ``--minutes`` only chooses the
+number of steps (timed on the first steps, then fixed and recorded), and a rerun with
+``--large-steps`` / ``--small-steps`` set to the recorded numbers reproduces the weights
+(their sha256 is in ``tiny_world.json``). Plain torch loops, no Ray; run it niced::
+
+    nice -n 19 python tools/pretrain_tiny_world.py --minutes 30 --out lmcot/tiny_world
+    python tools/pretrain_tiny_world.py --smoke --out /tmp/tw          # seconds
+    python tools/pretrain_tiny_world.py --eval lmcot/tiny_world        # dev EM/F1 through lmcot.method
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import make_synthetic_data as world_gen  # noqa: E402  (a sibling tool, not a package)
+import torch  # noqa: E402
+
+from lmcot import prompts  # noqa: E402
+from lmcot.context import build_context, render_paragraph  # noqa: E402
+from lmcot.data import Example, Paragraph, parse_records  # noqa: E402
+
+SIZES = {
+    "large": dict(d_model=128, d_ff=320, num_layers=4, num_heads=4),
+    "small": dict(d_model=96, d_ff=192, num_layers=2, num_heads=4),
+}
+SMOKE_SIZES = {"large": dict(d_model=32, d_ff=64, num_layers=1, num_heads=2),
+               "small": dict(d_model=16, d_ff=32, num_layers=1, num_heads=2)}
+LARGE_TASK_WEIGHTS = {"standard": 2, "cot": 1, "teacher": 1, "answer_gold": 2, "answer_cue": 1, "answer_empty": 0.5,
+                      "judge_yes": 1.5, "judge_no": 1.5}
+CORRUPTIONS = {  # corruption -> the judge aspects it violates
+    "wrong_entity": ("factuality",), "unrelated": ("relevance",), "shuffled": ("logicality", "coherence"),
+    "contradiction": ("consistency",), "broken": ("fluency", "naturalness", "readability"),
+    "repeated": ("naturalness", "readability"),
+}
+MAX_SOURCE, MAX_TARGET = 512, 96
+
+
+# ----------------------------------------------------------------------------- data
+def world_seeds(seed: int, n: int) -> list[int]:
+    """``n`` world seeds derived from ``seed``, never the shipped world's."""
+    out, i = [], 0
+    while len(out) < n:
+        s = seed * 1000 + 1 + i
+        i += 1
+        if s != world_gen.SEED:
+            out.append(s)
+    return out
+
+
+def facts(ex: Example) -> list[str]:
+    """The supporting-fact sentences, in the order the dataset lists them."""
+    by_title = {p.title: p for p in ex.paragraphs}
+    out = []
+    for title, i in ex.supporting_facts:
+        p = by_title.get(title)
+        if p is not None and i < len(p.sentences) and p.sentences[i].strip() not in out:
+            out.append(p.sentences[i].strip())
+    return out
+
+
+def gold_rationale(ex: Example) -> str:
+    """The gold rationale: the supporting facts, as the report's ``gold-rationale`` row uses them."""
+    return " ".join(facts(ex))
+
+
+def with_conclusion(rationale: str, answer: str) -> str:
+    return f"{rationale} {prompts.ANSWER_CUE} {answer}.".strip()
+
+
+def training_context(rng: random.Random, ex: Example, tokenizer, max_tokens: int) -> tuple[str, list[str]]:
+    """Gold paragraphs plus 0-4 distractors, shuffled and fitted; every gold title survives the cut."""
+    gold = set(ex.gold_titles)
+    distract = [p for p in ex.paragraphs if p.title not in gold]
+    rng.shuffle(distract)
+    for k in range(rng.randint(0, min(4, len(distract))), -1, -1):
+        paras = [p for p in ex.paragraphs if p.title in gold] + distract[:k]
+        rng.shuffle(paras)
+        ctx = build_context(dataclasses.replace(ex, paragraphs=tuple(paras)), tokenizer=tokenizer,
+                            max_tokens=max_tokens)
+        if all(f"{t}:" in ctx for t in gold):
+            return ctx, [s for p in distract[:k] for s in p.sentences]
+    return ctx, []
+
+
+class Corruptor:
+    """Turns a faithful rationale into one that violates given judge aspects."""
+
+    def __init__(self, world):
+        kinds = {"person": world.people, "city": world.cities, "country": world.countries, "film": world.films,
+                 "company": world.companies, "band": world.bands}
+        self.kind_of = {e.name: k for k, es in kinds.items() for e in es}
+        self.by_kind = {k: [e.name for e in es] for k, es in kinds.items()}
+        self.sentences = [s for sents in world.paragraphs.values() for s in sents]
+
+    def wrong_entity(self, rng, text: str, avoid: str = "") -> str:
+        names = sorted((n for n in self.kind_of if n in text and n != avoid), key=len, reverse=True)
+        if names:
+            name = rng.choice(names[:4])
+            other = rng.choice([n for n in self.by_kind[self.kind_of[name]] if n != name])
+            return text.replace(name, other)
+        words = text.split()
+        years = [i for i, w in enumerate(words) if w.strip(".,)").isdigit()]
+        if years:
+            i = rng.choice(years)
+            words[i] = words[i].replace(words[i].strip(".,)"), str(int(words[i].strip(".,)")) + rng.randint(1, 30)))
+        return " ".join(words)
+
+    def __call__(self, kind: str, rng: random.Random, rationale: str, answer: str, distractors: list[str]) -> str:
+        sents = [s for s in rationale.replace(". ", ".\n").splitlines() if s.strip()]
+        if kind == "wrong_entity":
+            return self.wrong_entity(rng, rationale)
+        if kind == "unrelated":
+            pool = distractors or self.sentences
+            return " ".join(rng.sample(pool, min(len(pool), max(1, len(sents) - 1))))
+        if kind == "shuffled":
+            steps = sents + [f"{prompts.ANSWER_CUE} {answer}."]
+            return " ".join(reversed(steps))
+        if kind == "contradiction":
+            if rng.random() < 0.5:
+                return with_conclusion(rationale, self.wrong_entity(rng, answer) if answer not in ("yes", "no")
+                                       else {"yes": "no", "no": "yes"}[answer])
+            s = rng.choice(sents)
+            return f"{rationale} {self.wrong_entity(rng, s)}"
+        words = rationale.split()
+        if kind == "broken":
+            out = []
+            for w in words:
+                r = rng.random()
+                if r < 0.25:
+                    continue
+                out.append(w[: max(1, len(w) // 2)] if r < 0.45 else w)
+            rng.shuffle(out) if rng.random() < 0.3 else None
+            return " ".join(out)
+        if kind == "repeated":
+            if rng.random() < 0.5:
+                return " ".join(rationale.split()[:6] * 3) + " " + rationale
+            return " ".join(w for w in words for _ in range(3 if rng.random() < 0.35 else 1))
+        raise ValueError(kind)
+
+
+def large_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str], corrupt: Corruptor):
+    """(task, source, target) for every task of the large T5 on one question."""
+    q, a = ex.question, ex.answer
+    rat = gold_rationale(ex)
+    concl = with_conclusion(rat, a)
+    out = [("standard", prompts.standard_prompt(q, ctx), a), ("cot", prompts.cot_prompt(q, ctx), concl),
+           ("teacher", prompts.teacher_rationale_prompt(q, ctx), concl),
+           ("answer_gold", prompts.answer_from_rationale_prompt(q, ctx, rat), a),
+           ("answer_cue", prompts.answer_from_rationale_prompt(q, ctx, concl), a),
+           ("answer_empty", prompts.answer_from_rationale_prompt(q, ctx, ""), a)]
+    aspect = rng.choice(list(prompts.ASPECTS))
+    out.append(("judge_yes", prompts.judge_prompt(aspect, q, ctx, rng.choice([rat, concl])), "yes"))
+    kind = rng.choice(list(CORRUPTIONS))
+    bad = corrupt(kind, rng, rat, a, distractors)
+    out.append(("judge_no", prompts.judge_prompt(rng.choice(CORRUPTIONS[kind]), q, ctx, bad), "no"))
+    return [(t, str(s), tgt) for t, s, tgt in out]
+
+
+def small_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str, str, str]]:
+    """Span denoising (``<unk>`` marks each dropped span) and continuation of one paragraph line."""
+    words = paragraph_line.split()
+    src, tgt, i = [], [], 0
+    while i < len(words):
+        if rng.random() < 0.15:
+            n = rng.randint(1, 3)
+            src.append("<unk>")
+            tgt += ["<unk>"] + words[i:i + n]
+            i += n
+        else:
+            src.append(words[i])
+            i += 1
+    cut = rng.randint(2, max(2, len(words) // 2))
+    return [("denoise", " ".join(src), " ".join(tgt) or "<unk>"),
+            ("continue", " ".join(words[:cut]), " ".join(words[cut:]))]
+
+
+def build_pairs(args, tokenizer) -> tuple[list, list, dict]:
+    """All training pairs of both models, and a record of where they came from."""
+    rng = random.Random(args.seed)
+    seeds = world_seeds(args.seed, args.worlds)
+    large, small = [], []
+    for s in seeds:
+        world, records = world_gen.generate_world(seed=s, train=args.questions, dev=0)
+        corrupt = Corruptor(world)
+        for name, recs in records.items():
+            if not recs:
+                continue
+            fmt = "hotpotqa" if name.startswith("hotpotqa") else "2wiki"
+            for ex in parse_records(recs, fmt, f"world {s} {name}"):
+                ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
+                large += large_pairs(rng, ex, ctx, distractors, corrupt)
+        for title in world.titles:
+            small += small_pairs(rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
+    return large, small, {"world_seeds": seeds, "questions_per_dataset_and_world": args.questions,
+                          "shipped_world_seed_excluded": world_gen.SEED}
+
+
+def tokenize(tokenizer, pairs):
+    """Token ids of (source, target) pairs; over-long sources are dropped, targets capped."""
+    src = tokenizer([p[1] for p in pairs], truncation=False)["input_ids"]
+    tgt = tokenizer([p[2] for p in pairs], truncation=True, max_length=MAX_TARGET)["input_ids"]
+    keep = [(s, t, p[0]) for s, t, p in zip(src, tgt, pairs) if len(s) <= MAX_SOURCE]
+    return keep
+
+
+# ----------------------------------------------------------------------------- models and training
+def build_t5(size: dict, tokenizer, seed: int):
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_kv=size["d_model"] // size["num_heads"], feed_forward_proj="gated-gelu",
+        num_decoder_layers=size["num_layers"], tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=0.0, **size,
+    )
+    model = T5ForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id],
+    )
+    return model
+
+
+def batches(rng: random.Random, data: list, batch_size: int):
+    """Endless length-grouped batches: shuffle, sort within windows of 50 batches, shuffle the batches."""
+    while True:
+        idx = list(range(len(data)))
+        rng.shuffle(idx)
+        window = batch_size * 50
+        out = []
+        for w in range(0, len(idx), window):
+            chunk = sorted(idx[w:w + window], key=lambda i: len(data[i][0]))
+            out += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        rng.shuffle(out)
+        yield from out
+
+
+def collate(data: list, batch: list[int], pad_id: int) -> dict:
+    src = [data[i][0] for i in batch]
+    tgt = [data[i][1] for i in batch]
+    ls, lt = max(map(len, src)), max(map(len, tgt))
+    ids = torch.tensor([s + [pad_id] * (ls - len(s)) for s in src])
+    labels = torch.tensor([t + [-100] * (lt - len(t)) for t in tgt])
+    return dict(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels)
+
+
+def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_size: int, seed: int, pad_id: int,
+          log_every: int, name: str) -> dict:
+    """AdamW with linear warmup and decay over ``steps``; with ``seconds`` > 0 the step count is
+    fixed from the speed of the first steps instead (and recorded)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, min(100, steps // 20))
+    total, timed_at, start = steps, min(20, steps), time.monotonic()
+    losses, stream, step = [], batches(rng, data, batch_size), 0
+    model.train()
+    while step < total:
+        frac = (step + 1) / warmup if step < warmup else max(0.1, 1 - (step - warmup) / max(1, total - warmup))
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, frac)
+        loss = model(**collate(data, next(stream), pad_id)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        elapsed = time.monotonic() - start
+        if seconds > 0 and step == timed_at:  # fix the step count from the measured speed
+            total = max(step, min(steps, int(seconds / (elapsed / step))))
+        if step % log_every == 0 or step == total:
+            recent = losses[-log_every:]
+            print(f"[{name}] step {step}/{total} loss {sum(recent) / len(recent):.3f} {elapsed:.0f}s", flush=True)
+        if seconds > 0 and elapsed > seconds * 1.15:  # far slower than timed (a busy machine): stop
+            print(f"[{name}] stopping at step {step}: over the time budget", flush=True)
+            break
+    model.eval()
+    tail = losses[-max(1, min(50, len(losses) // 5)):]
+    return {"steps": step, "planned_steps": total, "seconds": round(time.monotonic() - start, 1),
+            "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4),
+            "stopped_early": step < total}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save(model, tokenizer, out: Path, record: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    record = dict(record, parameters=sum(p.numel() for p in model.parameters()),
+                  sha256={"model.safetensors": sha256(out / "model.safetensors")})
+    (out / "lmcot_tiny_world.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def pretrain(args) -> dict:
+    from lmcot.tiny import build_tokenizer
+
+    torch.set_num_threads(args.threads)
+    tokenizer = build_tokenizer("seq2seq")
+    t0 = time.monotonic()
+    large_raw, small_raw, provenance = build_pairs(args, tokenizer)
+    large = tokenize(tokenizer, large_raw)
+    small = tokenize(tokenizer, small_raw)
+    weights = LARGE_TASK_WEIGHTS
+    # task mixture: repeat/subsample each task's pairs by its weight (deterministic)
+    rng = random.Random(args.seed + 1)
+    mixed = []
+    for task, w in weights.items():
+        items = [x for x in large if x[2] == task]
+        whole, part = int(w), w - int(w)
+        mixed += items * whole + rng.sample(items, int(len(items) * part))
+    print(f"data: {len(mixed)} large pairs, {len(small)} small pairs from worlds {provenance['world_seeds']} "
+          f"({time.monotonic() - t0:.0f}s)", flush=True)
+    sizes = SMOKE_SIZES if args.smoke else SIZES
+    budget = args.minutes * 60
+    summary = {"training": {k: v for k, v in vars(args).items() if k not in ("out", "eval")}, "data": provenance,
+               "task_weights": weights, "sizes": sizes, "max_source_tokens": MAX_SOURCE,
+               "max_target_tokens": MAX_TARGET, "torch": torch.__version__, "models": {}}
+    for name, data, steps, share, lr in (("large", mixed, args.large_steps, 1 - args.small_share, args.lr),
+                                         ("small", small, args.small_steps, args.small_share, args.lr)):
+        model = build_t5(sizes[name], tokenizer, args.seed)
+        result = train(model, data, steps=steps, seconds=budget * share, lr=lr, batch_size=args.batch_size,
+                       seed=args.seed, pad_id=tokenizer.pad_token_id, log_every=args.log_every, name=name)
+        record = {"name": f"tiny-world-{name}", "seed": args.seed, "size": sizes[name], "train": result,
+                  "pairs": len(data), "rerun": f"--seed {args.seed} --{name}-steps {result['steps']}"}
+        summary["models"][name] = save(model, tokenizer, args.out / name, dict(record, **provenance))
+    (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256) -> dict:
+    """Dev EM/F1 of ``folder/large`` on the shipped dev sets, through lmcot's HFGenerator and lmcot.method:
+    standard, CoT, answer from the gold rationale and from an empty one."""
+    from lmcot import method
+    from lmcot.config import GenerationConfig, ModelSpec
+    from lmcot.data import load_json_file
+    from lmcot.evaluation import prepare_questions
+    from lmcot.generation import HFGenerator
+    from lmcot.metrics import answer_metrics, load_aliases
+
+    large = HFGenerator(ModelSpec(str(folder / "large"), device="cpu"))
+    gen = GenerationConfig(batch_size=16, rationale_max_new_tokens=80, answer_max_new_tokens=12)
+    aliases = load_aliases(world_gen.OUT_DIR / "2wiki_synthetic_id_aliases.json")
+    out = {}
+    for ds, fmt in (("hotpotqa", "hotpotqa"), ("2wiki", "2wiki")):
+        examples = load_json_file(f"sample:{ds}_synthetic_dev", fmt)[: limit or None]
+        qs = prepare_questions(examples, mode="all", tokenizer=large.tokenizer, max_tokens=context_tokens)
+        runs = {"standard": method.standard(qs, large, gen), "cot": method.cot(qs, large, gen),
+                "gold_rationale": method.answer_rationales(qs, [[gold_rationale(e)] for e in examples], large, gen),
+                "empty_rationale": method.answer_rationales(qs, [[""] for _ in examples], large, gen)}
+        for row, results in runs.items():
+            scores = [answer_metrics(r.answer, [e.answer] + aliases.get(e.answer_id, [])) for e, r in
+                      zip(examples, results)]
+            out[f"{ds}/{row}"] = {k: round(100 * sum(s[k] for s in scores) / len(scores), 1) for k in ("em", "f1")}
+            print(f"{ds:9s} {row:16s} EM {out[f'{ds}/{row}']['em']:5.1f}  F1 {out[f'{ds}/{row}']['f1']:5.1f}   "
+                  f"e.g. {results[0].answer!r} (gold {examples[0].answer!r})", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "lmcot" / "tiny_world", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the data order and the init")
+    p.add_argument("--worlds", type=int, default=4, help="training worlds (seeds derived from --seed)")
+    p.add_argument("--questions", type=int, default=600, help="train questions per dataset and world")
+    p.add_argument("--context-tokens", type=int, default=256, help="context budget (the tiny preset's)")
+    p.add_argument("--minutes", type=float, default=0, help="time budget for both models (0: use the step counts)")
+    p.add_argument("--small-share", type=float, default=0.2, help="share of --minutes for the small T5")
+    p.add_argument("--large-steps", type=int, default=3000, help="steps of the large T5 (an upper bound with --minutes)")
+    p.add_argument("--small-steps", type=int, default=1000, help="steps of the small T5 (likewise)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (results are exact per thread count)")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--smoke", action="store_true", help="seconds: one tiny world, tiny models, a few steps")
+    p.add_argument("--eval", type=Path, default=None, metavar="DIR", help="evaluate DIR/large on the dev sets")
+    p.add_argument("--eval-limit", type=int, default=0, help="questions per dev set (0: all)")
+    args = p.parse_args(argv)
+    if args.eval is not None:
+        torch.set_num_threads(args.threads)
+        result = evaluate_dir(args.eval, args.eval_limit, args.context_tokens)
+        (args.eval / "dev_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.smoke:
+        args.worlds, args.questions, args.large_steps, args.small_steps, args.minutes = 1, 4, 2, 2, 0
+        args.log_every, args.batch_size = 1, 4
+    summary = pretrain(args)
+    print(json.dumps({k: v["train"] for k, v in summary["models"].items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
