@@ -6,12 +6,20 @@ judges rationale quality without generating. Every call reports its token counts
 the cost of each method (large-LM calls and tokens per question) is measured, not
 estimated. Prompts are fitted to the model's input limit first (:mod:`lmcot.fitting`);
 the prompt tokens reported are those of the fitted prompt the model received.
+
+Throughput (issue 12, ``docs/design.md`` "Generation throughput"): a batch is counted in
+rows (prompts x samples) under :attr:`GenerationConfig.batch_size` and a token budget
+(``max_batch_tokens``), never splitting one prompt's samples. With ``static_cache`` the
+prompts are padded up to a few bucket lengths (and the prompts of a batch up to a power
+of two), so a static KV cache and ``compile`` (transformers' compiled decoding, a compiled
+encoder / judge forward) see a bounded set of shapes, each compiled once and reused across
+calls. Padding is masked: greedy text and P(yes) equal the eager path's (tested on CPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -72,37 +80,88 @@ class Generator(Protocol):
         ...
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, so padding is small.
+def bucket_length(length: int, buckets: Sequence[int] = (), step: int = 64) -> int:
+    """The padded length of a prompt of ``length`` tokens: the smallest bucket that holds it.
 
-    >>> length_sorted_batches([5, 1, 4, 2], 2)
+    Without explicit ``buckets``, powers of two from ``step`` up; beyond the last bucket, the
+    next multiple of ``step`` (a prompt is never cut).
+
+    >>> [bucket_length(n) for n in (1, 64, 65, 300, 1000)]
+    [64, 64, 128, 512, 1024]
+    >>> bucket_length(300, (256, 512, 768)), bucket_length(800, (256, 512, 768))
+    (512, 832)
+    """
+    if buckets:
+        fitting = [b for b in buckets if b >= length]
+        return min(fitting) if fitting else -(-length // step) * step
+    size = step
+    while size < length:
+        size *= 2
+    return size
+
+
+def row_batches(
+    lengths: Sequence[int], *, n: int = 1, max_rows: int, max_tokens: int = 0, new_tokens: int = 0,
+    padded: Callable[[int], int] = lambda length: length,
+) -> list[list[int]]:
+    """Prompt indices grouped by length into batches of whole prompts (``n`` rows each).
+
+    A batch holds at most ``max_rows`` rows (prompts x samples) and, when ``max_tokens`` is
+    set, rows x (``padded`` longest prompt + ``new_tokens``) <= ``max_tokens``; a prompt whose
+    own ``n`` rows exceed either runs alone. Prompts are taken shortest first, so padding is small.
+
+    >>> row_batches([5, 1, 4, 2], max_rows=2)
     [[1, 3], [2, 0]]
+    >>> row_batches([5, 1, 4, 2], n=3, max_rows=8)
+    [[1, 3], [2, 0]]
+    >>> row_batches([10, 10, 30, 30], max_rows=99, max_tokens=60, new_tokens=10)
+    [[0, 1], [2], [3]]
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        rows = (len(current) + 1) * n
+        tokens = rows * (padded(lengths[i]) + new_tokens)  # sorted: prompt i is the longest so far
+        if current and (rows > max_rows or (max_tokens and tokens > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 class HFGenerator:
-    """A transformers model behind the :class:`Generator` Protocol (CPU or one GPU)."""
+    """A transformers model behind the :class:`Generator` Protocol (CPU or one GPU).
 
-    def __init__(self, spec: ModelSpec, batch_size: int = 8, loaded=None):
+    ``batch_size`` (rows per call) defaults to ``config.batch_size``; the other throughput
+    settings (token budget, static cache, buckets, compile) come from ``config``.
+    """
+
+    def __init__(self, spec: ModelSpec, batch_size: int | None = None, loaded=None,
+                 config: GenerationConfig | None = None):
         from lmcot.models import load_model
 
         self.spec = spec
-        self.batch_size = batch_size
-        lm = loaded if loaded is not None else load_model(spec)
+        self.config = config or GenerationConfig()
+        self.batch_size = batch_size or self.config.batch_size
+        lm = loaded if loaded is not None else load_model(spec, attn_implementation=self.config.attn_implementation)
         self.model, self.tokenizer, self.family, self.device = lm.model, lm.tokenizer, lm.family, lm.device
         self.fitter = PromptFitter.for_model(spec, self.tokenizer, self.family, self.model.config)
         self._yes_ids, self._no_ids = self._answer_token_ids()
+        self._compiled: dict[str, Callable] = {}
 
     # -- prompt handling ------------------------------------------------------------
     def fit(self, prompts: Sequence[str], reserve: int = 0) -> list[FittedPrompt]:
         """Each prompt as this model receives it (chat template, fitted to its input limit)."""
         return self.fitter.fit_all(prompts, reserve)
 
-    def _encode(self, texts: list[str]):
-        # Never truncate here: every text was fitted to the model's limit already.
-        enc = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+    def _encode(self, texts: list[str], length: int | None = None):
+        # Never truncate here: every text was fitted to the model's limit already. ``length`` pads
+        # (on the family's padding side) to a bucket length for the static-cache path.
+        pad = dict(padding="max_length", max_length=length) if length else dict(padding=True)
+        enc = self.tokenizer(texts, truncation=False, return_tensors="pt", **pad)
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def encode_prompts(self, prompts: Sequence[str], reserve: int = 0) -> dict:
@@ -116,6 +175,58 @@ class HFGenerator:
         eos = self.tokenizer.eos_token_id
         return row.index(eos) + 1 if eos in row else len(row)
 
+    # -- batching and shapes --------------------------------------------------------
+    def _padded(self, length: int) -> int:
+        """The length a prompt is padded to: its bucket on the static-cache path, else itself."""
+        c = self.config
+        return bucket_length(length, c.length_buckets, c.bucket_step) if c.static_cache else length
+
+    def _batches(self, lengths: list[int], n: int, new_tokens: int) -> list[list[int]]:
+        return row_batches(lengths, n=n, max_rows=self.batch_size, max_tokens=self.config.max_batch_tokens,
+                           new_tokens=new_tokens, padded=self._padded)
+
+    def _batch_inputs(self, texts: list[str], lengths: list[int], batch: list[int]) -> tuple[dict, int]:
+        """The encoded batch and its number of real prompts. On the static-cache path the prompts
+        are padded to the bucket of the longest, and the batch to a power of two of prompts by
+        repeating its last prompt (results of the repeats are dropped), so shapes repeat across calls."""
+        chosen = [texts[i] for i in batch]
+        if not self.config.static_cache:
+            return self._encode(chosen), len(batch)
+        rows = 1
+        while rows < len(batch):
+            rows *= 2
+        chosen += [chosen[-1]] * (rows - len(batch))
+        return self._encode(chosen, self._padded(max(lengths[i] for i in batch))), len(batch)
+
+    def _compile(self, name: str, fn: Callable) -> Callable:
+        """``fn`` compiled once (static shapes: one graph per bucket, reused across calls)."""
+        if name not in self._compiled:
+            import torch._dynamo.config as dynamo_config
+
+            # one graph per (length bucket, row bucket) pair: allow more than torch's default 8
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+            self._compiled[name] = torch.compile(fn, dynamic=False)
+        return self._compiled[name]
+
+    def _encoder_outputs(self, enc: dict):
+        """A seq2seq model's encoder pass (compiled when ``config.compile``)."""
+        encoder = self.model.get_encoder()
+        if self.config.compile:
+            encoder = self._compile("encoder", encoder)
+        return encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], return_dict=True)
+
+    def _generate_kwargs(self) -> dict:
+        """Static KV cache and transformers' compiled decoding (CUDA graphs on a GPU), or neither."""
+        if not self.config.static_cache:
+            return {}
+        if not self.config.compile:
+            return dict(cache_implementation="static", disable_compile=True)
+        from transformers import CompileConfig
+
+        compile_config = CompileConfig()
+        compile_config._compile_all_devices = True  # honour compile: true on CPU too (tests, smoke runs)
+        return dict(cache_implementation="static", compile_config=compile_config)
+
     # -- Generator Protocol ---------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
@@ -127,16 +238,20 @@ class HFGenerator:
         if seed is not None:
             torch.manual_seed(seed)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        for batch in length_sorted_batches(lengths, max(1, self.batch_size // n)):
-            enc = self._encode([texts[i] for i in batch])
+        for batch in self._batches(lengths, n, max_new_tokens):
+            enc, real = self._batch_inputs(texts, lengths, batch)
+            inputs = dict(enc)
+            if self.family == "seq2seq" and self.config.compile:
+                inputs = dict(encoder_outputs=self._encoder_outputs(enc), attention_mask=enc["attention_mask"])
             out = self.model.generate(
-                **enc, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                pad_token_id=self.tokenizer.pad_token_id, **sampling,
+                **inputs, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                pad_token_id=self.tokenizer.pad_token_id, **sampling, **self._generate_kwargs(),
             )
             if self.family == "causal":
                 out = out[:, enc["input_ids"].shape[1]:]
             else:
                 out = out[:, 1:]  # drop the decoder start token
+            out = out[: real * n]  # rows of the repeated padding prompts are dropped
             decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
             for j, i in enumerate(batch):
                 rows = range(j * n, (j + 1) * n)
@@ -152,17 +267,20 @@ class HFGenerator:
         fitted = self.fit(prompts, reserve=1)
         texts, lengths = [f.text for f in fitted], [f.tokens for f in fitted]
         scores = [0.0] * len(texts)
-        for batch in length_sorted_batches(lengths, self.batch_size):
-            enc = self._encode([texts[i] for i in batch])
+        for batch in self._batches(lengths, 1, 1):
+            enc, real = self._batch_inputs(texts, lengths, batch)
             if self.family == "seq2seq":
                 start = self.model.generation_config.decoder_start_token_id
                 if start is None:
                     start = self.model.config.decoder_start_token_id
-                dec = torch.full((len(batch), 1), start, dtype=torch.long, device=self.device)
-                logits = self.model(**enc, decoder_input_ids=dec).logits[:, -1]
+                dec = torch.full((enc["input_ids"].shape[0], 1), start, dtype=torch.long, device=self.device)
+                encoded = self._encoder_outputs(enc)
+                logits = self.model(encoder_outputs=encoded, attention_mask=enc["attention_mask"],
+                                    decoder_input_ids=dec, use_cache=False).logits[:, -1]
             else:
-                logits = self.model(**enc).logits[:, -1]
-            logits = logits.float()
+                forward = self._compile("forward", self.model) if self.config.compile else self.model
+                logits = forward(**enc, use_cache=False).logits[:, -1]
+            logits = logits[:real].float()
             yes = torch.logsumexp(logits[:, self._yes_ids], dim=-1)
             no = torch.logsumexp(logits[:, self._no_ids], dim=-1)
             for j, i in enumerate(batch):
@@ -192,9 +310,10 @@ class HFGenerator:
 
 def make_generator(spec: ModelSpec, gen: GenerationConfig | None = None) -> Generator:
     """The generator for a model spec's backend (``hf``, ``vllm`` or ``openai``)."""
-    batch_size = (gen or GenerationConfig()).batch_size
+    gen = gen or GenerationConfig()
+    batch_size = gen.batch_size
     if spec.backend == "hf":
-        return HFGenerator(spec, batch_size=batch_size)
+        return HFGenerator(spec, config=gen)
     if spec.backend == "openai":
         from lmcot.openai_backend import OpenAIGenerator
 

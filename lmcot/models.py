@@ -115,8 +115,9 @@ def context_tokenizer(spec: ModelSpec):
     return load_tokenizer(path, detect_family(path, spec.family, spec.revision), spec.revision)
 
 
-def load_model(spec: ModelSpec, *, for_training: bool = False) -> LoadedModel:
-    """Load a model and its tokenizer for generation (eval mode) or training."""
+def load_model(spec: ModelSpec, *, for_training: bool = False, attn_implementation: str | None = None) -> LoadedModel:
+    """Load a model and its tokenizer for generation (eval mode) or training; ``attn_implementation``
+    (``sdpa``, ``eager``, ``flex_attention``) picks the attention kernel, None leaves transformers' default."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     path = resolve_model_path(spec.name_or_path)
@@ -126,7 +127,8 @@ def load_model(spec: ModelSpec, *, for_training: bool = False) -> LoadedModel:
     dtype = resolve_dtype(spec.dtype, device)
     cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
     model = cls.from_pretrained(
-        path, dtype=dtype, trust_remote_code=False, use_safetensors=True, revision=spec.revision or None
+        path, dtype=dtype, trust_remote_code=False, use_safetensors=True, revision=spec.revision or None,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
     )
     check_tokenizer_matches(model, tokenizer, path)
     if not for_training:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lmcot.config import ModelSpec
+from lmcot.config import GenerationConfig, ModelSpec
 from lmcot.generation import HFGenerator
 from lmcot.models import ModelLoadError, detect_family, load_model, resolve_model_path
 
@@ -98,3 +98,105 @@ def test_declared_family_mismatch_is_named():
 def test_unknown_tiny_model_lists_the_valid_ones():
     with pytest.raises(ValueError, match="tiny:t5-small"):
         resolve_model_path("tiny:gpt-huge")
+
+
+# -- throughput paths (issue 12): row batches under a token budget, static cache, compile ----------------
+
+def test_row_batches_keep_a_prompts_samples_together_under_the_token_budget():
+    import random
+
+    from lmcot.generation import bucket_length, row_batches
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 30))]
+        n, rows, budget, new = rng.randint(1, 6), rng.randint(1, 40), rng.choice([0, 500, 4000]), rng.randint(1, 50)
+        padded = lambda length: bucket_length(length)  # noqa: E731
+        batches = row_batches(lengths, n=n, max_rows=rows, max_tokens=budget, new_tokens=new, padded=padded)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every prompt once, whole
+        for b in batches:
+            longest = max(padded(lengths[i]) for i in b)
+            if len(b) > 1:  # only a prompt alone may exceed a limit
+                assert len(b) * n <= rows and (not budget or len(b) * n * (longest + new) <= budget)
+        # as many rows as allowed: joining two neighbouring batches would break a limit
+        for b, c in zip(batches, batches[1:]):
+            both = b + c
+            longest = max(padded(lengths[i]) for i in both)
+            assert len(both) * n > rows or (budget and len(both) * n * (longest + new) > budget)
+
+
+def test_generate_calls_are_counted_in_rows_under_the_budget(generator):
+    cfg = GenerationConfig(batch_size=6, max_batch_tokens=6 * (64 + 5), static_cache=True, length_buckets=(64, 256))
+    fast = HFGenerator(generator.spec, loaded=_loaded(generator), config=cfg)
+    calls = []
+    real_generate = fast.model.generate
+
+    def recording(**kw):
+        ids = kw["input_ids"] if "input_ids" in kw else kw["attention_mask"]
+        calls.append((ids.shape[0] * kw["num_return_sequences"], ids.shape[1]))
+        return real_generate(**kw)
+
+    fast.model.generate = recording
+    try:
+        prompts = ["q1", "q2 is a bit longer", "q3", "word " * 70]
+        out = fast.generate(prompts, max_new_tokens=5, n=3, temperature=1.0, seed=0)
+    finally:
+        del fast.model.generate
+    assert [len(g.texts) for g in out] == [3, 3, 3, 3]
+    # q1 + q3: 2 prompts x 3 samples = 6 rows of the 64-token bucket (6 x 69 tokens = the budget); q2 would
+    # make 9 rows; the long prompt (256-token bucket) with q2 would break the budget, so it runs alone
+    assert sorted(calls) == [(3, 64), (3, 256), (6, 64)], calls
+
+
+def _loaded(generator):
+    from lmcot.models import LoadedModel
+
+    return LoadedModel(model=generator.model, tokenizer=generator.tokenizer, family=generator.family, path="",
+                       device=generator.device)
+
+
+PROMPTS = ["short", "a much longer prompt with many more words in it than the others", "mid size prompt", "x",
+           "Is the sky blue? Answer:"]
+
+
+def test_static_cache_with_buckets_gives_the_eager_greedy_text(generator):
+    fast = HFGenerator(generator.spec, batch_size=3, loaded=_loaded(generator),
+                       config=GenerationConfig(static_cache=True, bucket_step=16))
+    eager, static = generator.generate(PROMPTS, max_new_tokens=8), fast.generate(PROMPTS, max_new_tokens=8)
+    assert [g.texts for g in static] == [g.texts for g in eager]
+    assert [(g.prompt_tokens, g.completion_tokens) for g in static] == [(g.prompt_tokens, g.completion_tokens)
+                                                                       for g in eager]
+
+
+def test_bucketed_yes_no_scores_equal_eager(generator):
+    fast = HFGenerator(generator.spec, batch_size=4, loaded=_loaded(generator),
+                       config=GenerationConfig(static_cache=True, length_buckets=(16, 48)))
+    eager, bucketed = generator.score_yes_no(PROMPTS), fast.score_yes_no(PROMPTS)
+    assert max(abs(a - b) for a, b in zip(eager, bucketed)) < 1e-3
+
+
+@pytest.mark.slow
+def test_compiled_decoding_and_judging_equal_eager(generator):
+    """torch.compile on CPU (inductor builds C++): a minute or more per model on 2 cores."""
+    fast = HFGenerator(generator.spec, batch_size=4, loaded=_loaded(generator),
+                       config=GenerationConfig(static_cache=True, compile=True, bucket_step=32))
+    prompts = PROMPTS[:4]
+    eager = generator.generate(prompts, max_new_tokens=6)
+    assert [g.texts for g in fast.generate(prompts, max_new_tokens=6)] == [g.texts for g in eager]
+    assert [g.texts for g in fast.generate(prompts, max_new_tokens=6)] == [g.texts for g in eager]  # reused graphs
+    diffs = [abs(a - b) for a, b in zip(generator.score_yes_no(prompts), fast.score_yes_no(prompts))]
+    assert max(diffs) < 1e-3
+
+
+def test_generation_config_checks_the_throughput_fields():
+    assert GenerationConfig(static_cache=True, compile=True, length_buckets=(256, 512)).compile
+    for bad, match in ((dict(compile=True), "static_cache"), (dict(max_batch_tokens=-1), "max_batch_tokens"),
+                       (dict(length_buckets=(512, 256)), "ascending"), (dict(attn_implementation="flash"), "sdpa"),
+                       (dict(bucket_step=0), "bucket_step")):
+        with pytest.raises(ValueError, match=match):
+            GenerationConfig(**bad)
+
+
+def test_attention_implementation_is_chosen_by_config():
+    gen = HFGenerator(ModelSpec("tiny:t5-small"), config=GenerationConfig(attn_implementation="eager"))
+    assert gen.model.config._attn_implementation == "eager"
