@@ -30,6 +30,31 @@ def test_core_modules_import_with_ray_and_deepspeed_blocked():
     assert "lmcot.method" in CORE and "lmcot.config" in CORE and "lmcot.resources" in CORE
 
 
+def ray_imports(source: str) -> list[str]:
+    """Every import of ray or deepspeed in ``source``, at module level or inside a function.
+
+    >>> ray_imports("def f():\\n    import ray.train\\n    from deepspeed import x\\nimport rayon")
+    ['ray.train', 'deepspeed']
+    """
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        found += [n for n in names if n.split(".")[0] in ("ray", "deepspeed")]
+    return found
+
+
+def test_core_modules_never_import_ray_even_lazily():
+    """Importing with Ray blocked misses an import inside a function: read the source too."""
+    import importlib.util
+
+    offenders = {m: ray_imports(open(importlib.util.find_spec(m).origin).read()) for m in CORE}
+    assert {m: found for m, found in offenders.items() if found} == {}
+    assert ray_imports("def f():\n    import ray\n") == ["ray"], "the scan sees a lazy import"
+
+
 def test_a_core_module_that_imports_ray_fails_the_check(tmp_path):
     """The check above can fail: the same blocking makes an import of ray raise."""
     code = "import sys\nsys.modules['ray'] = None\nimport ray\n"

@@ -3,7 +3,6 @@
 import pandas as pd
 import pytest
 
-from lmcot import sft_data
 from lmcot.config import DatasetSpec
 from lmcot.data import load_split
 from lmcot.fitting import PromptTooLong
@@ -179,6 +178,3 @@ def test_fingerprint_follows_content():
     assert pairs_fingerprint(a) == pairs_fingerprint(list(a))
     assert pairs_fingerprint(a) != pairs_fingerprint([SFTPair("h", "q", 0, "p", "t2")])
 
-
-def test_module_is_core():
-    assert "ray" not in sft_data.__dict__ and "deepspeed" not in sft_data.__dict__
