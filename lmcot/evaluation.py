@@ -7,7 +7,6 @@ same loop serves the ``lmcot eval`` command, the pipeline and the tests.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -18,7 +17,7 @@ from lmcot.data import Example
 from lmcot.generation import Generator, Usage
 from lmcot.method import MethodResult, Question, run_method
 from lmcot.metrics import score_predictions
-from lmcot.rundir import write_atomic, write_json
+from lmcot.rundir import RunDir, write_atomic, write_json
 
 
 def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None, max_tokens: int = 0) -> list[Question]:
@@ -69,12 +68,13 @@ def summarize(examples: Sequence[Example], results: Sequence[MethodResult], alia
     return metrics
 
 
-def write_outputs(out_dir: Path, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]],
+def write_outputs(run_dir: RunDir, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]],
                   context_mode: str = "all") -> dict:
-    """``predictions.json`` (official format), ``metrics.json``, ``details.jsonl`` and ``report.md``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The evaluation's predictions (official format), metrics, per-question details and report."""
+    label = cfg.output_label
+    run_dir.eval_dir(label).mkdir(parents=True, exist_ok=True)
     answers = {r.id: r.answer for results, _ in per_dataset.values() for r in results}
-    write_json(out_dir / "predictions.json", {"answer": answers, "sp": {}})
+    write_json(run_dir.eval_predictions(label), {"answer": answers, "sp": {}})
     summary = {
         "method": cfg.method,
         "self_consistency": cfg.self_consistency,
@@ -83,15 +83,15 @@ def write_outputs(out_dir: Path, cfg: EvalConfig, per_dataset: dict[str, tuple[l
         "oracle": context_mode in ORACLE_MODES,
         "datasets": {name: metrics for name, (_, metrics) in per_dataset.items()},
     }
-    write_json(out_dir / "metrics.json", summary)
+    write_json(run_dir.eval_metrics(label), summary)
     lines = []
     for name, (results, _) in per_dataset.items():
         for r in results:
             lines.append(json.dumps({"dataset": name, "id": r.id, "answer": r.answer, "votes": r.votes,
                                      "answers": r.answers, "rationales": r.rationales,
                                      "usage": {k: u.as_dict() for k, u in r.usage.items()}}))
-    write_atomic(out_dir / "details.jsonl", "\n".join(lines) + "\n")
-    write_atomic(out_dir / "report.md", render_report(summary))
+    write_atomic(run_dir.eval_details(label), "\n".join(lines) + "\n")
+    write_atomic(run_dir.eval_report(label), render_report(summary))
     return summary
 
 

@@ -138,7 +138,7 @@ def score_predictions(gold: Sequence[dict] | Sequence[Example], predictions: Map
         if rid not in answers:
             missing.append(rid)
             continue
-        golds = [answer] + [a for a in aliases.get(answer_id, ()) if a != answer]
+        golds = gold_answers(answer, answer_id, aliases)
         pred = answers[rid]
         scores = answer_metrics("" if pred is None else str(pred), golds)
         for key in METRIC_KEYS:
@@ -157,6 +157,22 @@ def _read_json(path: str | Path, what: str) -> Any:
         return json.loads(resolved.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{resolved}: the {what} is not valid JSON ({exc})") from exc
+
+
+def gold_answers(answer: str, answer_id: str, aliases: dict | None) -> list[str]:
+    """The gold answer first, then its other aliases (2Wiki's ``answer_id`` into ``id_aliases.json``).
+
+    >>> gold_answers("USA", "Q30", {"Q30": ["USA", "United States", "American"]})
+    ['USA', 'United States', 'American']
+    >>> gold_answers("Paris", "", None)
+    ['Paris']
+    """
+    return [answer] + [a for a in (aliases or {}).get(answer_id or "", ()) if a != answer]
+
+
+def dataset_aliases(spec) -> dict[str, list[str]]:
+    """The aliases of a dataset spec (``aliases_path``), or none."""
+    return load_aliases(spec.aliases_path) if spec.aliases_path else {}
 
 
 def load_aliases(path: str | Path) -> dict[str, list[str]]:

@@ -190,6 +190,12 @@ class RunDir:
     def eval_aspects(self, label: str) -> Path:
         return self.eval_dir(label) / "aspects.json"
 
+    def eval_details(self, label: str) -> Path:
+        return self.eval_dir(label) / "details.jsonl"
+
+    def eval_report(self, label: str) -> Path:
+        return self.eval_dir(label) / "report.md"
+
     def eval_labels(self) -> list[str]:
         """Labels of the finished evaluations (those with metrics), sorted."""
         return sorted(p.name for p in self.evals.glob("*") if self.eval_metrics(p.name).is_file())

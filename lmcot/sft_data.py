@@ -65,18 +65,14 @@ class SFTPair:
 
 
 # -- reading the rationale shards ----------------------------------------------------------
-def shard_files(root: Path) -> list[Path]:
-    """Parquet shards under ``root`` (hidden temporary files excluded), in name order."""
-    root = Path(root)
-    return sorted(p for p in root.glob("*.parquet") if not p.name.startswith(".")) if root.is_dir() else []
-
-
 def read_kept_rows(root: Path) -> list[dict]:
     """The kept rows of every shard under ``root``; raises :class:`NoRationalesError` when there are none."""
     import pyarrow.parquet as pq
 
     root = Path(root)
-    files = shard_files(root)
+    from lmcot.teacher import shard_paths  # the one reader of the shard folder's names
+
+    files = shard_paths(root)
     if not files:
         raise NoRationalesError(
             f"no rationale shards in {root}: run `lmcot generate-rationales --run-dir {root.parent}` "

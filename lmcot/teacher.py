@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from lmcot.config import Config, DataConfig, RationalesConfig
 from lmcot.context import build_context
 from lmcot.data import Example, parse_records, to_official_json
-from lmcot.metrics import answer_metrics
+from lmcot.metrics import answer_metrics, gold_answers
 from lmcot.prompts import (ANSWER_CUE, answer_from_rationale_prompt, parse_answer, split_rationale,
                            teacher_rationale_prompt)
 
@@ -100,7 +100,7 @@ def question_rows(examples: Sequence[Example], dataset: str, samples_per_questio
         missing = [s for s in range(samples_per_question) if (dataset, ex.id, s) not in done]
         if not missing:
             continue
-        golds = [ex.answer] + [a for a in aliases.get(ex.answer_id, ()) if a != ex.answer]
+        golds = gold_answers(ex.answer, ex.answer_id, aliases)
         rows.append({
             "dataset": dataset, "id": ex.id, "format": ex.dataset, "question": ex.question,
             "golds": golds, "samples": missing,

@@ -15,7 +15,7 @@ from lmcot.config import Config, ModelSpec, to_dict
 from lmcot.data import load_split
 from lmcot.evaluation import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
 from lmcot.generation import make_generator
-from lmcot.metrics import load_aliases
+from lmcot.metrics import dataset_aliases
 from lmcot.resources import eval_actor_resources, eval_need
 from lmcot.rewards import RewardJudge
 from lmcot.rundir import RunDir, write_json
@@ -132,12 +132,11 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
             questions, method=ev.method, k=ev.self_consistency, small=small, large=large, gen=cfg.generation,
             desc=f"{ev.output_label}/{name}",
         )
-        aliases = load_aliases(spec.aliases_path) if spec.aliases_path else None
+        aliases = dataset_aliases(spec)
         per_dataset[name] = (results, summarize(examples, results, aliases))
         judged[0].extend(questions)
         judged[1].extend(results)
-    out_dir = run_dir.eval_dir(ev.output_label)
-    summary = write_outputs(out_dir, ev, per_dataset, cfg.data.context_mode)
+    summary = write_outputs(run_dir, ev, per_dataset, cfg.data.context_mode)
     if judge_aspects and any(r.rationales for r in judged[1]):
         judge = RewardJudge(large, answer_max_new_tokens=cfg.generation.answer_max_new_tokens)
         write_json(run_dir.eval_aspects(ev.output_label), judge_rationales(judged[0], judged[1], judge))

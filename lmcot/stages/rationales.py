@@ -34,7 +34,7 @@ from ray.data import ActorPoolStrategy
 
 from lmcot.config import Config, identity
 from lmcot.data import load_split
-from lmcot.metrics import load_aliases
+from lmcot.metrics import dataset_aliases
 from lmcot.models import context_tokenizer
 from lmcot.resources import teacher_actor_options, teacher_need
 from lmcot.rundir import RunDir, write_json
@@ -90,7 +90,7 @@ def _load_datasets(cfg: Config) -> list[tuple[str, list, dict]]:
     """(name, train examples, 2Wiki aliases) of every configured dataset."""
     out = []
     for spec in cfg.data.datasets:
-        aliases = load_aliases(spec.aliases_path) if spec.aliases_path else {}
+        aliases = dataset_aliases(spec)
         out.append((spec.name, load_split(spec, "train"), aliases))
     return out
 

@@ -81,14 +81,14 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
     """
     from lmcot.data import load_split
     from lmcot.evaluation import prepare_questions
-    from lmcot.metrics import load_aliases
+    from lmcot.metrics import dataset_aliases, gold_answers
     from lmcot.models import context_tokenizer
     from lmcot.fitting import PromptFitter
     from lmcot.prompts import small_rationale_prompt
 
     pool = []
     for spec in cfg.data.datasets:
-        aliases = load_aliases(spec.aliases_path) if spec.aliases_path else {}
+        aliases = dataset_aliases(spec)
         pool += [(ex, aliases) for ex in load_split(spec, "train")]
     if not pool:
         raise ValueError("refine needs training questions: data.datasets has no train split with examples")
@@ -101,7 +101,7 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
     reserve = cfg.refine.max_new_tokens or cfg.generation.rationale_max_new_tokens
     rows = []
     for (ex, aliases), q in zip(pool, questions):
-        golds = [ex.answer] + [a for a in aliases.get(getattr(ex, "answer_id", ""), ()) if a != ex.answer]
+        golds = gold_answers(ex.answer, getattr(ex, "answer_id", ""), aliases)
         prompt = fitter.fit(small_rationale_prompt(q.question, q.context), reserve).text
         rows.append({"prompt": prompt, "question": q.question, "context": q.context, "answer": golds})
     return rows
