@@ -200,3 +200,21 @@ def test_generation_config_checks_the_throughput_fields():
 def test_attention_implementation_is_chosen_by_config():
     gen = HFGenerator(ModelSpec("tiny:t5-small"), config=GenerationConfig(attn_implementation="eager"))
     assert gen.model.config._attn_implementation == "eager"
+
+
+def test_gpu_suite_smoke_runs_lmcots_generator_paths_on_cpu(capsys):
+    """bench/gpu_suite.py --smoke: the GPU script's generation and judging code at tiny sizes, no Ray."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    rows = suite.main(["--smoke"])
+    assert not [r for r in rows if "error" in r], rows
+    assert {(r["bench"], r["mode"]) for r in rows} == {(b, m) for b in ("gen_xxl", "gen_large_k5", "judge_xxl")
+                                                      for m in ("eager", "static")}
+    assert all(r["new_tokens_per_s"] > 0 for r in rows if r["bench"] != "judge_xxl")
+    assert all(r["max_abs_diff_p_yes"] < 1e-3 for r in rows if r["bench"] == "judge_xxl")
+    assert "| judge_xxl | static |" in capsys.readouterr().out
