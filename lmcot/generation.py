@@ -185,18 +185,25 @@ class HFGenerator:
         return row_batches(lengths, n=n, max_rows=self.batch_size, max_tokens=self.config.max_batch_tokens,
                            new_tokens=new_tokens, padded=self._padded)
 
-    def _batch_inputs(self, texts: list[str], lengths: list[int], batch: list[int]) -> tuple[dict, int]:
+    def _batch_inputs(self, texts: list[str], lengths: list[int], batch: list[int], n: int = 1,
+                      new_tokens: int = 0) -> tuple[dict, int]:
         """The encoded batch and its number of real prompts. On the static-cache path the prompts
-        are padded to the bucket of the longest, and the batch to a power of two of prompts by
-        repeating its last prompt (results of the repeats are dropped), so shapes repeat across calls."""
+        are padded to the bucket of the longest, and the batch to a power of two of prompts (or to
+        the most prompts the row and token limits allow at that bucket, if fewer) by repeating its
+        last prompt (results of the repeats are dropped), so shapes repeat across calls."""
         chosen = [texts[i] for i in batch]
         if not self.config.static_cache:
             return self._encode(chosen), len(batch)
-        rows = 1
-        while rows < len(batch):
-            rows *= 2
-        chosen += [chosen[-1]] * (rows - len(batch))
-        return self._encode(chosen, self._padded(max(lengths[i] for i in batch))), len(batch)
+        length = self._padded(max(lengths[i] for i in batch))
+        cap = self.batch_size // n
+        if self.config.max_batch_tokens:
+            cap = min(cap, self.config.max_batch_tokens // (n * (length + new_tokens)))
+        prompts = 1
+        while prompts < len(batch):
+            prompts *= 2
+        prompts = max(len(batch), min(prompts, cap))
+        chosen += [chosen[-1]] * (prompts - len(batch))
+        return self._encode(chosen, length), len(batch)
 
     def _compile(self, name: str, fn: Callable) -> Callable:
         """``fn`` compiled once (static shapes: one graph per bucket, reused across calls)."""
@@ -239,7 +246,7 @@ class HFGenerator:
             torch.manual_seed(seed)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         for batch in self._batches(lengths, n, max_new_tokens):
-            enc, real = self._batch_inputs(texts, lengths, batch)
+            enc, real = self._batch_inputs(texts, lengths, batch, n, max_new_tokens)
             inputs = dict(enc)
             if self.family == "seq2seq" and self.config.compile:
                 inputs = dict(encoder_outputs=self._encoder_outputs(enc), attention_mask=enc["attention_mask"])
@@ -268,7 +275,7 @@ class HFGenerator:
         texts, lengths = [f.text for f in fitted], [f.tokens for f in fitted]
         scores = [0.0] * len(texts)
         for batch in self._batches(lengths, 1, 1):
-            enc, real = self._batch_inputs(texts, lengths, batch)
+            enc, real = self._batch_inputs(texts, lengths, batch, 1, 1)
             if self.family == "seq2seq":
                 start = self.model.generation_config.decoder_start_token_id
                 if start is None:

@@ -125,27 +125,38 @@ def test_row_batches_keep_a_prompts_samples_together_under_the_token_budget():
             assert len(both) * n > rows or (budget and len(both) * n * (longest + new) > budget)
 
 
+def _model_calls(gen, prompts, **kw) -> list[tuple[int, int]]:
+    """(rows, padded prompt length) of each ``model.generate`` call ``gen.generate`` makes."""
+    calls, real_generate = [], gen.model.generate
+
+    def recording(**kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else kwargs["attention_mask"]
+        calls.append((ids.shape[0] * kwargs["num_return_sequences"], ids.shape[1]))
+        return real_generate(**kwargs)
+
+    gen.model.generate = recording
+    try:
+        out = gen.generate(prompts, **kw)
+    finally:
+        del gen.model.generate
+    assert [len(g.texts) for g in out] == [kw.get("n", 1)] * len(prompts)
+    return calls
+
+
 def test_generate_calls_are_counted_in_rows_under_the_budget(generator):
     cfg = GenerationConfig(batch_size=6, max_batch_tokens=6 * (64 + 5), static_cache=True, length_buckets=(64, 256))
     fast = HFGenerator(generator.spec, loaded=_loaded(generator), config=cfg)
-    calls = []
-    real_generate = fast.model.generate
-
-    def recording(**kw):
-        ids = kw["input_ids"] if "input_ids" in kw else kw["attention_mask"]
-        calls.append((ids.shape[0] * kw["num_return_sequences"], ids.shape[1]))
-        return real_generate(**kw)
-
-    fast.model.generate = recording
-    try:
-        prompts = ["q1", "q2 is a bit longer", "q3", "word " * 70]
-        out = fast.generate(prompts, max_new_tokens=5, n=3, temperature=1.0, seed=0)
-    finally:
-        del fast.model.generate
-    assert [len(g.texts) for g in out] == [3, 3, 3, 3]
+    calls = _model_calls(fast, ["q1", "q2 is a bit longer", "q3", "word " * 70], max_new_tokens=5, n=3,
+                         temperature=1.0, seed=0)
     # q1 + q3: 2 prompts x 3 samples = 6 rows of the 64-token bucket (6 x 69 tokens = the budget); q2 would
     # make 9 rows; the long prompt (256-token bucket) with q2 would break the budget, so it runs alone
     assert sorted(calls) == [(3, 64), (3, 256), (6, 64)], calls
+    # 3 prompts x 3 samples: padding the batch to a power of two (4 prompts) would break the 9-row limit
+    nine = HFGenerator(generator.spec, loaded=_loaded(generator),
+                       config=GenerationConfig(batch_size=9, static_cache=True, length_buckets=(64, 256)))
+    assert _model_calls(nine, ["q1", "q2", "q3"], max_new_tokens=5, n=3, temperature=1.0, seed=0) == [(9, 64)]
+    # ... while 3 prompts alone are padded to 4, so a later batch of 4 reuses the same shape
+    assert _model_calls(nine, ["q1", "q2", "q3"], max_new_tokens=5) == [(4, 64)]
 
 
 def _loaded(generator):
