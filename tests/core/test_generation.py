@@ -188,7 +188,8 @@ def test_bucketed_yes_no_scores_equal_eager(generator):
 
 @pytest.mark.slow
 def test_compiled_decoding_and_judging_equal_eager(generator):
-    """torch.compile on CPU (inductor builds C++): a minute or more per model on 2 cores."""
+    """torch.compile on CPU (inductor builds C++): about 5 min per model on 2 busy cores with a cold
+    inductor cache, seconds with a warm one."""
     fast = HFGenerator(generator.spec, batch_size=4, loaded=_loaded(generator),
                        config=GenerationConfig(static_cache=True, compile=True, bucket_step=32))
     prompts = PROMPTS[:4]
