@@ -22,10 +22,10 @@ names, new facts). Contexts are the gold paragraphs plus a few distractors, fitt
 :func:`lmcot.context.build_context`; prompts are lmcot's own templates, so the model is
 trained on exactly what it will be served.
 
-Deterministic from ``--seed`` at a fixed thread count: ``--minutes`` only chooses the
-number of steps (timed on the first steps, then fixed and recorded), and a rerun with
-``--large-steps`` / ``--small-steps`` set to the recorded numbers reproduces the weights
-(their sha256 is in ``tiny_world.json``). Plain torch loops, no Ray; run it niced::
+Deterministic from ``--seed`` at a fixed thread count: the learning rate depends on the
+step alone, ``--minutes`` only decides where training stops (the steps taken are
+recorded), and a rerun with ``--large-steps`` / ``--small-steps`` set to the recorded
+numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain torch loops, no Ray; run it niced::
 
     nice -n 19 python tools/pretrain_tiny_world.py --minutes 30 --out lmcot/tiny_world
     python tools/pretrain_tiny_world.py --smoke --out /tmp/tw          # seconds
@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -287,21 +288,27 @@ def collate(data: list, batch: list[int], pad_id: int) -> dict:
     return dict(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels)
 
 
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warmup, then inverse-square-root decay (T5's schedule): it depends on the step alone,
+    so a run cut by the time budget is reproduced exactly by asking for the steps it took.
+
+    >>> [round(lr_at(s, 1.0, 100), 3) for s in (0, 49, 99, 399, 9999)]
+    [0.01, 0.5, 1.0, 0.5, 0.1]
+    """
+    return lr * min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+
+
 def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_size: int, seed: int, pad_id: int,
-          log_every: int, name: str) -> dict:
-    """AdamW with linear warmup and decay over ``steps``; with ``seconds`` > 0 the step count is
-    fixed from the speed of the first steps instead (and recorded)."""
+          log_every: int, name: str, warmup: int = 100) -> dict:
+    """AdamW for ``steps`` steps, or fewer when ``seconds`` > 0 runs out (the steps taken are recorded)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, min(30, steps // 20))
-    total, timed_at, start = steps, min(20, steps), time.monotonic()
-    losses, stream, step = [], batches(rng, data, batch_size), 0
+    losses, stream, step, start = [], batches(rng, data, batch_size), 0, time.monotonic()
     model.train()
-    while step < total:
-        frac = (step + 1) / warmup if step < warmup else max(0.1, 1 - (step - warmup) / max(1, total - warmup))
+    while step < steps:
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, frac)
+            g["lr"] = lr_at(step, lr, warmup)
         loss = model(**collate(data, next(stream), pad_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -310,19 +317,18 @@ def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_siz
         losses.append(loss.item())
         step += 1
         elapsed = time.monotonic() - start
-        if seconds > 0 and step == timed_at:  # fix the step count from the measured speed
-            total = max(step, min(steps, int(seconds / (elapsed / step))))
-        if step % log_every == 0 or step == total:
+        out_of_time = seconds > 0 and elapsed >= seconds
+        if step % log_every == 0 or step == steps or out_of_time:
             recent = losses[-log_every:]
-            print(f"[{name}] step {step}/{total} loss {sum(recent) / len(recent):.3f} {elapsed:.0f}s", flush=True)
-        if seconds > 0 and elapsed > seconds * 1.15:  # far slower than timed (a busy machine): stop
-            print(f"[{name}] stopping at step {step}: over the time budget", flush=True)
+            print(f"[{name}] step {step}/{steps} loss {sum(recent) / len(recent):.3f} lr {lr_at(step - 1, lr, warmup):.2e} "
+                  f"{elapsed:.0f}s", flush=True)
+        if out_of_time:
             break
     model.eval()
     tail = losses[-max(1, min(50, len(losses) // 5)):]
-    return {"steps": step, "planned_steps": total, "seconds": round(time.monotonic() - start, 1),
+    return {"steps": step, "max_steps": steps, "seconds": round(time.monotonic() - start, 1), "warmup": warmup,
             "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4),
-            "stopped_early": step < total}
+            "stopped_by_time": step < steps}
 
 
 def sha256(path: Path) -> str:
@@ -380,7 +386,7 @@ def pretrain(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256) -> dict:
+def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_limit: int = 20) -> dict:
     """Dev EM/F1 of ``folder/large`` on the shipped dev sets, through lmcot's HFGenerator and lmcot.method:
     standard, CoT, answer from the gold rationale and from an empty one."""
     from lmcot import method
@@ -406,6 +412,29 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256) -> dic
             out[f"{ds}/{row}"] = {k: round(100 * sum(s[k] for s in scores) / len(scores), 1) for k in ("em", "f1")}
             print(f"{ds:9s} {row:16s} EM {out[f'{ds}/{row}']['em']:5.1f}  F1 {out[f'{ds}/{row}']['f1']:5.1f}   "
                   f"e.g. {results[0].answer!r} (gold {examples[0].answer!r})", flush=True)
+        out.update(judge_separation(large, examples[:judge_limit], qs, ds))
+    return out
+
+
+def judge_separation(large, examples, questions, ds: str) -> dict:
+    """Mean P(yes) of the judge on each aspect: gold rationale vs that aspect's corruption (dev world)."""
+    world, _ = world_gen.generate_world()
+    corrupt, rng = Corruptor(world), random.Random(0)
+    kinds = {aspect: kind for kind, aspects in CORRUPTIONS.items() for aspect in aspects}
+    out = {}
+    for aspect in prompts.ASPECTS:
+        good, bad = [], []
+        for ex, q in zip(examples, questions):
+            rat = gold_rationale(ex)
+            distract = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
+            good.append(prompts.judge_prompt(aspect, q.question, q.context, rat))
+            bad.append(prompts.judge_prompt(aspect, q.question, q.context,
+                                            corrupt(kinds[aspect], rng, rat, ex.answer, distract)))
+        p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
+        out[f"{ds}/judge/{aspect}"] = {"faithful": round(sum(p_good) / len(p_good), 3),
+                                       "corrupted": round(sum(p_bad) / len(p_bad), 3)}
+        print(f"{ds:9s} judge {aspect:12s} P(yes) faithful {out[f'{ds}/judge/{aspect}']['faithful']:.3f}  "
+              f"corrupted ({kinds[aspect]}) {out[f'{ds}/judge/{aspect}']['corrupted']:.3f}", flush=True)
     return out
 
 
@@ -418,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context-tokens", type=int, default=256, help="context budget (the tiny preset's)")
     p.add_argument("--minutes", type=float, default=0, help="time budget for both models (0: use the step counts)")
     p.add_argument("--small-share", type=float, default=0.12, help="share of --minutes for the small T5")
-    p.add_argument("--large-steps", type=int, default=3000, help="steps of the large T5 (an upper bound with --minutes)")
-    p.add_argument("--small-steps", type=int, default=1000, help="steps of the small T5 (likewise)")
+    p.add_argument("--large-steps", type=int, default=20000, help="steps of the large T5 (an upper bound with --minutes)")
+    p.add_argument("--small-steps", type=int, default=5000, help="steps of the small T5 (likewise)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2, help="torch threads (results are exact per thread count)")
