@@ -94,3 +94,16 @@ def test_training_is_deterministic_from_the_seed(tool, tokenizer):
         tool.train(model, data, steps=2, seconds=0, lr=1e-3, batch_size=2, seed=1, pad_id=0, log_every=1, name="t")
         digests.append(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_world_tokenizer_keeps_flan_t5_conventions_and_learns_no_shipped_name(tool):
+    from lmcot import tiny
+
+    shipped_corpus = tiny._corpus
+    tok = tool.world_tokenizer(0, 1)
+    assert tiny._corpus is shipped_corpus  # the tiny models' tokenizer is left as it was
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, tok.model_max_length) == (0, 1, 2, 512)
+    assert tok("yes")["input_ids"][-1] == tok.eos_token_id and len(tok) == tiny.VOCAB_SIZE
+    shipped, _ = tool.world_gen.generate_world()
+    whole = [t for t in shipped.titles if len(tok.tokenize(t)) == 1 and len(t) > 6]
+    assert len(whole) < len(shipped.titles) // 20, whole[:10]  # names split into pieces every world shares

@@ -70,6 +70,8 @@ CORRUPTIONS = {  # corruption -> the judge aspects it violates
     "repeated": ("naturalness", "readability"),
 }
 MAX_SOURCE, MAX_TARGET = 512, 96
+TOKENIZER_WORLDS = 24
+"""Worlds whose text the tokenizer learns from (none of them trained on, none the shipped one)."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -243,6 +245,32 @@ def tokenize(tokenizer, pairs):
     return keep
 
 
+def world_tokenizer(seed: int, train_worlds: int):
+    """:func:`lmcot.tiny.build_tokenizer`'s tokenizer (same code, FLAN-T5's conventions: ``</s>``
+    appended, pad 0 / eos 1 / unk 2, ``model_max_length`` 512), learned from world-neutral text.
+
+    ``build_tokenizer`` learns its merges from the shipped files, so every name of the shipped
+    dev world becomes one or two tokens of its own (``Dorvelford``): tokens that no other world
+    contains, whose output rows a model trained on other worlds never learns (43 % of the dev
+    answers' tokens occur < 5 times in three training worlds). Learned instead from the prompt
+    templates and the text of many small worlds, names split into syllable pieces shared by
+    every world, the shipped one included.
+    """
+    from lmcot import tiny
+
+    corpus = [getattr(prompts, name) for name in ("STANDARD", "COT", "TEACHER_RATIONALE", "SMALL_RATIONALE",
+                                                  "ANSWER_FROM_RATIONALE", "JUDGE")]
+    corpus += [f"{a.definition} {a.question} yes no Yes No" for a in prompts.ASPECTS.values()]
+    for s in world_seeds(seed, train_worlds + TOKENIZER_WORLDS)[train_worlds:]:
+        corpus += list(world_gen.generate(seed=s, train=40, dev=0).values())
+    shipped_corpus = tiny._corpus
+    tiny._corpus = lambda: corpus
+    try:
+        return tiny.build_tokenizer("seq2seq")
+    finally:
+        tiny._corpus = shipped_corpus
+
+
 # ----------------------------------------------------------------------------- models and training
 def build_t5(size: dict, tokenizer, seed: int):
     from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
@@ -350,10 +378,8 @@ def save(model, tokenizer, out: Path, record: dict) -> dict:
 
 
 def pretrain(args) -> dict:
-    from lmcot.tiny import build_tokenizer
-
     torch.set_num_threads(args.threads)
-    tokenizer = build_tokenizer("seq2seq")
+    tokenizer = world_tokenizer(args.seed, args.worlds)
     t0 = time.monotonic()
     large_raw, small_raw, provenance = build_pairs(args, tokenizer)
     large = tokenize(tokenizer, large_raw)
@@ -370,6 +396,7 @@ def pretrain(args) -> dict:
           f"({time.monotonic() - t0:.0f}s)", flush=True)
     sizes = SMOKE_SIZES if args.smoke else SIZES
     budget = args.minutes * 60
+    provenance["tokenizer_world_seeds"] = world_seeds(args.seed, args.worlds + TOKENIZER_WORLDS)[args.worlds:]
     summary = {"training": {k: v for k, v in vars(args).items() if k not in ("out", "eval")}, "data": provenance,
                "task_weights": weights, "sizes": sizes, "max_source_tokens": MAX_SOURCE,
                "max_target_tokens": MAX_TARGET, "torch": torch.__version__, "models": {}}
