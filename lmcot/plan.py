@@ -137,18 +137,32 @@ def longest_prompt(info: ModelInfo, budgets: list[Budget], context_cap: int) -> 
     return min(info.limit or longest, longest) if (info.limit or context_cap) else 2048
 
 
+def generator_rows(gen, batch_rows: int, prompt: int, new_tokens: int) -> int:
+    """Rows a generator batches at the longest prompt: ``batch_rows``, or fewer where
+    ``generation.max_batch_tokens`` binds (short prompts may then batch more rows, as many as fit).
+
+    >>> from lmcot.config import GenerationConfig
+    >>> generator_rows(GenerationConfig(batch_size=160, max_batch_tokens=36864), 160, 1024, 128)
+    32
+    """
+    if gen.max_batch_tokens:
+        return max(1, min(batch_rows, gen.max_batch_tokens // (prompt + new_tokens)))
+    return batch_rows
+
+
 def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
                 budgets: list[Budget]) -> tuple[list[Row], int]:
     gen, dc, rc = cfg.generation, cfg.distill, cfg.refine
     s_limit = longest_prompt(small, [b for b in budgets if b.role == "small"], cfg.data.context_max_tokens)
     l_limit = longest_prompt(large, [b for b in budgets if b.role != "small"], cfg.data.context_max_tokens)
     rows = []
-    teacher = generation_bytes(large.shape, rows=cfg.rationales.batch_size, prompt=l_limit,
-                               new_tokens=gen.rationale_max_new_tokens)
+    teacher_rows = generator_rows(gen, gen.batch_size, l_limit, gen.rationale_max_new_tokens)
+    teacher = generation_bytes(large.shape, rows=teacher_rows, prompt=l_limit, new_tokens=gen.rationale_max_new_tokens)
     if cfg.large.backend == "vllm":  # vLLM pages its KV cache into whatever the weights leave: one sequence must fit
         teacher = generation_bytes(large.shape, rows=1, prompt=l_limit, new_tokens=gen.rationale_max_new_tokens)
     rows.append(_row("teacher actor (large LM)", cfg.rationales.num_actors, cfg.rationales.gpus_per_actor, teacher,
-                     gpu_gb, "lower rationales.batch_size or large.max_input_tokens, or raise rationales.gpus_per_actor"))
+                     gpu_gb, "lower generation.batch_size / max_batch_tokens or large.max_input_tokens, or raise "
+                     "rationales.gpus_per_actor"))
     source = min(dc.max_source_tokens or s_limit, s_limit)
     sc = dc.scaling
     distill = training_bytes(small.shape, batch=dc.per_device_batch_size, source=source, target=dc.max_target_tokens,
@@ -167,9 +181,11 @@ def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
     judge = generation_bytes(large.shape, rows=rc.judge_batch_size, prompt=l_limit, new_tokens=1)
     rows.append(_row("judge actor (large LM)", rc.judge_num_actors, rc.judge_num_gpus, judge, gpu_gb,
                      "lower refine.judge_batch_size or raise refine.judge_num_gpus"))
-    both = (generation_bytes(small.shape, rows=gen.batch_size, prompt=s_limit, new_tokens=gen.rationale_max_new_tokens)
-            + generation_bytes(large.shape, rows=gen.batch_size, prompt=l_limit,
-                               new_tokens=gen.rationale_max_new_tokens + gen.answer_max_new_tokens))
+    s_new, l_new = gen.rationale_max_new_tokens, gen.rationale_max_new_tokens + gen.answer_max_new_tokens
+    both = (generation_bytes(small.shape, rows=generator_rows(gen, gen.batch_size, s_limit, s_new), prompt=s_limit,
+                             new_tokens=s_new)
+            + generation_bytes(large.shape, rows=generator_rows(gen, gen.batch_size, l_limit, l_new), prompt=l_limit,
+                               new_tokens=l_new))
     if cfg.eval.on_cluster:
         rows.append(_row("eval actor (both LMs)", 1, cfg.eval.num_gpus, both, gpu_gb,
                          "lower generation.batch_size or raise eval.num_gpus"))

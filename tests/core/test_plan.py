@@ -48,11 +48,12 @@ def test_memory_estimate_brackets_the_measured_t5_large_peaks():
 
 def test_a_config_that_cannot_fit_fails_naming_the_fields():
     too_big = load_config("paper", ["distill.scaling.gradient_checkpointing=false", "distill.max_source_tokens=2048",
-                                    "small.max_input_tokens=2048", "rationales.batch_size=128"])
+                                    "small.max_input_tokens=2048", "generation.batch_size=128",
+                                    "generation.max_batch_tokens=0"])
     with pytest.raises(PlanError) as err:
         check_plan(too_big)
     assert "distill.scaling.gradient_checkpointing" in str(err.value)
-    assert "rationales.batch_size" in str(err.value)
+    assert "generation.batch_size" in str(err.value)
     with pytest.raises(PlanError, match="distill.max_source_tokens=256"):
         check_plan(load_config("tiny", ["distill.max_source_tokens=256"]))
     with pytest.raises(PlanError, match="small.max_input_tokens"):
