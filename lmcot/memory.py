@@ -46,11 +46,10 @@ class Shape:
     def from_config(cls, config, family: str) -> "Shape":
         """The shape of a transformers config; parameters counted on the meta device."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+        from lmcot.models import model_class
 
         with torch.device("meta"):
-            cls_ = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-            params = sum(p.numel() for p in cls_.from_config(config).parameters())
+            params = sum(p.numel() for p in model_class(family).from_config(config).parameters())
         if family == "seq2seq":
             return cls(family, params, config.d_model, config.num_heads, config.num_heads * config.d_kv,
                        config.num_decoder_layers or config.num_layers, config.num_layers, config.vocab_size)

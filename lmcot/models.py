@@ -95,6 +95,19 @@ def detect_family(path: str, declared: str = "auto", revision: str = "") -> str:
     return family
 
 
+def model_class(family: str):
+    """The transformers auto class of a model family: the one owner of that choice.
+
+    >>> model_class("seq2seq").__name__, model_class("causal").__name__
+    ('AutoModelForSeq2SeqLM', 'AutoModelForCausalLM')
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if family not in ("seq2seq", "causal"):
+        raise ValueError(f"family {family!r} must be seq2seq or causal")
+    return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+
+
 def load_tokenizer(path: str, family: str, revision: str = ""):
     from transformers import AutoTokenizer
 
@@ -118,14 +131,12 @@ def context_tokenizer(spec: ModelSpec):
 def load_model(spec: ModelSpec, *, for_training: bool = False, attn_implementation: str | None = None) -> LoadedModel:
     """Load a model and its tokenizer for generation (eval mode) or training; ``attn_implementation``
     (``sdpa``, ``eager``, ``flex_attention``) picks the attention kernel, None leaves transformers' default."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
     path = resolve_model_path(spec.name_or_path)
     family = detect_family(path, spec.family, spec.revision)
     tokenizer = load_tokenizer(path, family, spec.revision)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    cls = model_class(family)
     model = cls.from_pretrained(
         path, dtype=dtype, trust_remote_code=False, use_safetensors=True, revision=spec.revision or None,
         **({"attn_implementation": attn_implementation} if attn_implementation else {}),

@@ -237,10 +237,10 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
 
 
 def auto_model_class(family: str):
-    """The transformers auto class of a model family (``seq2seq`` or ``causal``)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    """The transformers auto class of a model family (see :func:`lmcot.models.model_class`)."""
+    from lmcot.models import model_class
 
-    return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    return model_class(family)
 
 
 # -- worker side ---------------------------------------------------------------------------
