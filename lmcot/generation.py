@@ -18,6 +18,7 @@ calls. Padding is masked: greedy text and P(yes) equal the eager path's (tested 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -132,6 +133,32 @@ def row_batches(
     return batches
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One sampled completion with its tokens' log-probabilities (OpenAI ``logprobs``)."""
+
+    text: str
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    completion_tokens: int
+    ended: bool
+    """True when the model ended the text itself (end of sequence) rather than at ``max_new_tokens``."""
+
+
+class TokenNames:
+    """Each vocabulary id's text, decoded once, and the special ids (padding, end of sequence...)."""
+
+    def __init__(self, tokenizer):
+        size = len(tokenizer)
+        self.names = tokenizer.batch_decode([[i] for i in range(size)])
+        self.special = sorted({i for i in tokenizer.all_special_ids if i is not None and 0 <= i < size})
+
+
+def _logaddexp(a: float, b: float) -> float:
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
 class HFGenerator:
     """A transformers model behind the :class:`Generator` Protocol (CPU or one GPU).
 
@@ -150,6 +177,7 @@ class HFGenerator:
         self.model, self.tokenizer, self.family, self.device = lm.model, lm.tokenizer, lm.family, lm.device
         self.fitter = PromptFitter.for_model(spec, self.tokenizer, self.family, self.model.config)
         self._yes_ids, self._no_ids = self._answer_token_ids()
+        self._token_names: TokenNames | None = None  # decoded on the first logprobs call
         self._compiled: dict[str, Callable] = {}
 
     # -- prompt handling ------------------------------------------------------------
@@ -293,6 +321,56 @@ class HFGenerator:
             for j, i in enumerate(batch):
                 scores[i] = torch.sigmoid(yes[j] - no[j]).item()
         return scores
+
+    @torch.inference_mode()
+    def generate_with_logprobs(self, prompts: Sequence[str], *, max_new_tokens: int, n: int = 1,
+                               temperature: float = 0.0, top_p: float = 1.0, top: int = 5) -> tuple[list[Scored], int]:
+        """Completions with each token's log-probability and its ``top`` likeliest alternatives.
+
+        Log-probabilities are the model's own next-token distribution (before temperature and
+        ``suppress_tokens``), which is what a yes/no judge reads. Special tokens (end of
+        sequence, padding) are left out of both the tokens and the alternatives, as the OpenAI
+        API lists them. Returns one :class:`Scored` per sample (prompt-major) and the prompt
+        tokens of the fitted prompts.
+        """
+        if self._token_names is None:
+            self._token_names = TokenNames(self.tokenizer)
+        names, tok = self._token_names, self.tokenizer
+        enc = self.encode_prompts(prompts, reserve=max_new_tokens)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        out = self.model.generate(
+            **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
+            output_logits=True, return_dict_in_generate=True, **sampling,
+        )
+        steps = len(out.logits)
+        seqs = out.sequences[:, -steps:]  # the generated tokens, for both families
+        logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+        ordinary = logp.clone()
+        ordinary[..., names.special] = float("-inf")
+        ordinary[..., len(names.names):] = float("-inf")  # ids past the tokenizer's vocabulary (padding rows)
+        top = min(top, len(names.names) - len(names.special))
+        top_lp, top_ids = ordinary.topk(max(top, 1), dim=-1)
+        special = set(names.special)
+        samples = []
+        for r in range(seqs.shape[0]):
+            ids = seqs[r].tolist()
+            length = self._count_completion(seqs[r])
+            listed = [t for t in range(length) if ids[t] not in special]
+            alternatives = []
+            for t in listed:
+                merged: dict[str, float] = {}
+                for i, lp in zip(top_ids[r, t, :top].tolist(), top_lp[r, t, :top].tolist()):
+                    name = names.names[i]  # two ids may spell the same text: add their probabilities
+                    merged[name] = _logaddexp(merged[name], lp) if name in merged else lp
+                alternatives.append(merged)
+            samples.append(Scored(
+                text=tok.decode(ids[:length], skip_special_tokens=True).strip(),
+                tokens=[names.names[ids[t]] for t in listed],
+                token_logprobs=[logp[r, t, ids[t]].item() for t in listed],
+                top_logprobs=alternatives, completion_tokens=length,
+                ended=length < len(ids) or ids[length - 1] == tok.eos_token_id,
+            ))
+        return samples, int(enc["attention_mask"].sum())
 
     def _answer_token_ids(self) -> tuple[list[int], list[int]]:
         """Token ids of the spellings of "yes" and "no" (with and without a leading space).

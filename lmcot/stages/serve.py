@@ -44,14 +44,12 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import math
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
 from fastapi import Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from pydantic import BaseModel, ConfigDict
@@ -300,71 +298,21 @@ def trim_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-class TokenNames:
-    """Each vocabulary id's text, decoded once, and the special ids (padding, end of sequence...).
-
-    Log-probabilities list only ordinary tokens, as the OpenAI API does: special tokens are
-    never a chosen token nor an alternative there.
-    """
-
-    def __init__(self, tokenizer):
-        size = len(tokenizer)
-        self.names = tokenizer.batch_decode([[i] for i in range(size)])
-        self.special = sorted({i for i in tokenizer.all_special_ids if i is not None and 0 <= i < size})
-
-
-def _logaddexp(a: float, b: float) -> float:
-    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
-
-
-@torch.inference_mode()
-def logprob_completions(gen: HFGenerator, names: TokenNames, prompts: list[str], *, max_new_tokens: int, n: int,
+def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens: int, n: int,
                         temperature: float, top_p: float, top: int, stops: list[str]) -> dict:
-    """Completions with each token's log-probability and its ``top`` likeliest alternatives (OpenAI ``logprobs``).
-
-    Log-probabilities are the model's own next-token distribution (before temperature and
-    ``suppress_tokens``), which is what a yes/no judge reads. Special tokens (end of
-    sequence, padding) are left out of both the tokens and the alternatives.
-    (Reads ``HFGenerator`` internals; belongs in ``HFGenerator.generate_with_logprobs``.)
-    """
-    tok = gen.tokenizer
-    enc = gen.encode_prompts(prompts)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-    out = gen.model.generate(
-        **enc, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id,
-        output_logits=True, return_dict_in_generate=True, **sampling,
-    )
-    steps = len(out.logits)
-    seqs = out.sequences[:, -steps:]  # the generated tokens, for both families
-    logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-    ordinary = logp.clone()
-    ordinary[..., names.special] = float("-inf")
-    ordinary[..., len(names.names):] = float("-inf")  # ids past the tokenizer's vocabulary (padding rows)
-    top = min(top, len(names.names) - len(names.special))
-    top_lp, top_ids = ordinary.topk(max(top, 1), dim=-1)
-    special = set(names.special)
-    choices, completion_tokens = [], 0
-    for r in range(seqs.shape[0]):
-        ids = seqs[r].tolist()
-        length = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
-        listed = [t for t in range(length) if ids[t] not in special]
-        alternatives = []
-        for t in listed:
-            merged: dict[str, float] = {}
-            for i, lp in zip(top_ids[r, t, :top].tolist(), top_lp[r, t, :top].tolist()):
-                name = names.names[i]  # two ids may spell the same text: add their probabilities
-                merged[name] = _logaddexp(merged[name], lp) if name in merged else lp
-            alternatives.append(merged)
-        text, stopped = trim_at_stop(tok.decode(ids[:length], skip_special_tokens=True).strip(), stops)
+    """OpenAI completion choices with ``logprobs``, from :meth:`HFGenerator.generate_with_logprobs`."""
+    samples, prompt_tokens = gen.generate_with_logprobs(prompts, max_new_tokens=max_new_tokens, n=n,
+                                                        temperature=temperature, top_p=top_p, top=top)
+    choices = []
+    for s in samples:
+        text, stopped = trim_at_stop(s.text, stops)
         choices.append({
             "text": text,
-            "finish_reason": "stop" if stopped or length < len(ids) or ids[length - 1] == tok.eos_token_id else "length",
-            "logprobs": {"tokens": [names.names[ids[t]] for t in listed],
-                         "token_logprobs": [logp[r, t, ids[t]].item() for t in listed],
-                         "top_logprobs": alternatives},
+            "finish_reason": "stop" if stopped or s.ended else "length",
+            "logprobs": {"tokens": s.tokens, "token_logprobs": s.token_logprobs, "top_logprobs": s.top_logprobs},
         })
-        completion_tokens += length
-    return {"choices": choices, "prompt_tokens": int(enc["attention_mask"].sum()), "completion_tokens": completion_tokens}
+    return {"choices": choices, "prompt_tokens": prompt_tokens,
+            "completion_tokens": sum(s.completion_tokens for s in samples)}
 
 
 # -- model deployments -------------------------------------------------------------------------
@@ -399,7 +347,6 @@ class Answerer:
         self.worker = ModelWorker(make_generator(cfg.large, cfg.generation), cfg.generation.batch_size,
                                   cfg.serve.max_chunk_tokens)
         self.generator = self.worker.generator
-        self.names: TokenNames | None = None  # decoded on the first logprobs request
         _configure_batching(self._generate, cfg.serve.answerer)
         _configure_batching(self.score_yes_no, cfg.serve.answerer)
 
@@ -434,15 +381,13 @@ class Answerer:
         """
         prompts, n, stops = call["prompts"], call["n"], call["stop"]
         if call["top_logprobs"] is not None:
-            if self.names is None:
-                self.names = await self.worker.run(0, TokenNames, self.generator.tokenizer)
             size = self.worker.prompts_per_chunk(n, call["max_tokens"])
             starts = range(0, len(prompts), size)
             result = {"choices": [], "prompt_tokens": 0, "completion_tokens": 0}
             for done, start in enumerate(starts):
                 try:
                     part = await self.worker.run(
-                        len(prompts[start:start + size]) * n * call["max_tokens"], logprob_completions, self.generator, self.names, prompts[start:start + size],
+                        len(prompts[start:start + size]) * n * call["max_tokens"], logprob_completions, self.generator, prompts[start:start + size],
                         max_new_tokens=call["max_tokens"], n=n, temperature=call["temperature"],
                         top_p=call["top_p"], top=call["top_logprobs"], stops=stops,
                     )

@@ -232,3 +232,15 @@ def test_gpu_suite_smoke_runs_lmcots_generator_paths_on_cpu(capsys):
     assert all(r["new_tokens_per_s"] > 0 for r in rows if r["bench"] != "judge_xxl")
     assert all(r["max_abs_diff_p_yes"] < 1e-3 for r in rows if r["bench"] == "judge_xxl")
     assert "| judge_xxl | static |" in capsys.readouterr().out
+
+
+def test_logprobs_list_ordinary_tokens_with_their_likeliest_alternatives(generator):
+    samples, prompt_tokens = generator.generate_with_logprobs(["Is the sky blue? Answer:"], max_new_tokens=4, top=3)
+    [s] = samples
+    assert prompt_tokens == generator.fit(["Is the sky blue? Answer:"], reserve=4)[0].tokens
+    assert s.tokens and len(s.tokens) == len(s.token_logprobs) == len(s.top_logprobs) <= s.completion_tokens
+    specials = {generator.tokenizer.decode([i]) for i in generator.tokenizer.all_special_ids}
+    for token, lp, alternatives in zip(s.tokens, s.token_logprobs, s.top_logprobs):
+        assert lp <= 0 and token not in specials and not specials & set(alternatives)
+        assert 1 <= len(alternatives) <= 3 and max(alternatives.values()) >= lp - 1e-5, "greedy picks the top one"
+    assert "".join(s.tokens).strip() == s.text
