@@ -21,9 +21,14 @@ class DistillConfig:
     warmup_steps: int = 0
     """Linear learning-rate warm-up, in optimizer steps."""
     max_source_tokens: int = 512
-    """Prompt tokens kept per pair (longer prompts lose their start, keeping the question)."""
+    """The most prompt tokens a pair may have. Prompts are fitted to the small LM's input limit as
+    at inference (only the context is shortened); a longer one fails instead of being cut, so set
+    this at or above that limit (``lmcot plan`` checks it)."""
     max_target_tokens: int = 128
     """Rationale tokens trained per pair (longer rationales are cut)."""
+    group_by_length: bool = False
+    """Batch pairs of similar prompt length (HF ``LengthGroupedSampler``): real contexts vary 3x in
+    length, so this cuts padding; the GPU presets turn it on."""
     eval_fraction: float = 0.1
     """Share of questions held out for validation loss (all samples of a question stay together)."""
     save_steps: int = 50

@@ -173,7 +173,8 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
     scaling = dc.scaling if zero else dataclasses.replace(dc.scaling, zero_stage=0)
     common = hf_training_args(scaling, output_dir=config["output_dir"], per_device_batch_size=dc.per_device_batch_size,
                               gradient_accumulation_steps=dc.gradient_accumulation_steps,
-                              learning_rate=dc.learning_rate, seed=config["seed"])
+                              learning_rate=dc.learning_rate, seed=config["seed"],
+                              group_by_length=dc.group_by_length)
     if not zero:
         common.pop("deepspeed")
         common["ddp_backend"] = None

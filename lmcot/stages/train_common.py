@@ -245,7 +245,8 @@ def auto_model_class(family: str):
 
 # -- worker side ---------------------------------------------------------------------------
 def hf_training_args(scaling: ScalingConfig, *, output_dir: str, per_device_batch_size: int,
-                     gradient_accumulation_steps: int, learning_rate: float, seed: int = 0) -> dict:
+                     gradient_accumulation_steps: int, learning_rate: float, seed: int = 0,
+                     group_by_length: bool = False) -> dict:
     """``TrainingArguments`` keywords every lmcot trainer shares (pass them to any subclass).
 
     DeepSpeed ZeRO at ``scaling.zero_stage`` (its "auto" values filled from these same
@@ -271,6 +272,7 @@ def hf_training_args(scaling: ScalingConfig, *, output_dir: str, per_device_batc
         save_strategy="steps",
         save_total_limit=None,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         seed=seed,
     )
 
