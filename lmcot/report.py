@@ -81,12 +81,24 @@ def accuracy_table(evals: dict[str, dict]) -> str:
 
 
 def cost_table(evals: dict[str, dict]) -> str:
-    rows = ["| method | large-LM calls / q | large-LM tokens / q | small-LM tokens / q |", "|---|---:|---:|---:|"]
+    """Calls and tokens per question; large-LM prompt and completion tokens apart (completion tokens
+    are what LM-guided CoT saves). Evaluations under an oracle context mode are marked."""
+    rows = ["| method | large-LM calls / q | large-LM prompt tokens / q | large-LM completion tokens / q | "
+            "small-LM tokens / q |", "|---|---:|---:|---:|---:|"]
+    oracle = []
     for label, m in evals.items():
         ds = list(m["datasets"].values())
-        mean = lambda key: sum(d[key] for d in ds) / len(ds)  # noqa: E731
-        rows.append(f"| {label} | {mean('large_calls_per_question'):.2f} | {mean('large_tokens_per_question'):.0f} | "
+        mean = lambda key: sum(d.get(key, 0) for d in ds) / len(ds)  # noqa: E731
+        mark = " (oracle)" if m.get("oracle") else ""
+        oracle += [f"{label} ({m.get('context_mode')})"] if m.get("oracle") else []
+        rows.append(f"| {label}{mark} | {mean('large_calls_per_question'):.2f} | "
+                    f"{mean('large_prompt_tokens_per_question'):.0f} | {mean('large_completion_tokens_per_question'):.0f} | "
                     f"{mean('small_tokens_per_question'):.0f} |")
+    rows += ["", "Tokens are those of the fitted prompts the models received; the n samples of one prompt count "
+             "its prompt tokens once (one prefill, as OpenAI-compatible servers report usage for n)."]
+    if oracle:
+        rows += ["", "**Oracle**: " + ", ".join(oracle) + " built contexts from the gold supporting facts; "
+                 "not comparable with a fair evaluation."]
     return "\n".join(rows)
 
 

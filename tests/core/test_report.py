@@ -30,12 +30,13 @@ def test_a_resumed_log_drops_the_steps_after_the_checkpoint(tmp_path):
     assert load_jsonl(path) == [] and load_jsonl(tmp_path / "missing.jsonl") == []
 
 
-def _metrics(label, k, f1, tokens):
+def _metrics(label, k, f1, tokens, context_mode="all"):
     ds = {"em": f1 / 2, "f1": f1, "prec": f1, "recall": f1, "n": 4, "missing": 0,
           "large_calls_per_question": k, "large_tokens_per_question": tokens,
+          "large_prompt_tokens_per_question": tokens - 20, "large_completion_tokens_per_question": 20,
           "small_calls_per_question": 1, "small_tokens_per_question": 10}
-    return {"method": label.split("-")[0], "self_consistency": k, "label": label,
-            "datasets": {"hotpotqa": ds, "2wiki": ds}}
+    return {"method": label.split("-")[0], "self_consistency": k, "label": label, "context_mode": context_mode,
+            "oracle": context_mode in ("gold", "gold_first"), "datasets": {"hotpotqa": ds, "2wiki": ds}}
 
 
 def test_report_tables_plots_and_finding(tmp_path):
@@ -52,7 +53,8 @@ def test_report_tables_plots_and_finding(tmp_path):
     text = write_report(run).read_text()
     assert "| lm_guided-refined-sc5 | 5 | 25.0 | 50.0 | 25.0 | 50.0 |" in text
     assert "| lm_guided-refined | 0.700 | 0.700 |" in text
-    assert "| standard | 1.00 | 300 | 10 |" in text
+    assert "| standard | 1.00 | 280 | 20 | 10 |" in text, "prompt and completion tokens apart"
+    assert "Oracle" not in text
     assert "moved together" in text
     for png in ("accuracy", "cost", "aspects", "curves"):
         assert run.report_figure(png).stat().st_size > 1000
@@ -66,6 +68,13 @@ def test_finding_reports_quality_and_accuracy_moving_apart(tmp_path):
     write_json(run.eval_aspects("lm_guided-distilled"), {"fluency": 0.2})
     write_json(run.eval_aspects("lm_guided-refined"), {"fluency": 0.9})
     assert "moved apart (in opposite directions)" in write_report(run).read_text()
+
+
+def test_oracle_context_modes_are_marked(tmp_path):
+    run = RunDir(tmp_path)
+    write_json(run.eval_metrics("cot"), _metrics("cot", 1, 0.1, 100, context_mode="gold_first"))
+    text = write_report(run).read_text()
+    assert "| cot (oracle) | 1.00 | 80 | 20 | 10 |" in text and "**Oracle**: cot (gold_first)" in text
 
 
 def test_tables_follow_the_given_order(tmp_path):

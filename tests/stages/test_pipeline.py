@@ -33,6 +33,9 @@ def test_pipeline_fills_the_report_and_reruns_only_what_changed(ray_cluster, tmp
         assert f"| {label} | " in report, f"report misses the {label} row"
         metrics = json.loads(run_dir.eval_metrics(label).read_text())
         assert metrics["datasets"]["hotpotqa"]["n"] == 2
+        hotpot = metrics["datasets"]["hotpotqa"]
+        assert hotpot["large_prompt_tokens_per_question"] > 0 and hotpot["large_completion_tokens_per_question"] > 0
+        assert metrics["oracle"] is False, "the tiny preset evaluates without gold labels"
     assert "| lm_guided-refined | 0." in report  # aspect scores of the refined model's rationales
     assert run_dir.report_figure("accuracy").is_file()
     # the training curves come from the logs the training stages wrote: both have points
