@@ -53,3 +53,24 @@ def test_judge_has_one_question_per_aspect():
     assert all(t.rstrip().endswith("Answer:") and "yes or no" in t for t in texts.values())
     with pytest.raises(KeyError, match="valid"):
         prompts.judge_prompt("beauty", "q", "c", "r")
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("B founded it. So the answer is: Answers in Genesis.", "Answers in Genesis"),
+    ("It is the album. Final answer: Final Answer (album)", "Final Answer (album)"),
+    ("So the answer is: The Answer", "The Answer"),
+    ("So the answer is: Unanswered Questions.", "Unanswered Questions"),
+])
+def test_answers_that_contain_the_word_answer_survive(text, answer):
+    assert prompts.split_rationale(text)[1] == answer
+    assert prompts.parse_answer(answer) == answer
+
+
+def test_a_prompt_keeps_its_shrinkable_context_through_pickling():
+    """Prompts cross Ray (judge actors, Serve replicas) and are fitted where the model lives."""
+    import pickle
+
+    p = prompts.judge_prompt("fluency", "Who?", "A: one.\nB: two.", "A is one.")
+    q = pickle.loads(pickle.dumps(p))
+    assert (q, q.role, q.context) == (p, "judge:fluency", "A: one.\nB: two.")
+    assert q.render("A: one.") == str(p).replace("\nB: two.", "")
