@@ -24,6 +24,7 @@ import zlib
 from typing import Callable, Sequence
 
 from lmcot.data import Example, Paragraph
+from lmcot.fitting import largest_fitting
 
 CONTEXT_MODES = ("all", "shuffled", "gold_first", "gold")
 ORACLE_MODES = ("gold_first", "gold")
@@ -61,18 +62,6 @@ def render_paragraph(paragraph: Paragraph, n_sentences: int | None = None) -> st
     return f"{paragraph.title}: {body}" if body else f"{paragraph.title}:"
 
 
-def _largest_fitting(n: int, fits: Callable[[int], bool]) -> int:
-    """Largest k in 0..n with fits(k), assuming fits is monotone (true up to some k, then false)."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _truncate_tokens(text: str, tokenizer, max_tokens: int, count: Callable[[str], int]) -> str:
     """Cut ``text`` to its first ``max_tokens`` tokens (re-checked: decode/encode may not round-trip)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -94,14 +83,14 @@ def fit_lines(paragraphs: Sequence[Paragraph], tokenizer, max_tokens: int) -> st
     full = "\n".join(lines)
     if count(full) <= max_tokens:
         return full
-    k = _largest_fitting(len(lines) - 1, lambda j: count("\n".join(lines[:j])) <= max_tokens)
+    k = largest_fitting(len(lines) - 1, lambda j: count("\n".join(lines[:j])) <= max_tokens)
     head = lines[:k]
     boundary = paragraphs[k]
 
     def with_partial(m: int) -> str:
         return "\n".join(head + [render_paragraph(boundary, m)])
 
-    m = _largest_fitting(len(boundary.sentences), lambda j: j == 0 or count(with_partial(j)) <= max_tokens)
+    m = largest_fitting(len(boundary.sentences), lambda j: j == 0 or count(with_partial(j)) <= max_tokens)
     if m > 0:
         return with_partial(m)
     if head:

@@ -151,29 +151,18 @@ class PromptFitter:
         return [self.fit(p, reserve) for p in prompts]
 
     def _fit_context(self, context: str, fits: Callable[[str], bool]) -> str:
-        """Whole lines (paragraphs) first, then a prefix of the first line that does not fit."""
+        """Whole lines (paragraphs) first, then a prefix of the first line that does not fit
+        (by tokens; by words for an API model without a tokenizer)."""
         lines = context.split("\n")
         k = largest_fitting(len(lines) - 1, lambda j: fits("\n".join(lines[:j])))
-        head, boundary = lines[:k], lines[k]
-        pieces = self._prefixes(boundary)
-        m = largest_fitting(len(pieces) - 1, lambda j: j == 0 or fits("\n".join(head + [pieces[j]])))
-        return "\n".join(head + [pieces[m]]) if m else "\n".join(head)
+        head, tok = lines[:k], self.tokenizer
+        units = lines[k].split(" ") if tok is None else tok(lines[k], add_special_tokens=False)["input_ids"]
 
-    def _prefixes(self, line: str):
-        """Index j -> the first j tokens of ``line`` as text (words without a tokenizer); lazy."""
-        tok = self.tokenizer
-        units = line.split(" ") if tok is None else tok(line, add_special_tokens=False)["input_ids"]
+        def prefix(j: int) -> str:
+            return " ".join(units[:j]) if tok is None else tok.decode(units[:j], skip_special_tokens=True).strip()
 
-        class Prefixes:
-            def __len__(self):
-                return len(units) + 1
-
-            def __getitem__(self, j):
-                if tok is None:
-                    return " ".join(units[:j])
-                return tok.decode(units[:j], skip_special_tokens=True).strip()
-
-        return Prefixes()
+        m = largest_fitting(len(units), lambda j: fits("\n".join(head + [prefix(j)])))
+        return "\n".join(head + [prefix(m)]) if m else "\n".join(head)
 
     def _too_long(self, prompt, tokens: int, budget: int, reserve: int, why: str) -> PromptTooLong:
         role = getattr(prompt, "role", "") or "given"

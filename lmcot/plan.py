@@ -14,6 +14,7 @@ uses the published config shipped in ``lmcot/known_models/``.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ from lmcot import prompts
 from lmcot.fitting import PromptFitter, input_limit
 from lmcot.memory import GIB, Shape, generation_bytes, training_bytes
 
+log = logging.getLogger(__name__)
 DEFAULT_GPU_GB = 80.0
 QUESTION_TOKENS = 64
 """Room kept for a long question when checking that a template leaves space for the context."""
@@ -131,10 +133,10 @@ def _row(component: str, count: int, gpus: float, need: int, gpu_gb: float, fix:
 
 def longest_prompt(info: ModelInfo, budgets: list[Budget], context_cap: int) -> int:
     """The longest prompt a model will read: its limit, or less where ``data.context_max_tokens``
-    bounds the context (templates counted from the budgets)."""
+    bounds the context (templates counted from the budgets); 2048 when neither bounds it."""
     template = max(b.template_tokens for b in budgets if b.model == info.name)
-    longest = template + context_cap if context_cap else 10**9
-    return min(info.limit or longest, longest) if (info.limit or context_cap) else 2048
+    bounds = [b for b in (info.limit, template + context_cap if context_cap else 0) if b]
+    return min(bounds) if bounds else 2048
 
 
 def generator_rows(gen, batch_rows: int, prompt: int, new_tokens: int) -> int:
@@ -229,13 +231,11 @@ COMPONENT_STAGES = {"teacher": ("generate-rationales",), "distill": ("distill",)
 def check_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB, stage: str = "run") -> dict:
     """:func:`make_plan`, raising :class:`PlanError` with the problems that stop ``stage`` (a stage
     command, or ``run`` for the whole pipeline); problems of other stages are only logged."""
-    import logging
-
     plan = make_plan(cfg, gpu_gb)
     blocking = [p for p in plan["problems"] if stage == "run" or {"*", stage} & set(plan["stages"][p])]
     for p in plan["problems"]:
         if p not in blocking:
-            logging.getLogger(__name__).warning("plan: a later stage will not fit: %s", p)
+            log.warning("plan: a later stage will not fit: %s", p)
     if blocking:
         raise PlanError(f"the config cannot run {stage} as planned (`lmcot plan` shows why):\n- "
                         + "\n- ".join(blocking))

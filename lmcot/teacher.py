@@ -190,21 +190,20 @@ def generate_rows(generator: Generator, rows: Sequence[dict], cfg: Config, token
                 out.append({
                     "dataset": row["dataset"], "id": row["id"], "sample": int(sample), "question": row["question"],
                     "context": context, "output": text, "gold_answer": row["golds"][0],
-                    **judge_output(text, row["golds"], rc), "golds": row["golds"],
+                    **judge_output(text, row["golds"], rc),
                     "prompt_tokens": int(g.prompt_tokens), "completion_tokens": int(tokens), "teacher": teacher,
                 })
     if rc.judged_answer == "from_rationale":
-        rejudge_from_rationale(generator, out, cfg)
-    for r in out:
-        del r["golds"]
+        golds = {(row["dataset"], row["id"]): row["golds"] for row in rows}
+        rejudge_from_rationale(generator, out, golds, cfg)
     return out
 
 
-def rejudge_from_rationale(generator: Generator, rows: list[dict], cfg: Config) -> None:
+def rejudge_from_rationale(generator: Generator, rows: list[dict], golds: dict, cfg: Config) -> None:
     """Score each rationale by the large LM's greedy answer *from it* (what LM-guided inference does).
 
     ``teacher_answer``, ``em``, ``f1``, ``kept`` and ``reason`` then describe that answer; rows
-    without a rationale keep their verdict.
+    without a rationale keep their verdict. ``golds``: (dataset, id) -> gold answers with aliases.
     """
     todo = [r for r in rows if r["rationale"].strip()]
     answers = generator.generate(
@@ -212,8 +211,8 @@ def rejudge_from_rationale(generator: Generator, rows: list[dict], cfg: Config) 
         max_new_tokens=cfg.generation.answer_max_new_tokens,
     )
     for r, g in zip(todo, answers):
-        r.update(judge_output(f"{r['rationale']} {ANSWER_CUE} {parse_answer(g.texts[0])}", r["golds"],
-                              cfg.rationales))
+        r.update(judge_output(f"{r['rationale']} {ANSWER_CUE} {parse_answer(g.texts[0])}",
+                              golds[(r["dataset"], r["id"])], cfg.rationales))
         r["prompt_tokens"] += int(g.prompt_tokens)
         r["completion_tokens"] += int(g.completion_tokens)
 

@@ -39,3 +39,21 @@ def ray_cluster():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a script of ``tools/`` or ``bench/`` by its path (they are not a package)."""
+    import importlib.util
+    import sys
+
+    def load(relative: str):
+        path = ROOT / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module  # dataclasses and pickling look the module up by name
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+

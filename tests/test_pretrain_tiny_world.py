@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import random
 import subprocess
@@ -19,12 +18,8 @@ TOOL = ROOT / "tools" / "pretrain_tiny_world.py"
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_world", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pretrain_tiny_world"] = module
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script("tools/pretrain_tiny_world.py")
 
 
 @pytest.fixture(scope="module")

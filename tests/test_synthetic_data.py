@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,12 +17,8 @@ TOOL = ROOT / "tools" / "make_synthetic_data.py"
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("make_synthetic_data", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_synthetic_data"] = module
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script("tools/make_synthetic_data.py")
 
 
 def test_default_seed_reproduces_shipped_files_byte_for_byte(tool):

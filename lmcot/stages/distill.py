@@ -54,6 +54,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     Returns ``{model_path, family, tokenizer, train, val, samples, pairs, identity}``
     where ``train``/``val`` are :class:`lmcot.sft_data.TokenizedPairs`.
     """
+    import numpy as np
     from transformers import AutoConfig
 
     from lmcot.data import load_split
@@ -87,7 +88,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
                   chat_template=spec.chat_template, fitter=fitter, reserve=cfg.generation.rationale_max_new_tokens)
     train = encode_pairs(tokenizer, train_pairs, **encode)
     val = encode_pairs(tokenizer, val_pairs, **encode) if val_pairs else None
-    longest = max(len(train.source_ids(i)) for i in range(len(train))) if len(train) else 0
+    longest = int(np.diff(train.source_offsets).max()) if len(train) else 0
     if longest > dc.max_source_tokens:
         raise ValueError(f"distill.max_source_tokens={dc.max_source_tokens} is below the longest small-LM prompt "
                          f"({longest} tokens, as served): raise it to {longest} or lower small.max_input_tokens "

@@ -22,9 +22,9 @@ One bad client cannot hurt the others:
   every deployment bounds its queue (``max_queued_requests``) and answers 503 with
   ``Retry-After`` when it is full.
 - *Isolation.* A merged batch that fails is retried caller by caller
-  (:func:`generate_batch`), so only the request that caused it fails.
+  (:func:`lmcot.stages.serve_worker.generate_batch`), so only the request that caused it fails.
 - *Fair turns and cancellation.* Model work runs on one thread per replica in chunks of
-  one model batch (:class:`ModelWorker`), so short requests are served between the chunks
+  one model batch (:class:`lmcot.stages.serve_worker.ModelWorker`), so short requests are served between the chunks
   of long ones; a request whose client timed out or went away is cancelled in the model
   replica and its remaining chunks are dropped.
 - *Clean failures.* Every error is JSON in one shape with a request id and no internals
@@ -42,13 +42,11 @@ annotations`` here: Serve reads ``build_app``'s parameter annotation to parse it
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -64,174 +62,10 @@ from lmcot.generation import Generation, HFGenerator, make_generator
 from lmcot.method import Question, majority_vote, run_method, vote_is_settled
 from lmcot.models import context_tokenizer
 from lmcot.stages import serve_http as http
+from lmcot.stages.serve_worker import GenerateCall, ModelWorker, Ticket, call_batched, generate_batch
 
 log = logging.getLogger(__name__)
 OPENAI_PREFIX = http.OPENAI_PREFIX
-
-
-# -- calls between deployments ---------------------------------------------------------------
-@dataclass(frozen=True)
-class GenerateCall:
-    """One caller's prompts and decoding settings; calls with equal settings share a model call."""
-
-    prompts: tuple[str, ...]
-    max_new_tokens: int
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-
-    def settings(self) -> tuple:
-        return (self.max_new_tokens, self.n, self.temperature, self.top_p)
-
-
-@dataclass
-class Ticket:
-    """A call inside a model replica; ``cancelled`` is set when its caller gave up (timeout, disconnect)."""
-
-    call: GenerateCall
-    cancelled: bool = False
-
-
-@dataclass
-class _Job:
-    cost: int
-    since: float
-    fn: object
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-
-
-def _settle(future: asyncio.Future, ok: bool, out) -> None:
-    if not future.cancelled():
-        future.set_result(out) if ok else future.set_exception(out)
-
-
-class ModelWorker:
-    """A replica's model and the one thread that runs it, one chunk of work at a time.
-
-    Work is handed over in chunks of at most ``chunk_rows`` rows and ``chunk_tokens`` rows x
-    new tokens (:meth:`prompts_per_chunk`), so a long request queues one chunk at a time.
-    When the thread is free it takes the waiting chunk with the least cost (rows x new
-    tokens) per second waited, plus one: a short request that arrives while long ones run
-    waits for about one chunk, and a long chunk's turn still comes as it ages. A chunk whose
-    caller was cancelled before its turn is dropped.
-    """
-
-    def __init__(self, generator, chunk_rows: int, chunk_tokens: int):
-        self.generator = generator
-        self.chunk_rows = chunk_rows
-        """Most rows (prompts x samples) per chunk: one batch of the generator (``generation.batch_size``)."""
-        self.chunk_tokens = chunk_tokens
-        """Most rows x new tokens per chunk (``serve.max_chunk_tokens``)."""
-        self.done = 0
-        """Chunks run."""
-        self.dropped = 0
-        """Chunks never run because their caller was cancelled."""
-        self._pending: list[_Job] = []
-        self._ready = threading.Condition()
-        threading.Thread(target=self._loop, name="lmcot-model", daemon=True).start()
-
-    def prompts_per_chunk(self, n: int, max_new_tokens: int) -> int:
-        """Prompts of ``n`` samples each that one chunk holds (at least one).
-
-        >>> w = ModelWorker(None, chunk_rows=16, chunk_tokens=2048)
-        >>> w.prompts_per_chunk(1, 8), w.prompts_per_chunk(4, 256), w.prompts_per_chunk(8, 4096)
-        (16, 2, 1)
-        """
-        rows = min(self.chunk_rows, self.chunk_tokens // max(1, max_new_tokens))
-        return max(1, rows // max(1, n))
-
-    async def run(self, cost: int, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` on the model thread when its turn comes; ``cost``: rows x new tokens."""
-        loop = asyncio.get_running_loop()
-        job = _Job(cost, time.monotonic(), functools.partial(fn, *args, **kwargs), loop.create_future(), loop)
-        with self._ready:
-            self._pending.append(job)
-            self._ready.notify()
-        return await job.future
-
-    def _loop(self) -> None:
-        while True:
-            with self._ready:
-                while not self._pending:
-                    self._ready.wait()
-                now = time.monotonic()
-                job = min(self._pending, key=lambda j: j.cost / (1.0 + now - j.since))  # ties: first come
-                self._pending.remove(job)
-            if job.future.cancelled():
-                self.dropped += 1
-                continue
-            try:
-                out, ok = job.fn(), True
-            except Exception as exc:  # noqa: BLE001 - handed to the caller
-                out, ok = exc, False
-            self.done += 1
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, out)
-
-    def stats(self) -> dict:
-        return {"chunks_done": self.done, "chunks_dropped": self.dropped}
-
-
-async def generate_batch(worker: ModelWorker, tickets: list[Ticket]) -> list:
-    """Run a ``@serve.batch`` of calls: per decoding setting, in chunks (:meth:`ModelWorker.prompts_per_chunk`).
-
-    Returns, per ticket, its generations, or the exception that failed it. A chunk that
-    fails is retried caller by caller, so one request the model cannot serve fails alone
-    and the requests merged with it still get their answers. Smaller calls go first within
-    a setting, and chunks of cancelled calls are skipped.
-    """
-    results: list = [[None] * len(t.call.prompts) for t in tickets]
-    failed: dict[int, BaseException] = {}
-    groups: dict[tuple, list[int]] = {}
-    for i, ticket in enumerate(tickets):
-        groups.setdefault(ticket.call.settings(), []).append(i)
-    for (max_new_tokens, n, temperature, top_p), members in groups.items():
-        members.sort(key=lambda i: len(tickets[i].call.prompts))
-        items = [(i, j) for i in members for j in range(len(tickets[i].call.prompts))]
-        size = worker.prompts_per_chunk(n, max_new_tokens)
-
-        async def run(chunk: list[tuple[int, int]]) -> None:
-            prompts = [tickets[i].call.prompts[j] for i, j in chunk]
-            outs = await worker.run(len(prompts) * n * max_new_tokens, worker.generator.generate, prompts,
-                                    max_new_tokens=max_new_tokens, n=n,
-                                    temperature=temperature, top_p=top_p)
-            for (i, j), out in zip(chunk, outs):
-                results[i][j] = out
-
-        for start in range(0, len(items), size):
-            chunk = [(i, j) for i, j in items[start:start + size] if i not in failed and not tickets[i].cancelled]
-            if not chunk:
-                worker.dropped += any(tickets[i].cancelled for i, _ in items[start:start + size])
-                continue
-            try:
-                await run(chunk)
-            except Exception as exc:  # noqa: BLE001 - isolate the caller that caused it
-                owners = sorted({i for i, _ in chunk})
-                if len(owners) == 1:
-                    failed[owners[0]] = exc
-                    continue
-                for owner in owners:
-                    try:
-                        await run([(i, j) for i, j in chunk if i == owner])
-                    except Exception as own:  # noqa: BLE001
-                        failed[owner] = own
-    for i, ticket in enumerate(tickets):
-        if ticket.cancelled and i not in failed:
-            failed[i] = asyncio.CancelledError()
-    return [failed.get(i, out) for i, out in enumerate(results)]
-
-
-async def call_batched(batched_method, call: GenerateCall) -> list[Generation]:
-    """One call through a ``@serve.batch`` method of tickets: marks it cancelled if its caller gives up."""
-    ticket = Ticket(call)
-    try:
-        out = await batched_method(ticket)
-    except asyncio.CancelledError:
-        ticket.cancelled = True
-        raise
-    if isinstance(out, BaseException):
-        raise out
-    return out
 
 
 def _configure_batching(batched_method, spec) -> None:

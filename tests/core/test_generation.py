@@ -216,15 +216,9 @@ def test_attention_implementation_is_chosen_by_config():
     assert gen.model.config._attn_implementation == "eager"
 
 
-def test_gpu_suite_smoke_runs_lmcots_generator_paths_on_cpu(capsys):
+def test_gpu_suite_smoke_runs_lmcots_generator_paths_on_cpu(capsys, load_script):
     """bench/gpu_suite.py --smoke: the GPU script's generation and judging code at tiny sizes, no Ray."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "gpu_suite.py"
-    spec = importlib.util.spec_from_file_location("gpu_suite", path)
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = load_script("bench/gpu_suite.py")
     rows = suite.main(["--smoke"])
     assert not [r for r in rows if "error" in r], rows
     assert {(r["bench"], r["mode"]) for r in rows} == {(b, m) for b in ("gen_xxl", "gen_large_k5", "judge_xxl")

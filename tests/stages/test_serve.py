@@ -27,6 +27,7 @@ from lmcot.config import ConfigError, ModelSpec
 from lmcot.generation import HFGenerator
 from lmcot.openai_backend import OpenAIError, OpenAIGenerator
 from lmcot.stages import serve as serve_module
+from lmcot.stages import serve_worker
 from lmcot.stages import serve_http
 from lmcot.stages.serve import AppArgs, Ingress, build_app, config_from_args
 
@@ -89,7 +90,7 @@ def served(ray_cluster):
 
 
 # -- builder, config files and pure helpers (no cluster) ---------------------------------------------
-@pytest.mark.parametrize("module", [serve_module, serve_http])
+@pytest.mark.parametrize("module", [serve_module, serve_worker, serve_http])
 def test_doctests(module):
     assert doctest.testmod(module).failed == 0
 
@@ -430,12 +431,12 @@ def run_batch(tickets, chunk_rows=8, gen=None):
     import asyncio
 
     gen = gen or FakeGenerator()
-    worker = serve_module.ModelWorker(gen, chunk_rows, 4096)
-    return gen, worker, asyncio.run(serve_module.generate_batch(worker, tickets))
+    worker = serve_worker.ModelWorker(gen, chunk_rows, 4096)
+    return gen, worker, asyncio.run(serve_worker.generate_batch(worker, tickets))
 
 
-def ticket(*prompts: str, n: int = 1) -> serve_module.Ticket:
-    return serve_module.Ticket(serve_module.GenerateCall(tuple(prompts), 4, n, 0.9 if n > 1 else 0.0))
+def ticket(*prompts: str, n: int = 1) -> serve_worker.Ticket:
+    return serve_worker.Ticket(serve_worker.GenerateCall(tuple(prompts), 4, n, 0.9 if n > 1 else 0.0))
 
 
 def test_a_failing_request_fails_alone_in_a_merged_batch():
@@ -461,12 +462,12 @@ def test_a_short_request_runs_between_the_chunks_of_a_long_one():
     import asyncio
 
     gen = FakeGenerator()
-    worker = serve_module.ModelWorker(gen, 2, 4096)
+    worker = serve_worker.ModelWorker(gen, 2, 4096)
 
     async def both():
-        long = asyncio.ensure_future(serve_module.generate_batch(worker, [ticket(*"abcdefgh")]))
+        long = asyncio.ensure_future(serve_worker.generate_batch(worker, [ticket(*"abcdefgh")]))
         await asyncio.sleep(0)  # the long batch hands its first chunk over first
-        short = await serve_module.generate_batch(worker, [ticket("s")])
+        short = await serve_worker.generate_batch(worker, [ticket("s")])
         return await long, short
 
     long, short = asyncio.run(both())
