@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FORMATS = ("hotpotqa", "2wiki")
-CONTEXT_MODES = ("all", "shuffled", "gold_first", "gold")
+CONTEXT_MODES = ("all", "shuffled", "ranked", "gold_first", "gold")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class DataConfig:
     """Training uses every dataset's train split; evaluation reports each dataset separately."""
     context_mode: str = "all"
     """``all`` paragraphs in the dataset's order (the distractor setting), ``shuffled`` (seeded by the
-    question id), or the oracle settings that read the gold labels: ``gold_first`` (gold paragraphs
+    question id), ``ranked`` (by relevance to the question, following title links: a cut drops the
+    least related paragraphs; reads only the question), or the oracle settings that read the gold labels: ``gold_first`` (gold paragraphs
     first, so a cut drops distractors) and ``gold`` (gold paragraphs only). Reports mark oracle runs."""
     context_max_tokens: int = 0
     """Optional cost cap on the context alone, in the large LM's tokens; 0: none. Every model still

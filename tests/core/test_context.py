@@ -74,6 +74,28 @@ def test_gold_first_mode_puts_gold_first_in_gold_order():
     assert lines[1] == "Kel Varo: Kel Varo was a director. He was born in Ostra. He liked boats."
 
 
+def test_ranked_mode_reads_the_question_and_follows_title_links_without_gold_labels():
+    unlabeled = Example("c1", EXAMPLE.question, "", EXAMPLE.paragraphs, (), "bridge", "hotpotqa")
+    titles = [line.split(":")[0] for line in build_context(unlabeled, mode="ranked").split("\n")]
+    # the film the question names, then the director its text names (the second hop), then the rest
+    assert titles == ["Gray Dawn", "Kel Varo", "Noise One", "Noise Two"]
+    assert build_context(EXAMPLE, mode="ranked") == build_context(unlabeled, mode="ranked")
+
+
+@pytest.mark.parametrize("name,fmt", [("hotpotqa_synthetic_dev", "hotpotqa"), ("2wiki_synthetic_dev", "2wiki")])
+def test_ranked_mode_keeps_the_evidence_under_a_budget_that_cuts_dataset_order(tokenizer, name, fmt):
+    """At a budget of about half the paragraphs, the dataset order loses some gold paragraph in most
+    questions; the ranker keeps them (the tiny preset relies on this)."""
+    dev = load_json_file(f"sample:{name}", fmt)
+
+    def kept(mode):
+        return sum(all(f"{t}:" in build_context(ex, mode=mode, tokenizer=tokenizer,
+                                                max_tokens=count(tokenizer, build_context(ex)) // 2)
+                       for t in ex.gold_titles) for ex in dev)
+
+    assert kept("ranked") >= 0.9 * len(dev) > kept("all")
+
+
 def test_gold_mode_keeps_only_gold():
     assert build_context(EXAMPLE, mode="gold").split("\n") == [
         "Gray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.",
@@ -87,7 +109,7 @@ def test_gold_mode_without_supporting_facts_falls_back_to_all():
 
 
 def test_unknown_mode_and_negative_budget():
-    with pytest.raises(ValueError, match="data.context_mode.*all, shuffled, gold_first, gold"):
+    with pytest.raises(ValueError, match="data.context_mode.*all, shuffled, ranked, gold_first, gold"):
         build_context(EXAMPLE, mode="distractor")
     with pytest.raises(ValueError, match="context_max_tokens"):
         build_context(EXAMPLE, max_tokens=-1)
