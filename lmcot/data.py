@@ -68,6 +68,18 @@ class Example:
         """Titles named by the supporting facts, in order of first appearance."""
         return tuple(dict.fromkeys(title for title, _ in self.supporting_facts))
 
+    @property
+    def evidence(self) -> str:
+        """The supporting-fact sentences, in the order the dataset lists them ("" without labels):
+        the gold rationale of the ``gold_rationale`` reference method."""
+        by_title = {p.title: p for p in self.paragraphs}
+        out: list[str] = []
+        for title, i in self.supporting_facts:
+            p = by_title.get(title)
+            if p is not None and i < len(p.sentences) and p.sentences[i].strip() not in out:
+                out.append(p.sentences[i].strip())
+        return " ".join(out)
+
 
 def _fail(source: str, rid: Any, field: str, problem: str, fix: str) -> DataError:
     return DataError(f"{source}: record {rid}: field {field!r} {problem}; {fix}")

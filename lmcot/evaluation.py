@@ -12,6 +12,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from lmcot.config import EvalConfig, GenerationConfig
+from lmcot.config.evaluation import ORACLE_METHODS
 from lmcot.context import ORACLE_MODES, build_context
 from lmcot.data import Example
 from lmcot.generation import Generator, Usage
@@ -23,7 +24,8 @@ from lmcot.rundir import RunDir, write_atomic, write_json
 def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None, max_tokens: int = 0) -> list[Question]:
     """Contexts built and fitted to the token budget (gold paragraphs first)."""
     return [
-        Question(ex.id, ex.question, build_context(ex, mode=mode, tokenizer=tokenizer, max_tokens=max_tokens))
+        Question(ex.id, ex.question, build_context(ex, mode=mode, tokenizer=tokenizer, max_tokens=max_tokens),
+                 evidence=ex.evidence)
         for ex in examples
     ]
 
@@ -80,7 +82,7 @@ def write_outputs(run_dir: RunDir, cfg: EvalConfig, per_dataset: dict[str, tuple
         "self_consistency": cfg.self_consistency,
         "label": cfg.output_label,
         "context_mode": context_mode,
-        "oracle": context_mode in ORACLE_MODES,
+        "oracle": context_mode in ORACLE_MODES or cfg.method in ORACLE_METHODS,
         "datasets": {name: metrics for name, (_, metrics) in per_dataset.items()},
     }
     write_json(run_dir.eval_metrics(label), summary)
@@ -117,6 +119,9 @@ def render_report(summary: dict) -> str:
     if summary.get("context_mode") in ORACLE_MODES:
         rows += ["", f"**Oracle setting**: data.context_mode={summary['context_mode']} reads the gold supporting "
                  "facts to build the context; not comparable with a fair evaluation."]
+    if summary["method"] in ORACLE_METHODS:
+        rows += ["", f"**Oracle reference**: method {summary['method']} answers from the gold supporting facts; "
+                 "an upper bound, not comparable with a fair evaluation."]
     return "\n".join(rows) + "\n"
 
 

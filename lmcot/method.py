@@ -5,6 +5,10 @@
 - ``lm_guided``: the small LM writes the rationale, the frozen large LM answers from it
   (Lee et al. 2024). Only the small LM is ever trained.
 
+Two reference methods bound ``lm_guided`` from both sides: the large LM answers from the
+gold supporting facts as its rationale (``gold_rationale``: an oracle, it reads the labels)
+or from an empty rationale (``empty_rationale``).
+
 With self-consistency ``k > 1``, k reasoning paths are sampled, each is answered, and the
 normalised answers are majority-voted. Every function works on a batch of questions,
 so each model sees one batched call per step however many questions and samples there are.
@@ -29,6 +33,8 @@ class Question:
     id: str
     question: str
     context: str
+    evidence: str = ""
+    """The gold supporting-fact sentences; read only by the ``gold_rationale`` oracle."""
 
 
 @dataclass
@@ -161,8 +167,23 @@ def answer_rationales(questions, rationales, large: Generator, gen: GenerationCo
     return results
 
 
+def gold_rationale(questions: Sequence[Question], large: Generator, gen: GenerationConfig) -> list[MethodResult]:
+    """The large LM answers from the gold supporting facts as the rationale: an upper bound on what
+    any small LM's rationale can give this large LM (an oracle: it reads the labels)."""
+    missing = [q.id for q in questions if not q.evidence]
+    if missing:
+        raise ValueError(f"method gold_rationale needs supporting facts, which {len(missing)} question(s) lack "
+                         f"(e.g. {missing[0]!r}); evaluate it on a labelled dev split")
+    return answer_rationales(questions, [[q.evidence] for q in questions], large, gen)
+
+
+def empty_rationale(questions: Sequence[Question], large: Generator, gen: GenerationConfig) -> list[MethodResult]:
+    """The large LM answers from an empty rationale in the same prompt: the floor a rationale must beat."""
+    return answer_rationales(questions, [[""] for _ in questions], large, gen)
+
+
 def run_method(method: str, questions, *, small: Generator | None, large: Generator, gen: GenerationConfig, k: int = 1):
-    """Dispatch by name (``standard``, ``cot``, ``lm_guided``)."""
+    """Dispatch by name (``standard``, ``cot``, ``lm_guided``, ``gold_rationale``, ``empty_rationale``)."""
     if method == "standard":
         return standard(questions, large, gen, k)
     if method == "cot":
@@ -171,4 +192,8 @@ def run_method(method: str, questions, *, small: Generator | None, large: Genera
         if small is None:
             raise ValueError("method lm_guided needs a small LM (config key: small)")
         return lm_guided(questions, small, large, gen, k)
-    raise ValueError(f"unknown method {method!r}: use standard, cot or lm_guided")
+    if method in ("gold_rationale", "empty_rationale"):
+        if k > 1:
+            raise ValueError(f"method {method} has one fixed rationale: set eval.self_consistency to 1")
+        return (gold_rationale if method == "gold_rationale" else empty_rationale)(questions, large, gen)
+    raise ValueError(f"unknown method {method!r}: use standard, cot, lm_guided, gold_rationale or empty_rationale")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmcot.config.evaluation import ORACLE_METHODS
 from lmcot.rundir import RunDir, write_atomic
 
 
@@ -90,15 +91,16 @@ def cost_table(evals: dict[str, dict]) -> str:
         ds = list(m["datasets"].values())
         mean = lambda key: sum(d.get(key, 0) for d in ds) / len(ds)  # noqa: E731
         mark = " (oracle)" if m.get("oracle") else ""
-        oracle += [f"{label} ({m.get('context_mode')})"] if m.get("oracle") else []
+        reads = m.get("method") if m.get("method") in ORACLE_METHODS else m.get("context_mode")
+        oracle += [f"{label} ({reads})"] if m.get("oracle") else []
         rows.append(f"| {label}{mark} | {mean('large_calls_per_question'):.2f} | "
                     f"{mean('large_prompt_tokens_per_question'):.0f} | {mean('large_completion_tokens_per_question'):.0f} | "
                     f"{mean('small_tokens_per_question'):.0f} |")
     rows += ["", "Tokens are those of the fitted prompts the models received; the n samples of one prompt count "
              "its prompt tokens once (one prefill, as OpenAI-compatible servers report usage for n)."]
     if oracle:
-        rows += ["", "**Oracle**: " + ", ".join(oracle) + " built contexts from the gold supporting facts; "
-                 "not comparable with a fair evaluation."]
+        rows += ["", "**Oracle**: " + ", ".join(oracle) + " read the gold supporting facts (to build the context, "
+                 "or as the rationale); reference rows, not comparable with a fair evaluation."]
     return "\n".join(rows)
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from lmcot.config.loader import RUN_ONLY
 
-METHODS = ("standard", "cot", "lm_guided")
+METHODS = ("standard", "cot", "lm_guided", "gold_rationale", "empty_rationale")
+ORACLE_METHODS = ("gold_rationale",)
+"""Methods that read the gold supporting facts: reference rows, never a fair evaluation."""
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,9 @@ class EvalConfig:
 
     method: str = "lm_guided"
     """``standard`` (large LM answers directly), ``cot`` (large LM reasons then answers) or
-    ``lm_guided`` (small LM writes the rationale, large LM answers from it)."""
+    ``lm_guided`` (small LM writes the rationale, large LM answers from it); the reference methods
+    ``gold_rationale`` (the large LM answers from the gold supporting facts: an oracle upper bound)
+    and ``empty_rationale`` (from an empty rationale: the lower bound)."""
     self_consistency: int = 1
     """Rationales sampled per question and majority-voted (1: one greedy rationale)."""
     limit: int = 0
@@ -40,6 +44,8 @@ class EvalConfig:
             raise ValueError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
         if self.self_consistency < 1:
             raise ValueError("self_consistency must be >= 1")
+        if self.self_consistency > 1 and self.method in ("gold_rationale", "empty_rationale"):
+            raise ValueError(f"method={self.method} has one fixed rationale: set self_consistency to 1")
         if self.limit < 0:
             raise ValueError("limit must be >= 0 (0 means all)")
         if self.num_cpus < 0 or self.num_gpus < 0:

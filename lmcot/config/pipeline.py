@@ -13,6 +13,10 @@ class PipelineConfig:
     """k of the self-consistency rows of the report (each method is also run with k = 1)."""
     judge_rationales: bool = True
     """Score the rationales each model writes on the eight aspects (large-LM judge) for the report."""
+    reference_rows: bool = True
+    """Add the reference rows ``lm_guided-undistilled`` (the small LM before training),
+    ``gold-rationale`` (the large LM answering from the gold supporting facts: an oracle upper
+    bound) and ``empty-rationale`` (answering from nothing: the floor), each at k = 1."""
 
     def __post_init__(self):
         if self.self_consistency < 2:

@@ -14,7 +14,10 @@ CPUs, judge resources, retries) reruns nothing. A step that died wrote no record
 runs again and resumes from its own checkpoints.
 
 The report compares standard prompting, CoT prompting and LM-guided CoT with the
-distilled and the refined small LM, each with and without self-consistency.
+distilled and the refined small LM, each with and without self-consistency, against three
+reference rows: LM-guided CoT with the small LM before any training (what distillation
+must beat), and the large LM answering from the gold supporting facts (an oracle upper
+bound) or from an empty rationale (the floor).
 """
 
 from __future__ import annotations
@@ -37,20 +40,29 @@ def _stage(module: str):
     return importlib.import_module(f"lmcot.stages.{module}")
 
 
+UNTRAINED = "base"
+"""The small-LM stage of the ``lm_guided-undistilled`` row: ``small`` as configured."""
+
+
 def eval_plan(cfg: Config, run_dir: RunDir) -> list[tuple[str, str, int, str | None]]:
     """(label, method, k, training stage of the small LM) of every evaluation in the report."""
     k = cfg.pipeline.self_consistency
     rows = (("standard", "standard", None), ("cot", "cot", None),
             ("lm_guided-distilled", "lm_guided", "distill"), ("lm_guided-refined", "lm_guided", "refine"))
-    return [(label + (f"-sc{kk}" if kk > 1 else ""), method, kk, stage)
+    plan = [(label + (f"-sc{kk}" if kk > 1 else ""), method, kk, stage)
             for label, method, stage in rows for kk in (1, k)]
+    references = [("lm_guided-undistilled", "lm_guided", 1, UNTRAINED),
+                  ("gold-rationale", "gold_rationale", 1, None), ("empty-rationale", "empty_rationale", 1, None)]
+    return plan + (references if cfg.pipeline.reference_rows else [])
 
 
 def eval_identity(ecfg: Config, run_dir: RunDir, stage: str | None, judge: bool) -> str:
     """An evaluation's identity: what it reads, its small LM known by the trained model's identity
     (not by its path, so a moved run directory reruns nothing)."""
     inputs = ecfg.sections("data", "large", "generation", "eval") | {"judge": judge}
-    if stage is not None:
+    if stage == UNTRAINED:
+        inputs["small"] = ecfg.small
+    elif stage is not None:
         inputs["small"] = dataclasses.replace(ecfg.small, name_or_path=run_dir.model_identity(stage))
     return identity(inputs)
 
@@ -112,8 +124,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         for label, method, k, stage in eval_plan(cfg, run_dir):
             ecfg = evaluate.with_small_lm(
                 replace(cfg, eval=replace(cfg.eval, method=method, self_consistency=k, label=label)),
-                str(run_dir.model(stage)) if stage else None)
-            judge = cfg.pipeline.judge_rationales and k == 1
+                str(run_dir.model(stage)) if stage not in (None, UNTRAINED) else None)
+            judge = cfg.pipeline.judge_rationales and k == 1 and method != "empty_rationale"
             step(label, run_dir.eval_dir(label), eval_identity(ecfg, run_dir, stage, judge),
                  lambda: run_eval(ecfg, judge))  # noqa: B023 (called at once)
     finally:

@@ -66,6 +66,13 @@ def test_gold_titles_keep_first_appearance_order():
     assert ex.gold_titles == ("B", "A")
 
 
+def test_evidence_is_the_supporting_sentences_in_fact_order_without_repeats_or_bad_ids():
+    ex = Example("x", "q", "a", (Paragraph("A", ("A one.", " A two.")), Paragraph("B", ("B one.",))),
+                 (("B", 0), ("A", 1), ("B", 0), ("A", 9), ("Z", 0)), "bridge", "hotpotqa")
+    assert ex.evidence == "B one. A two."
+    assert Example("y", "q", "a", ex.paragraphs, (), "bridge", "hotpotqa").evidence == ""
+
+
 @pytest.mark.parametrize("fmt", ["hotpotqa", "2wiki"])
 def test_official_json_round_trip(tmp_path, fmt):
     name = "hotpotqa_synthetic_dev" if fmt == "hotpotqa" else "2wiki_synthetic_dev"

@@ -1,4 +1,4 @@
-"""The three methods and self-consistency voting, over a scripted Generator.
+"""The three methods, the two reference methods and self-consistency voting, over a scripted Generator.
 
 The scripted generator implements the Generator Protocol with fixed rules, so these
 tests check the method's plumbing (batching, voting, usage accounting) exactly.
@@ -31,7 +31,8 @@ class ScriptedLM:
 
 
 GEN = GenerationConfig()
-QS = [method.Question("a", "Who?", "ctx one"), method.Question("b", "When?", "ctx two")]
+QS = [method.Question("a", "Who?", "ctx one", evidence="A did it."), method.Question("b", "When?", "ctx two",
+                                                                                   evidence="It was 1901.")]
 
 
 @pytest.mark.parametrize(
@@ -88,3 +89,22 @@ def test_run_method_rejects_unknown_and_missing_small():
         method.run_method("magic", QS, small=None, large=ScriptedLM(["x"]), gen=GEN)
     with pytest.raises(ValueError, match="small LM"):
         method.run_method("lm_guided", QS, small=None, large=ScriptedLM(["x"]), gen=GEN)
+
+
+def test_gold_and_empty_rationale_answer_from_the_evidence_and_from_nothing():
+    large = ScriptedLM(["Tokyo"])
+    gold = method.run_method("gold_rationale", QS, small=None, large=large, gen=GEN)
+    assert large.calls[-1][0] == [prompts.answer_from_rationale_prompt("Who?", "ctx one", "A did it."),
+                                  prompts.answer_from_rationale_prompt("When?", "ctx two", "It was 1901.")]
+    assert [r.rationales for r in gold] == [["A did it."], ["It was 1901."]] and gold[0].answer == "Tokyo"
+    empty = method.run_method("empty_rationale", QS, small=None, large=large, gen=GEN)
+    assert large.calls[-1][0] == [prompts.answer_from_rationale_prompt(q.question, q.context, "") for q in QS]
+    assert empty[1].usage["small"].calls == 0 and empty[1].usage["large"].calls == 1
+
+
+def test_gold_rationale_needs_labels_and_one_sample():
+    unlabelled = [method.Question("c", "Who?", "ctx")]
+    with pytest.raises(ValueError, match="supporting facts.*'c'"):
+        method.run_method("gold_rationale", unlabelled, small=None, large=ScriptedLM(["x"]), gen=GEN)
+    with pytest.raises(ValueError, match="self_consistency to 1"):
+        method.run_method("empty_rationale", QS, small=None, large=ScriptedLM(["x"]), gen=GEN, k=3)

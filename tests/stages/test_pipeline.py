@@ -35,7 +35,10 @@ def test_pipeline_fills_the_report_and_reruns_only_what_changed(ray_cluster, tmp
         assert metrics["datasets"]["hotpotqa"]["n"] == 2
         hotpot = metrics["datasets"]["hotpotqa"]
         assert hotpot["large_prompt_tokens_per_question"] > 0 and hotpot["large_completion_tokens_per_question"] > 0
-        assert metrics["oracle"] is False, "the tiny preset evaluates without gold labels"
+        # the tiny preset evaluates without gold labels; only the gold-rationale reference row reads them
+        assert metrics["oracle"] is (label == "gold-rationale"), label
+    assert {"lm_guided-undistilled", "gold-rationale", "empty-rationale"} <= set(labels)
+    assert "**Oracle**: gold-rationale (gold_rationale)" in report
     assert "| lm_guided-refined | 0." in report  # aspect scores of the refined model's rationales
     assert run_dir.report_figure("accuracy").is_file()
     # the training curves come from the logs the training stages wrote: both have points
