@@ -37,6 +37,22 @@ def test_cli_with_explicit_default_seed_writes_the_shipped_files(tmp_path):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+TINY_WORLD_TRAIN_SEED, TINY_WORLD_TRAIN = 101, 200
+
+
+def test_tiny_world_train_split_is_world_101_with_merged_aliases(tool):
+    """The tiny preset trains on another world than its dev sets; the alias file holds both worlds,
+    whose entity ids never collide."""
+    files = tool.generate(seed=TINY_WORLD_TRAIN_SEED, train=TINY_WORLD_TRAIN, dev=0)
+    shipped = ROOT / "lmcot" / "data"
+    assert (shipped / "tiny_world" / "hotpotqa_train.json").read_text() == files["hotpotqa_synthetic_train.json"]
+    assert (shipped / "tiny_world" / "2wiki_train.json").read_text() == files["2wiki_synthetic_train.json"]
+    merged = (shipped / "2wiki_synthetic_id_aliases.json").read_text() + files["2wiki_synthetic_id_aliases.json"]
+    assert (shipped / "tiny_world" / "2wiki_id_aliases.json").read_text() == merged
+    ids = [json.loads(line)["Q_id"] for line in merged.splitlines()]
+    assert len(ids) == len(set(ids))
+
+
 def test_another_seed_makes_a_new_world(tool):
     shipped, _ = tool.generate_world()
     other, _ = tool.generate_world(seed=7)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import random
 import sys
 from dataclasses import dataclass, field
@@ -112,7 +113,14 @@ class World:
         return out
 
 
-def build_world(rng: random.Random, scale: int = 1) -> World:
+def first_qid(seed: int) -> int:
+    """Where a world's entity ids start: the shipped world's as always, any other world's in a range of
+    its own, so the 2Wiki alias files of two worlds can be merged (a train split from one world, the
+    dev split from another) without one id naming two entities."""
+    return 9100001 if seed == SEED else 10_000_000 * (seed + 1) + 1
+
+
+def build_world(rng: random.Random, scale: int = 1, start_qid: int = 9100001) -> World:
     """Invent the entities (unique names), then write their paragraphs.
 
     ``scale`` multiplies every entity count except the five countries; scale 1 makes
@@ -122,7 +130,7 @@ def build_world(rng: random.Random, scale: int = 1) -> World:
         raise ValueError(f"scale must be >= 1, got {scale}")
     s = scale
     used: set = set()  # every invented word, so no two entities share a name part by accident
-    counter = iter(range(9100001, 9999999))
+    counter = itertools.count(start_qid)
 
     def word(lo: int = 2, hi: int = 3, suffix: str = "") -> str:
         while True:
@@ -415,7 +423,7 @@ def generate_world(seed: int = SEED, train: int | None = None, dev: int | None =
     """The world of ``seed`` and file stem -> records (``scale`` 0: :func:`auto_scale`)."""
     counts = counts_for(train, dev)
     rng = random.Random(seed)
-    world = build_world(rng, scale or auto_scale(counts))
+    world = build_world(rng, scale or auto_scale(counts), first_qid(seed))
     hotpot_seen: set = set()
     wiki_seen: set = set()
     records = {}
