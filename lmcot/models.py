@@ -35,8 +35,26 @@ def tiny_cache_dir() -> Path:
     return Path(os.environ.get("LMCOT_TINY_DIR", Path.home() / ".cache" / "lmcot" / "tiny-models"))
 
 
+TINY_WORLD_DIR = Path(__file__).resolve().parent / "tiny_world"
+"""The tiny world's pretrained T5s (``tools/pretrain_tiny_world.py``), shipped with the package."""
+
+
+def tiny_world_path(name: str) -> Path:
+    """The shipped folder of ``tiny:world-<name>`` (``large`` or ``small``)."""
+    folder = TINY_WORLD_DIR / name
+    if name not in ("large", "small"):
+        raise ModelLoadError(f"unknown tiny world model tiny:world-{name}; choose tiny:world-large or tiny:world-small")
+    if not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(f"tiny:world-{name}: {folder} has no model.safetensors; this install lacks the tiny "
+                             "world's weights (reinstall lmcot, or rebuild them with tools/pretrain_tiny_world.py)")
+    return folder
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Map ``tiny:<name>`` to its built folder (building it once); other values pass through."""
+    """Map ``tiny:world-<name>`` to its shipped pretrained folder and ``tiny:<name>`` to its built folder
+    (building it once); other values pass through."""
+    if name_or_path.startswith("tiny:world-"):
+        return str(tiny_world_path(name_or_path[len("tiny:world-"):]))
     if name_or_path.startswith("tiny:"):
         from lmcot.tiny import ensure_tiny_model
 

@@ -98,17 +98,30 @@ def describe_model(spec, field: str) -> ModelInfo:
 
 
 # -- prompt budgets ---------------------------------------------------------------------------
-def _longest_prompts(rationale_tokens: int) -> dict[str, list[str]]:
-    """Each role's prompt with an empty context, a long question and a rationale of the longest length."""
-    q = "word " * QUESTION_TOKENS
-    r = "word " * rationale_tokens
+FILLERS = ("word", "the", "a", "and", "is", "of")
+
+
+def filler(fitter) -> str:
+    """A word this tokenizer reads as one token (most tokenizers read ``word`` so; a tokenizer
+    learned from other text may split it), so ``n`` repeats stand for ``n`` tokens."""
+    for word in FILLERS:
+        if fitter.count(f"{word} " * 16) - fitter.count(f"{word} " * 8) == 8:
+            return word
+    return FILLERS[0]
+
+
+def _longest_prompts(role: str, fitter, rationale_tokens: int) -> list[str]:
+    """``role``'s prompts with an empty context, a long question and a rationale of the longest length."""
+    word = filler(fitter)
+    q = f"{word} " * QUESTION_TOKENS
+    r = f"{word} " * rationale_tokens
     return {
-        "small": [prompts.small_rationale_prompt(q, "")],
-        "large": [prompts.standard_prompt(q, ""), prompts.cot_prompt(q, ""),
-                  prompts.answer_from_rationale_prompt(q, "", r)],
-        "teacher": [prompts.teacher_rationale_prompt(q, "")],
-        "judge": [prompts.judge_prompt(a, q, "", r) for a in prompts.ASPECTS],
-    }
+        "small": lambda: [prompts.small_rationale_prompt(q, "")],
+        "large": lambda: [prompts.standard_prompt(q, ""), prompts.cot_prompt(q, ""),
+                          prompts.answer_from_rationale_prompt(q, "", r)],
+        "teacher": lambda: [prompts.teacher_rationale_prompt(q, "")],
+        "judge": lambda: [prompts.judge_prompt(a, q, "", r) for a in prompts.ASPECTS],
+    }[role]()
 
 
 def prompt_budgets(cfg, small: ModelInfo, large: ModelInfo) -> list[Budget]:
@@ -116,10 +129,11 @@ def prompt_budgets(cfg, small: ModelInfo, large: ModelInfo) -> list[Budget]:
     reserve = {"small": gen.rationale_max_new_tokens, "teacher": gen.rationale_max_new_tokens,
                "large": gen.rationale_max_new_tokens + gen.answer_max_new_tokens, "judge": 1}
     out = []
-    for role, texts in _longest_prompts(gen.rationale_max_new_tokens).items():
+    for role in ("small", "large", "teacher", "judge"):
         info = small if role == "small" else large
         budget = info.fitter.budget(reserve[role]) or 10**9
-        template = max(info.fitter.count(info.fitter.format(t)) for t in texts)
+        template = max(info.fitter.count(info.fitter.format(t))
+                       for t in _longest_prompts(role, info.fitter, gen.rationale_max_new_tokens))
         room = budget - template
         out.append(Budget(role, info.name, info.limit, template, room, info.exact_tokens, room > 0))
     return out

@@ -16,7 +16,9 @@ class ModelSpec:
 
     name_or_path: str = "tiny:t5-small"
     """Hub id (``google/flan-t5-large``), a local directory written by ``save_pretrained``,
-    or ``tiny:<name>`` for one of lmcot's offline tiny models (see ``lmcot make-tiny-models``)."""
+    ``tiny:<name>`` for one of lmcot's offline random tiny models (see ``lmcot make-tiny-models``), or
+    ``tiny:world-large`` / ``tiny:world-small`` for the tiny world's T5s pretrained on CPU and shipped
+    with the package (the ``tiny`` preset's models)."""
     family: str = "auto"
     """``seq2seq`` (T5-like), ``causal`` (decoder-only) or ``auto`` (read from the model config)."""
     dtype: str = "auto"
