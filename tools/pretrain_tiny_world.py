@@ -86,22 +86,6 @@ def world_seeds(seed: int, n: int) -> list[int]:
     return out
 
 
-def facts(ex: Example) -> list[str]:
-    """The supporting-fact sentences, in the order the dataset lists them."""
-    by_title = {p.title: p for p in ex.paragraphs}
-    out = []
-    for title, i in ex.supporting_facts:
-        p = by_title.get(title)
-        if p is not None and i < len(p.sentences) and p.sentences[i].strip() not in out:
-            out.append(p.sentences[i].strip())
-    return out
-
-
-def gold_rationale(ex: Example) -> str:
-    """The gold rationale: the supporting facts, as the report's ``gold-rationale`` row uses them."""
-    return " ".join(facts(ex))
-
-
 def with_conclusion(rationale: str, answer: str) -> str:
     return f"{rationale} {prompts.ANSWER_CUE} {answer}.".strip()
 
@@ -183,7 +167,7 @@ class Corruptor:
 def large_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str], corrupt: Corruptor):
     """(task, source, target) for every task of the large T5 on one question."""
     q, a = ex.question, ex.answer
-    rat = gold_rationale(ex)
+    rat = ex.evidence
     concl = with_conclusion(rat, a)
     out = [("standard", prompts.standard_prompt(q, ctx), a), ("cot", prompts.cot_prompt(q, ctx), concl),
            ("teacher", prompts.teacher_rationale_prompt(q, ctx), concl),
@@ -327,8 +311,11 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
 
 
 def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_size: int, seed: int, pad_id: int,
-          log_every: int, name: str, warmup: int = 100) -> dict:
-    """AdamW for ``steps`` steps, or fewer when ``seconds`` > 0 runs out (the steps taken are recorded)."""
+          log_every: int, name: str, warmup: int = 100, checkpoint=None, checkpoint_every: int = 0) -> dict:
+    """AdamW for ``steps`` steps, or fewer when ``seconds`` > 0 runs out (the steps taken are recorded).
+
+    ``checkpoint(step)`` is called every ``checkpoint_every`` steps, so a long run can be
+    evaluated (and used) before it ends."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -352,6 +339,10 @@ def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_siz
                   f"{elapsed:.0f}s", flush=True)
         if out_of_time:
             break
+        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            model.eval()
+            checkpoint(step)
+            model.train()
     model.eval()
     tail = losses[-max(1, min(50, len(losses) // 5)):]
     return {"steps": step, "max_steps": steps, "seconds": round(time.monotonic() - start, 1), "warmup": warmup,
@@ -400,11 +391,17 @@ def pretrain(args) -> dict:
     summary = {"training": {k: v for k, v in vars(args).items() if k not in ("out", "eval")}, "data": provenance,
                "task_weights": weights, "sizes": sizes, "max_source_tokens": MAX_SOURCE,
                "max_target_tokens": MAX_TARGET, "torch": torch.__version__, "models": {}}
-    for name, data, steps, share, lr in (("large", mixed, args.large_steps, 1 - args.small_share, args.lr),
-                                         ("small", small, args.small_steps, args.small_share, args.lr)):
+    # the small T5 first: it is quick, so a long run stopped early still leaves both models
+    for name, data, steps, share, lr in (("small", small, args.small_steps, args.small_share, args.lr),
+                                         ("large", mixed, args.large_steps, 1 - args.small_share, args.lr)):
         model = build_t5(sizes[name], tokenizer, args.seed)
+
+        def checkpoint(step, name=name, model=model):
+            save(model, tokenizer, args.out / name, {"name": f"tiny-world-{name}", "checkpoint_step": step})
+
         result = train(model, data, steps=steps, seconds=budget * share, lr=lr, batch_size=args.batch_size,
-                       seed=args.seed, pad_id=tokenizer.pad_token_id, log_every=args.log_every, name=name)
+                       seed=args.seed, pad_id=tokenizer.pad_token_id, log_every=args.log_every, name=name,
+                       warmup=args.warmup, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
         record = {"name": f"tiny-world-{name}", "seed": args.seed, "size": sizes[name], "train": result,
                   "pairs": len(data), "rerun": f"--seed {args.seed} --{name}-steps {result['steps']}"}
         summary["models"][name] = save(model, tokenizer, args.out / name, dict(record, **provenance))
@@ -413,9 +410,10 @@ def pretrain(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_limit: int = 20) -> dict:
-    """Dev EM/F1 of ``folder/large`` on the shipped dev sets, through lmcot's HFGenerator and lmcot.method:
-    standard, CoT, answer from the gold rationale and from an empty one."""
+def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_limit: int = 20,
+                 world_seed: int | None = None) -> dict:
+    """Dev EM/F1 of ``folder/large`` on the shipped dev sets (``ranked`` contexts, as the tiny preset),
+    through lmcot's HFGenerator and lmcot.method: standard, CoT, and the gold- and empty-rationale references."""
     from lmcot import method
     from lmcot.config import GenerationConfig, ModelSpec
     from lmcot.data import load_json_file
@@ -423,36 +421,43 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     from lmcot.generation import HFGenerator
     from lmcot.metrics import answer_metrics, load_aliases
 
+    import tempfile
+
     large = HFGenerator(ModelSpec(str(folder / "large"), device="cpu"))
     gen = GenerationConfig(batch_size=16, rationale_max_new_tokens=80, answer_max_new_tokens=12)
-    aliases = load_aliases(world_gen.OUT_DIR / "2wiki_synthetic_id_aliases.json")
+    data_dir = world_gen.OUT_DIR
+    if world_seed is not None:  # a world no model has seen: its dev split, as many questions as the shipped one
+        data_dir = Path(tempfile.mkdtemp(prefix=f"tiny-world-{world_seed}-"))
+        for name, text in world_gen.generate(seed=world_seed, train=0, dev=40).items():
+            (data_dir / name).write_text(text, encoding="utf-8")
+    world, _ = world_gen.generate_world(**({} if world_seed is None else dict(seed=world_seed, train=0, dev=40)))
+    aliases = load_aliases(data_dir / "2wiki_synthetic_id_aliases.json")
     out = {}
     for ds, fmt in (("hotpotqa", "hotpotqa"), ("2wiki", "2wiki")):
-        examples = load_json_file(f"sample:{ds}_synthetic_dev", fmt)[: limit or None]
-        qs = prepare_questions(examples, mode="all", tokenizer=large.tokenizer, max_tokens=context_tokens)
+        examples = load_json_file(data_dir / f"{ds}_synthetic_dev.json", fmt)[: limit or None]
+        qs = prepare_questions(examples, mode="ranked", tokenizer=large.tokenizer, max_tokens=context_tokens)
         runs = {"standard": method.standard(qs, large, gen), "cot": method.cot(qs, large, gen),
-                "gold_rationale": method.answer_rationales(qs, [[gold_rationale(e)] for e in examples], large, gen),
-                "empty_rationale": method.answer_rationales(qs, [[""] for _ in examples], large, gen)}
+                "gold_rationale": method.gold_rationale(qs, large, gen),
+                "empty_rationale": method.empty_rationale(qs, large, gen)}
         for row, results in runs.items():
             scores = [answer_metrics(r.answer, [e.answer] + aliases.get(e.answer_id, [])) for e, r in
                       zip(examples, results)]
             out[f"{ds}/{row}"] = {k: round(100 * sum(s[k] for s in scores) / len(scores), 1) for k in ("em", "f1")}
             print(f"{ds:9s} {row:16s} EM {out[f'{ds}/{row}']['em']:5.1f}  F1 {out[f'{ds}/{row}']['f1']:5.1f}   "
                   f"e.g. {results[0].answer!r} (gold {examples[0].answer!r})", flush=True)
-        out.update(judge_separation(large, examples[:judge_limit], qs, ds))
+        out.update(judge_separation(large, world, examples[:judge_limit], qs, ds))
     return out
 
 
-def judge_separation(large, examples, questions, ds: str) -> dict:
-    """Mean P(yes) of the judge on each aspect: gold rationale vs that aspect's corruption (dev world)."""
-    world, _ = world_gen.generate_world()
+def judge_separation(large, world, examples, questions, ds: str) -> dict:
+    """Mean P(yes) of the judge on each aspect: gold rationale vs that aspect's corruption."""
     corrupt, rng = Corruptor(world), random.Random(0)
     kinds = {aspect: kind for kind, aspects in CORRUPTIONS.items() for aspect in aspects}
     out = {}
     for aspect in prompts.ASPECTS:
         good, bad = [], []
         for ex, q in zip(examples, questions):
-            rat = gold_rationale(ex)
+            rat = ex.evidence
             distract = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
             good.append(prompts.judge_prompt(aspect, q.question, q.context, rat))
             bad.append(prompts.judge_prompt(aspect, q.question, q.context,
@@ -473,21 +478,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=400, help="train questions per dataset and world")
     p.add_argument("--context-tokens", type=int, default=256, help="context budget (the tiny preset's)")
     p.add_argument("--minutes", type=float, default=0, help="time budget for both models (0: use the step counts)")
-    p.add_argument("--small-share", type=float, default=0.12, help="share of --minutes for the small T5")
+    p.add_argument("--small-share", type=float, default=0.06, help="share of --minutes for the small T5")
     p.add_argument("--large-steps", type=int, default=20000, help="steps of the large T5 (an upper bound with --minutes)")
     p.add_argument("--small-steps", type=int, default=5000, help="steps of the small T5 (likewise)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=400, help="linear warmup steps, then inverse-square-root decay")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="save the model every N steps (0: only at the end)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (results are exact per thread count)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--smoke", action="store_true", help="seconds: one tiny world, tiny models, a few steps")
     p.add_argument("--eval", type=Path, default=None, metavar="DIR", help="evaluate DIR/large on the dev sets")
     p.add_argument("--eval-limit", type=int, default=0, help="questions per dev set (0: all)")
+    p.add_argument("--eval-world", type=int, default=None, metavar="SEED",
+                   help="with --eval: the dev split of the world of SEED instead of the shipped dev sets")
     args = p.parse_args(argv)
     if args.eval is not None:
         torch.set_num_threads(args.threads)
-        result = evaluate_dir(args.eval, args.eval_limit, args.context_tokens)
-        (args.eval / "dev_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        result = evaluate_dir(args.eval, args.eval_limit, args.context_tokens, world_seed=args.eval_world)
+        name = "dev_eval.json" if args.eval_world is None else f"world_{args.eval_world}_eval.json"
+        (args.eval / name).write_text(json.dumps(result, indent=2) + "\n")
         return 0
     if args.smoke:
         args.worlds, args.questions, args.large_steps, args.small_steps, args.minutes = 1, 4, 2, 2, 0
