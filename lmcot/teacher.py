@@ -134,17 +134,57 @@ def judge_output(text: str, golds: Sequence[str], rc: RationalesConfig) -> dict:
     """
     rationale, answer = split_rationale(text or "")
     if answer is None:
-        # No answer scores 0; only ``f1_threshold: 0`` (keep everything) accepts that.
-        keep_all = rc.filter == "f1" and rc.f1_threshold == 0.0
-        reason = "no_answer" if (text or "").strip() else "empty_output"
-        return dict(rationale=rationale, teacher_answer="", em=0.0, f1=0.0, kept=keep_all, reason=reason)
+        unanswered = "no_answer" if (text or "").strip() else "empty_output"
+        kept, reason = keeps(0.0, 0.0, unanswered, rc)
+        return dict(rationale=rationale, teacher_answer="", em=0.0, f1=0.0, kept=kept, reason=reason)
     scores = answer_metrics(answer, list(golds))
+    kept, reason = keeps(scores["em"], scores["f1"], "", rc)
+    return dict(rationale=rationale, teacher_answer=answer, em=scores["em"], f1=scores["f1"], kept=kept, reason=reason)
+
+
+UNANSWERED = ("no_answer", "empty_output")
+
+
+def keeps(em: float, f1: float, unanswered: str, rc: RationalesConfig) -> tuple[bool, str]:
+    """The filter alone: (kept, reason) of a scored row. An unanswered row (``no_answer`` or
+    ``empty_output``) scores 0, which only ``filter: f1`` with ``f1_threshold: 0`` accepts.
+
+    >>> from lmcot.config import RationalesConfig
+    >>> keeps(0.0, 0.5, "", RationalesConfig(filter="f1", f1_threshold=0.4))
+    (True, '')
+    >>> keeps(0.0, 0.5, "", RationalesConfig(filter="em"))
+    (False, 'wrong_answer')
+    """
+    if unanswered:
+        return rc.filter == "f1" and rc.f1_threshold == 0.0, unanswered
     if rc.filter == "em":
-        kept, reason = scores["em"] == 1.0, "wrong_answer"
+        kept, reason = em == 1.0, "wrong_answer"
     else:
-        kept, reason = scores["f1"] >= rc.f1_threshold, "low_f1"
-    return dict(rationale=rationale, teacher_answer=answer, em=scores["em"], f1=scores["f1"],
-                kept=bool(kept), reason="" if kept else reason)
+        kept, reason = f1 >= rc.f1_threshold, "low_f1"
+    return bool(kept), "" if kept else reason
+
+
+def refilter(root: Path, rc: RationalesConfig) -> int:
+    """Apply the current filter to every finished shard (rows keep their scores; ``kept`` and
+    ``reason`` are recomputed), rewriting only the shards whose decisions change. A rerun with a
+    looser or stricter ``rationales.filter`` / ``f1_threshold`` then filters what was already
+    generated instead of keeping the old decisions. Returns the rows whose decision changed."""
+    changed = 0
+    for path in shard_paths(root):
+        table = pq.read_table(path)
+        cols = {name: table[name].to_pylist() for name in ("em", "f1", "reason", "kept")}
+        decisions = [keeps(em, f1, reason if reason in UNANSWERED else "", rc)
+                     for em, f1, reason in zip(cols["em"], cols["f1"], cols["reason"])]
+        if [d[0] for d in decisions] == cols["kept"] and [d[1] for d in decisions] == cols["reason"]:
+            continue
+        changed += sum(d[0] != k for d, k in zip(decisions, cols["kept"]))
+        table = table.set_column(table.schema.get_field_index("kept"), "kept", pa.array([d[0] for d in decisions]))
+        table = table.set_column(table.schema.get_field_index("reason"), "reason",
+                                 pa.array([d[1] for d in decisions], pa.string()))
+        tmp = path.parent / f".{path.name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    return changed
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

@@ -39,7 +39,7 @@ from lmcot.models import context_tokenizer
 from lmcot.resources import teacher_actor_options, teacher_need
 from lmcot.rundir import RunDir, write_json
 from lmcot.stages.cluster import ensure_ray, require_resources
-from lmcot.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows,
+from lmcot.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows, refilter,
                            rows_to_table, summarize, teacher_manifest)
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,9 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         if missing:
             raise RuntimeError(f"{len(missing)} rationale rows are still missing after the run "
                                f"(e.g. {sorted(missing)[:3]}); rerun the command to generate them")
+        changed = refilter(run_dir.rationales, rc)
+        if changed:
+            log.info("rationales: the filter (%s) changed the decision on %d rows written before", rc.filter, changed)
         stats = _stats(cfg, run_dir, store, expected, gen_wall, time.time() - started)
         write_json(run_dir.rationale_stats, stats)
     log.info("rationales: %d rows (%d new), %d kept (%.1f%%)", stats["rows"], stats["new_rows"], stats["kept"],

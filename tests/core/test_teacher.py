@@ -16,7 +16,7 @@ from lmcot.data import load_split  # noqa: E402
 from lmcot.metrics import load_aliases  # noqa: E402
 from lmcot.models import context_tokenizer  # noqa: E402
 from lmcot.teacher import (SCHEMA, ShardStore, check_generation_settings, expected_keys, generate_rows,  # noqa: E402
-                           judge_output, next_shard_index, question_rows, read_keys, read_rationales,
+                           judge_output, next_shard_index, question_rows, read_keys, read_rationales, refilter,
                            rows_to_table, shard_paths, split_evenly, summarize, teacher_manifest,
                            teacher_prompt)
 
@@ -251,6 +251,24 @@ def test_summarize_counts_rows_kept_reasons_and_tokens(tmp_path):
     assert s["kept_ratio"] == pytest.approx(1 / 3) and s["completion_tokens"] == 9 and s["prompt_tokens"] == 15
     assert s["datasets"]["2wiki"]["rows"] == 1 and s["datasets"]["hotpotqa"]["kept_ratio"] == 0.5
     assert summarize(tmp_path / "missing")["rows"] == 0
+
+
+def test_a_changed_filter_refilters_the_rows_already_written(tmp_path):
+    """A rerun with another filter decides again from the stored scores, not from the old decisions."""
+    with ShardStore(tmp_path, shard_rows=2) as store:
+        store.add([row(id="a"), row(id="b", kept=False, reason="wrong_answer", em=0.0, f1=0.5),
+                   row(id="c", kept=False, reason="no_answer", em=0.0, f1=0.0)])
+        store.flush()
+    loose = RationalesConfig(filter="f1", f1_threshold=0.4)
+    assert refilter(tmp_path, loose) == 1
+    t = read_rationales(tmp_path, ["id", "kept", "reason"]).to_pylist()
+    assert [(r["id"], r["kept"], r["reason"]) for r in t] == [("a", True, ""), ("b", True, ""), ("c", False, "no_answer")]
+    assert refilter(tmp_path, loose) == 0, "the same filter changes nothing"
+    assert refilter(tmp_path, RationalesConfig(filter="f1", f1_threshold=0.0)) == 1  # keep everything
+    assert refilter(tmp_path, RationalesConfig()) == 2  # back to em: b and c dropped
+    t = read_rationales(tmp_path, ["id", "kept", "reason"]).to_pylist()
+    assert [(r["kept"], r["reason"]) for r in t] == [(True, ""), (False, "wrong_answer"), (False, "no_answer")]
+    assert read_keys(tmp_path) == {("hotpotqa", k, 0) for k in "abc"}
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error():
