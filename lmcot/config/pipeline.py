@@ -18,6 +18,10 @@ class PipelineConfig:
     ``gold-rationale`` (the large LM answering from the gold supporting facts: an oracle upper
     bound) and ``empty-rationale`` (answering from nothing: the floor), each at k = 1."""
 
+    report_note: str = ""
+    """One line the report prints under its title: what the run's data and models are evidence of
+    (the ``tiny_world`` preset says what a toy world does and does not show)."""
+
     def __post_init__(self):
         if self.self_consistency < 2:
             raise ValueError("self_consistency must be >= 2 (k = 1 rows are always run)")

@@ -133,6 +133,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
             evaluator.close()
 
     report = write_report(run_dir, order=[label for label, *_ in eval_plan(cfg, run_dir)], notes=[
+        *([f"**{cfg.pipeline.report_note}**", ""] if cfg.pipeline.report_note else []),
         f"Small LM `{cfg.small.name_or_path}`, large LM `{cfg.large.name_or_path}`; "
         f"self-consistency rows use k={cfg.pipeline.self_consistency}; "
         f"reward weights {dict(refine_cfg.refine.reward_weights)}.", "",
