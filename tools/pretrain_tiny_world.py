@@ -270,14 +270,14 @@ def build_t5(size: dict, tokenizer, seed: int):
     torch.manual_seed(seed)
     config = T5Config(
         vocab_size=len(tokenizer), d_kv=size["d_model"] // size["num_heads"], feed_forward_proj="gated-gelu",
-        num_decoder_layers=size["num_layers"], tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        num_decoder_layers=size["num_layers"], tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=0.0, **size,
     )
+    # Tied input and output embeddings (T5 v1.0's choice; FLAN-T5 unties them): a name of an unseen
+    # world is made of pieces rare in the training worlds, whose untied output rows stay untrained,
+    # so an untied model cannot write them even when it attends to them. Tied, copying a token is
+    # reproducing its embedding, trained or not. Untied runs never copied a name.
     model = T5ForConditionalGeneration(config)
-    # HF initialises an untied lm_head with std 1, which gives logits of std ~sqrt(d_model) and a
-    # first loss of 25-40; scaled down, training starts near ln(vocab) and learns in far fewer steps.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(size["d_model"] ** -0.5)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id],
