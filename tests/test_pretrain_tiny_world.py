@@ -75,7 +75,7 @@ def test_each_corruption_changes_the_rationale(tool):
     from lmcot.data import parse_records
 
     ex = parse_records(records["hotpotqa_synthetic_train"], "hotpotqa", "t")[0]
-    rat = tool.gold_rationale(ex)
+    rat = ex.evidence
     corrupt = tool.Corruptor(world)
     for kind in tool.CORRUPTIONS:
         assert corrupt(kind, random.Random(0), rat, ex.answer, ["An unrelated sentence."]) != rat, kind
