@@ -5,8 +5,8 @@ dataset's order, or a shuffle seeded by the question id (``shuffled``), and any 
 falls where it falls. ``ranked`` reads only the question: paragraphs sharing its rarer
 words come first, each followed by the paragraphs its text names by title (the next
 hop), so a cut drops the least related paragraphs (a TF-IDF ranker with title links,
-the classic first stage of multi-hop QA pipelines). Two oracle settings use the supporting facts and are labelled
-as such in reports: ``gold_first`` puts the gold paragraphs first (a cut then removes
+the classic first stage of multi-hop QA pipelines). Two oracle settings use the
+supporting facts and are labelled as such in reports: ``gold_first`` puts the gold paragraphs first (a cut then removes
 distractors before evidence) and ``gold`` keeps only them (the gold-context setting).
 
 ``data.context_max_tokens`` is an optional cost cap on the context alone; whatever it
@@ -93,12 +93,13 @@ def rank_paragraphs(question: str, paragraphs: Sequence[Paragraph]) -> list[Para
     scores = [sum(v * (2 * (w in t) + (w in b)) for w, v in idf.items()) for t, b in bags]
     rest = sorted(range(n), key=lambda i: -scores[i])
     order: list[int] = []
+    chosen_text = ""
     while rest:
-        chosen_text = " ".join(" ".join(paragraphs[i].sentences) for i in order)
         linked = [i for i in rest if paragraphs[i].title and paragraphs[i].title in chosen_text]
         pick = linked[0] if linked else rest[0]
         order.append(pick)
         rest.remove(pick)
+        chosen_text += " " + " ".join(paragraphs[pick].sentences)
     return [paragraphs[i] for i in order]
 
 

@@ -116,12 +116,12 @@ def _longest_prompts(role: str, fitter, rationale_tokens: int) -> list[str]:
     q = f"{word} " * QUESTION_TOKENS
     r = f"{word} " * rationale_tokens
     return {
-        "small": lambda: [prompts.small_rationale_prompt(q, "")],
-        "large": lambda: [prompts.standard_prompt(q, ""), prompts.cot_prompt(q, ""),
-                          prompts.answer_from_rationale_prompt(q, "", r)],
-        "teacher": lambda: [prompts.teacher_rationale_prompt(q, "")],
-        "judge": lambda: [prompts.judge_prompt(a, q, "", r) for a in prompts.ASPECTS],
-    }[role]()
+        "small": [prompts.small_rationale_prompt(q, "")],
+        "large": [prompts.standard_prompt(q, ""), prompts.cot_prompt(q, ""),
+                  prompts.answer_from_rationale_prompt(q, "", r)],
+        "teacher": [prompts.teacher_rationale_prompt(q, "")],
+        "judge": [prompts.judge_prompt(a, q, "", r) for a in prompts.ASPECTS],
+    }[role]
 
 
 def prompt_budgets(cfg, small: ModelInfo, large: ModelInfo) -> list[Budget]:

@@ -58,8 +58,9 @@ class DataConfig:
     context_mode: str = "all"
     """``all`` paragraphs in the dataset's order (the distractor setting), ``shuffled`` (seeded by the
     question id), ``ranked`` (by relevance to the question, following title links: a cut drops the
-    least related paragraphs; reads only the question), or the oracle settings that read the gold labels: ``gold_first`` (gold paragraphs
-    first, so a cut drops distractors) and ``gold`` (gold paragraphs only). Reports mark oracle runs."""
+    least related paragraphs; reads only the question), or the oracle settings that read the gold
+    labels: ``gold_first`` (gold paragraphs first, so a cut drops distractors) and ``gold`` (gold
+    paragraphs only). Reports mark oracle runs."""
     context_max_tokens: int = 0
     """Optional cost cap on the context alone, in the large LM's tokens; 0: none. Every model still
     fits each whole prompt to its own input limit (``max_input_tokens``) by shortening the context."""

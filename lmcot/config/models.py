@@ -18,7 +18,7 @@ class ModelSpec:
     """Hub id (``google/flan-t5-large``), a local directory written by ``save_pretrained``,
     ``tiny:<name>`` for one of lmcot's offline random tiny models (see ``lmcot make-tiny-models``), or
     ``tiny:world-large`` / ``tiny:world-small`` for the tiny world's T5s pretrained on CPU and shipped
-    with the package (the ``tiny`` preset's models)."""
+    with the package (the ``tiny_world`` preset's models)."""
     family: str = "auto"
     """``seq2seq`` (T5-like), ``causal`` (decoder-only) or ``auto`` (read from the model config)."""
     dtype: str = "auto"
