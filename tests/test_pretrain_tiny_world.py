@@ -56,7 +56,7 @@ def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer
     large_a, small_a, prov = tool.build_pairs(args, tokenizer)
     large_b, small_b, _ = tool.build_pairs(args, tokenizer)
     assert large_a == large_b and small_a == small_b
-    assert prov["world_seeds"] == [3001]
+    assert prov["world_seeds"] == [300001]
     tasks = {t for t, _, _ in large_a}
     assert tasks == set(tool.LARGE_TASK_WEIGHTS)
     cot = next(tgt for t, _, tgt in large_a if t == "cot")
@@ -65,9 +65,10 @@ def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer
     assert all(src.endswith("Answer:") for t, src, _ in large_a if t == "standard")
 
 
-def test_world_seeds_skip_the_shipped_world(tool):
-    assert 20240404 not in tool.world_seeds(20240, 10)  # 20240 * 1000 + 404 would be it
-    assert len(tool.world_seeds(20240, 500)) == 500
+def test_world_seeds_skip_the_reserved_worlds(tool):
+    assert 20240404 not in tool.world_seeds(202, 50_000)  # 202 * 100000 + 40404 would be it
+    assert len(tool.world_seeds(202, 50_000)) == 50_000
+    assert not {101, 777} & set(tool.world_seeds(0, 1000))  # the preset's train world, the unseen-world test's
 
 
 def test_each_corruption_changes_the_rationale(tool):

@@ -250,7 +250,10 @@ def _pair(rng: random.Random, items: list, attr: str) -> tuple:
     """Two distinct items that share ``attr`` half the time, so yes/no answers come out balanced."""
     x = rng.choice(items)
     same = rng.random() < 0.5
-    return x, rng.choice([i for i in items if i is not x and (getattr(i, attr) == getattr(x, attr)) == same])
+    matches = [i for i in items if i is not x and (getattr(i, attr) == getattr(x, attr)) == same]
+    if not matches:  # a small world may have no such partner for x: take one of the other answer
+        matches = [i for i in items if i is not x]
+    return x, rng.choice(matches)
 
 
 def _hotpot_question(rng: random.Random, w: World) -> dict:
