@@ -82,6 +82,19 @@ def test_each_corruption_changes_the_rationale(tool):
         assert corrupt(kind, random.Random(0), rat, ex.answer, ["An unrelated sentence."]) != rat, kind
 
 
+def test_judge_pairs_cannot_be_told_apart_by_the_answer_cue(tool, tokenizer):
+    """As many negatives as positives end in ``So the answer is:``: a first recipe gave the cue to
+    half the positives and few negatives, and the judge learned the cue instead of the aspects."""
+    args = argparse.Namespace(seed=4, worlds=1, questions=40, context_tokens=256)
+    large, _, _ = tool.build_pairs(args, tokenizer)
+    share = {}
+    for label in ("judge_yes", "judge_no"):
+        rationales = [src.rsplit("Rationale:", 1)[-1] for t, src, _ in large if t == label]
+        share[label] = sum("So the answer is:" in r for r in rationales) / len(rationales)
+    assert abs(share["judge_yes"] - share["judge_no"]) < 0.15, share
+    assert 0.3 < share["judge_yes"] < 0.7, share
+
+
 def test_training_is_deterministic_from_the_seed(tool, tokenizer):
     data = [([5, 6, 7, 1], [8, 1], "x"), ([9, 10, 1], [11, 12, 1], "x"), ([13, 1], [14, 1], "x")]
     digests = []

@@ -64,7 +64,7 @@ SMOKE_SIZES = {"large": dict(d_model=32, d_ff=64, num_layers=1, num_heads=2),
                "small": dict(d_model=16, d_ff=32, num_layers=1, num_heads=2)}
 LARGE_TASK_WEIGHTS = {"copy": 1, "answer_gold_short": 2, "answer_cue_short": 1,
                       "standard": 2, "cot": 1, "teacher": 0.5, "answer_gold": 1.5, "answer_cue": 0.5,
-                      "answer_empty": 0.5, "judge_yes": 0.75, "judge_no": 0.75}
+                      "answer_empty": 0.5, "judge_yes": 1, "judge_no": 1}
 """Pairs per question and task. ``copy`` (repeat a paragraph) and the ``_short`` tasks (answer from the
 evidence with no context: ~90-token sources) are short, so most steps are cheap, and they teach what the
 long tasks need first: to copy names from the input (a first run without them never learned to; its
@@ -145,7 +145,14 @@ class Corruptor:
             words[i] = words[i].replace(words[i].strip(".,)"), str(int(words[i].strip(".,)")) + rng.randint(1, 30)))
         return " ".join(words)
 
-    def __call__(self, kind: str, rng: random.Random, rationale: str, answer: str, distractors: list[str]) -> str:
+    def __call__(self, kind: str, rng: random.Random, rationale: str, answer: str, distractors: list[str],
+                 conclude: bool = False) -> str:
+        """The corrupted rationale; with ``conclude`` it ends in the answer cue, as the faithful one
+        it stands against does (else "has a conclusion" alone would tell the two apart)."""
+        bad = self._corrupt(kind, rng, rationale, answer, distractors, conclude)
+        return with_conclusion(bad, answer) if conclude and prompts.ANSWER_CUE not in bad else bad
+
+    def _corrupt(self, kind, rng, rationale, answer, distractors, conclude) -> str:
         sents = [s for s in rationale.replace(". ", ".\n").splitlines() if s.strip()]
         if kind == "wrong_entity":
             return self.wrong_entity(rng, rationale)
@@ -153,10 +160,10 @@ class Corruptor:
             pool = distractors or self.sentences
             return " ".join(rng.sample(pool, min(len(pool), max(1, len(sents) - 1))))
         if kind == "shuffled":
-            steps = sents + [f"{prompts.ANSWER_CUE} {answer}."]
+            steps = sents + ([f"{prompts.ANSWER_CUE} {answer}."] if conclude else [])
             return " ".join(reversed(steps))
         if kind == "contradiction":
-            if rng.random() < 0.5:
+            if conclude and rng.random() < 0.5:
                 return with_conclusion(rationale, self.wrong_entity(rng, answer) if answer not in ("yes", "no")
                                        else {"yes": "no", "no": "yes"}[answer])
             s = rng.choice(sents)
@@ -192,9 +199,10 @@ def large_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str
     out += [("copy", line, line), ("answer_gold_short", prompts.answer_from_rationale_prompt(q, "", rat), a),
             ("answer_cue_short", prompts.answer_from_rationale_prompt(q, "", concl), a)]
     aspect = rng.choice(list(prompts.ASPECTS))
-    out.append(("judge_yes", prompts.judge_prompt(aspect, q, ctx, rng.choice([rat, concl])), "yes"))
+    conclude = rng.random() < 0.5  # positives and negatives alike: half end in the answer cue
+    out.append(("judge_yes", prompts.judge_prompt(aspect, q, ctx, concl if conclude else rat), "yes"))
     kind = rng.choice(list(CORRUPTIONS))
-    bad = corrupt(kind, rng, rat, a, distractors)
+    bad = corrupt(kind, rng, rat, a, distractors, conclude=conclude)
     out.append(("judge_no", prompts.judge_prompt(rng.choice(CORRUPTIONS[kind]), q, ctx, bad), "no"))
     return [(t, str(s), tgt) for t, s, tgt in out]
 
@@ -236,7 +244,7 @@ def random_copy_pairs(rng: random.Random, tokenizer, n: int) -> list[tuple[list[
 
 def build_pairs(args, tokenizer) -> tuple[list, list, dict]:
     """All training pairs of both models, and a record of where they came from."""
-    rng = random.Random(args.seed)
+    rng, small_rng = random.Random(args.seed), random.Random(args.seed + 3)  # either model's data alone can change
     seeds = world_seeds(args.seed, args.worlds)
     large, small = [], []
     for s in seeds:
@@ -250,7 +258,7 @@ def build_pairs(args, tokenizer) -> tuple[list, list, dict]:
                 ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
                 large += large_pairs(rng, ex, ctx, distractors, corrupt)
         for title in world.titles:
-            small += small_pairs(rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
+            small += small_pairs(small_rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
     return large, small, {"world_seeds": seeds, "questions_per_dataset_and_world": args.questions,
                           "shipped_world_seed_excluded": world_gen.SEED}
 
