@@ -1,14 +1,15 @@
-# Two commands on a fresh clone: `make run` (install + the main job offline on the tiny
-# preset) and `make test` (install + the test suite). Everything installs into .venv.
+# Two commands on a fresh clone: `make run` (install + the main job offline on the tiny_world
+# preset: the shipped pretrained tiny T5s) and `make test` (install + the test suite).
+# Everything installs into .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-RUN_DIR ?= runs/tiny
-CONFIG ?= tiny
+RUN_DIR ?= runs/tiny_world
+CONFIG ?= tiny_world
 PYTEST_ARGS ?=
 
-# Offline by construction: the tiny preset builds its own models and ships its data.
+# Offline by construction: the presets ship (tiny_world) or build (tiny) their models and ship their data.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -33,7 +34,7 @@ install: $(VENV)/.installed
 tiny-models: install
 	$(VENV)/bin/lmcot make-tiny-models
 
-# The whole method on the tiny preset: rationales -> distill -> refine -> evaluations -> report.
+# The whole method on $(CONFIG) (`make run CONFIG=tiny` for the random models): rationales -> distill -> refine -> evaluations -> report.
 # A rerun skips every finished stage.
 run: tiny-models
 	$(VENV)/bin/lmcot run --config $(CONFIG) --run-dir $(RUN_DIR)

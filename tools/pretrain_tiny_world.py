@@ -452,21 +452,23 @@ def pretrain(args) -> dict:
                       log_every=args.log_every, warmup=args.warmup, checkpoint=checkpoint,
                       checkpoint_every=args.checkpoint_every)
         seconds, phases = budget * share, {}
-        if name == "large":  # fixed step counts: a run cut by --minutes stays reproducible
-            copying = random_copy_pairs(random.Random(args.seed + 2), tokenizer, 20_000)
-            reading = [x for x in data if x[2] in READING_TASKS] + copying[:5_000]
-            for phase, phase_data, phase_steps in (("copy", copying, args.copy_steps),
-                                                   ("reading", reading, args.reading_steps)):
-                if phase_steps:
-                    phases[phase] = train(model, phase_data, steps=phase_steps, seconds=0, name=f"large/{phase}",
-                                          **common)
-                    seconds = max(1.0, seconds - phases[phase]["seconds"]) if seconds else 0
+        # fixed step counts: a run cut by --minutes stays reproducible. Both models copy first (a
+        # distilled small T5 that cannot copy writes rationales with invented names); only the
+        # large one then learns to read and answer.
+        copying = random_copy_pairs(random.Random(args.seed + 2), tokenizer, 20_000)
+        reading = [x for x in data if x[2] in READING_TASKS] + copying[:5_000]
+        for phase, phase_data, phase_steps in (("copy", copying, args.copy_steps),
+                                               ("reading", reading, args.reading_steps if name == "large" else 0)):
+            if phase_steps:
+                phases[phase] = train(model, phase_data, steps=phase_steps, seconds=0, name=f"{name}/{phase}",
+                                      **common)
+                seconds = max(1.0, seconds - phases[phase]["seconds"]) if seconds else 0
         result = train(model, data, steps=steps, seconds=seconds, name=name, **common)
         record = {"name": f"tiny-world-{name}", "seed": args.seed, "size": sizes[name], "train": result,
                   "pairs": len(data), "rerun": f"--seed {args.seed} --{name}-steps {result['steps']}"}
         if phases:
-            record.update(phases=phases, rerun=f"{record['rerun']} --copy-steps {args.copy_steps} "
-                                               f"--reading-steps {args.reading_steps}")
+            record.update(phases=phases, rerun=f"{record['rerun']} --copy-steps {args.copy_steps}"
+                                               + (f" --reading-steps {args.reading_steps}" if name == "large" else ""))
         summary["models"][name] = save(model, tokenizer, args.out / name, dict(record, **provenance))
     (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-steps", type=int, default=20000, help="steps of the large T5 (an upper bound with --minutes)")
     p.add_argument("--small-steps", type=int, default=5000, help="steps of the small T5 (likewise)")
     p.add_argument("--copy-steps", type=int, default=3000,
-                   help="first steps of the large T5: copying random token sequences")
+                   help="first steps of each T5: copying random token sequences")
     p.add_argument("--reading-steps", type=int, default=2000,
                    help="steps of the large T5 on READING_TASKS alone before the whole mixture")
     p.add_argument("--batch-size", type=int, default=16)
