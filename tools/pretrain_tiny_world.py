@@ -228,7 +228,7 @@ def small_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str, str,
 def random_copy_pairs(rng: random.Random, tokenizer, n: int) -> list[tuple[list[int], list[int], str]]:
     """Token ids of ``n`` sequences of 4-24 random (non-special) tokens, each its own target.
 
-    The large T5's first phase: nothing in them can be recalled or guessed, so the only way
+    Each T5's first phase: nothing in them can be recalled or guessed, so the only way
     to lower the loss is to build the copying circuit (T5 has no absolute positions: the
     decoder must find the source token after the one it just wrote). On random tokens it
     forms in about 1,500 steps of 0.06 s; on the worlds' text it had not after 3,000."""
@@ -456,10 +456,10 @@ def pretrain(args) -> dict:
         # distilled small T5 that cannot copy writes rationales with invented names); only the
         # large one then learns to read and answer.
         copying = random_copy_pairs(random.Random(args.seed + 2), tokenizer, 20_000)
-        reading = [x for x in data if x[2] in READING_TASKS] + copying[:5_000]
-        for phase, phase_data, phase_steps in (("copy", copying, args.copy_steps),
-                                               ("reading", reading, args.reading_steps if name == "large" else 0)):
+        reads = name == "large"
+        for phase, phase_steps in (("copy", args.copy_steps), ("reading", args.reading_steps if reads else 0)):
             if phase_steps:
+                phase_data = copying if phase == "copy" else [x for x in data if x[2] in READING_TASKS] + copying[:5_000]
                 phases[phase] = train(model, phase_data, steps=phase_steps, seconds=0, name=f"{name}/{phase}",
                                       **common)
                 seconds = max(1.0, seconds - phases[phase]["seconds"]) if seconds else 0
@@ -468,7 +468,7 @@ def pretrain(args) -> dict:
                   "pairs": len(data), "rerun": f"--seed {args.seed} --{name}-steps {result['steps']}"}
         if phases:
             record.update(phases=phases, rerun=f"{record['rerun']} --copy-steps {args.copy_steps}"
-                                               + (f" --reading-steps {args.reading_steps}" if name == "large" else ""))
+                                               + (f" --reading-steps {args.reading_steps}" if reads else ""))
         summary["models"][name] = save(model, tokenizer, args.out / name, dict(record, **provenance))
     (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
