@@ -459,7 +459,8 @@ def pretrain(args) -> dict:
         reads = name == "large"
         for phase, phase_steps in (("copy", args.copy_steps), ("reading", args.reading_steps if reads else 0)):
             if phase_steps:
-                phase_data = copying if phase == "copy" else [x for x in data if x[2] in READING_TASKS] + copying[:5_000]
+                phase_data = (copying if phase == "copy"
+                              else [x for x in data if x[2] in READING_TASKS] + copying[:5_000])
                 phases[phase] = train(model, phase_data, steps=phase_steps, seconds=0, name=f"{name}/{phase}",
                                       **common)
                 seconds = max(1.0, seconds - phases[phase]["seconds"]) if seconds else 0
