@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -46,6 +47,9 @@ def _is_optional(tp) -> tuple[bool, Any]:
     return False, tp
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert containers."""
     optional, tp = _is_optional(tp)
@@ -70,6 +74,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads ``2e-3`` (no dot) as a string; everyone means the number
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(

@@ -28,6 +28,14 @@ def test_overrides_reach_nested_fields_and_list_items():
     assert cfg.refine.reward_weights == {"task": 1.0, "fluency": 0.5}
 
 
+def test_exponent_without_a_dot_is_a_float():
+    """YAML 1.1 reads ``2e-3`` as a string; a float field takes it as the number everyone means."""
+    cfg = load_config("tiny", ["distill.learning_rate=2e-3", "generation.temperature=1E0"])
+    assert cfg.distill.learning_rate == 0.002 and cfg.generation.temperature == 1.0
+    with pytest.raises(ConfigError, match="distill.learning_rate: expected float"):
+        load_config("tiny", ["distill.learning_rate=fast"])
+
+
 def test_yaml_sections_merge_over_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("eval:\n  limit: 2\n")
