@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,9 +54,9 @@ def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
 
 def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer):
     args = argparse.Namespace(seed=3, worlds=1, questions=3, context_tokens=256)
-    large_a, small_a, prov = tool.build_pairs(args, tokenizer)
-    large_b, small_b, _ = tool.build_pairs(args, tokenizer)
-    assert large_a == large_b and small_a == small_b
+    large_a, small_a, critic_a, prov = tool.build_pairs(args, tokenizer)
+    large_b, small_b, critic_b, _ = tool.build_pairs(args, tokenizer)
+    assert large_a == large_b and small_a == small_b and critic_a == critic_b
     assert prov["world_seeds"] == [300001]
     tasks = {t for t, _, _ in large_a}
     assert tasks == set(tool.LARGE_TASK_WEIGHTS)
@@ -86,13 +87,71 @@ def test_judge_pairs_cannot_be_told_apart_by_the_answer_cue(tool, tokenizer):
     """As many negatives as positives end in ``So the answer is:``: a first recipe gave the cue to
     half the positives and few negatives, and the judge learned the cue instead of the aspects."""
     args = argparse.Namespace(seed=4, worlds=1, questions=40, context_tokens=256)
-    large, _, _ = tool.build_pairs(args, tokenizer)
+    large, _, _, _ = tool.build_pairs(args, tokenizer)
     share = {}
     for label in ("judge_yes", "judge_no"):
         rationales = [src.rsplit("Rationale:", 1)[-1] for t, src, _ in large if t == label]
         share[label] = sum("So the answer is:" in r for r in rationales) / len(rationales)
     assert abs(share["judge_yes"] - share["judge_no"]) < 0.15, share
     assert 0.3 < share["judge_yes"] < 0.7, share
+
+
+def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenizer):
+    """Each "no" stands beside a "yes" on the same question, aspect and context, and the two end in
+    the answer cue equally often; the misled answers' rationales are wrong, their targets right."""
+    from lmcot import prompts
+
+    args = argparse.Namespace(seed=4, worlds=1, questions=20, context_tokens=256)
+    _, _, critic, _ = tool.build_pairs(args, tokenizer)
+    judged = [p for p in critic if p[0].startswith("judge_pair")]
+    assert len(judged) == 2 * 2 * 40  # two aspects of each of 40 questions, a "yes" and a "no" each
+    for (t_yes, yes, y), (t_no, no, n) in zip(judged[::2], judged[1::2]):
+        assert (t_yes, y, t_no, n) == ("judge_pair_yes", "yes", "judge_pair_no", "no")
+        parts = lambda src: re.fullmatch(r"(.*)Rationale: (.*)\n\n(.*)", src, re.S).groups()  # noqa: E731
+        (head_yes, rationale_yes, aspect_yes), (head_no, rationale_no, aspect_no) = parts(yes), parts(no)
+        assert (head_yes, aspect_yes) == (head_no, aspect_no) and rationale_yes != rationale_no
+        assert (prompts.ANSWER_CUE in rationale_yes) == (prompts.ANSWER_CUE in rationale_no)
+    misled = [p for p in critic if p[0] == "answer_misled"]
+    world, records = tool.world_gen.generate_world(seed=tool.world_seeds(4, 1)[0], train=20, dev=0)
+    from lmcot.data import parse_records
+
+    examples = [ex for name, fmt in (("hotpotqa_synthetic_train", "hotpotqa"), ("2wiki_synthetic_train", "2wiki"))
+                for ex in parse_records(records[name], fmt, name)]
+    assert [tgt for _, _, tgt in misled] == [ex.answer for ex in examples]
+    wrong = sum(ex.evidence not in src for (_, src, _), ex in zip(misled, examples))
+    assert wrong >= 0.9 * len(misled), wrong
+
+
+def test_small_context_pairs_continue_a_sentence_found_in_their_source(tool):
+    ctx = ("Tarn Hall: Tarn Hall is a 1950 film directed by Ule Brandt. It was shot in Veld.\n"
+           "Ule Brandt: Ule Brandt (born 3 May 1901) was a Veldian film director.")
+    pairs = tool.small_context_pairs(random.Random(0), ctx)
+    assert {t for t, _, _ in pairs} == {"context_denoise", "context_continue"}
+    for _, src, tgt in (p for p in pairs if p[0] == "context_continue"):
+        source_context, prefix = src.rsplit("\n\n", 1)
+        assert source_context == ctx and f"{prefix} {tgt}" in ctx
+    _, src, tgt = next(p for p in pairs if p[0] == "context_denoise")
+    assert "<unk>" in src and tgt.startswith("<unk>")
+
+
+def test_the_critic_phase_continued_from_a_checkpoint_equals_a_full_run(tmp_path):
+    """``--continue-from`` trains only the critic phase, and gives the bytes a run from scratch gives;
+    it refuses a checkpoint trained with other arguments."""
+    def run(out, *extra):
+        return subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+
+    assert run(tmp_path / "base").returncode == 0
+    assert run(tmp_path / "full", "--critic-steps", "2").returncode == 0
+    done = run(tmp_path / "cont", "--only", "large", "--continue-from", str(tmp_path / "base"), "--critic-steps", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    full, cont = (json.loads((tmp_path / d / "large" / "lmcot_tiny_world.json").read_text()) for d in ("full", "cont"))
+    assert cont["sha256"] == full["sha256"] and cont["rerun"] == full["rerun"]
+    base = json.loads((tmp_path / "base" / "large" / "lmcot_tiny_world.json").read_text())
+    assert cont["continued_from"] == base["sha256"]
+    refused = run(tmp_path / "again", "--only", "large", "--continue-from", str(tmp_path / "full"),
+                  "--critic-steps", "2")
+    assert refused.returncode != 0 and "--continue-from" in refused.stderr
 
 
 def test_training_is_deterministic_from_the_seed(tool, tokenizer):

@@ -88,7 +88,8 @@ def test_judge_scores_faithful_rationales_above_each_aspects_corruption(large, d
             distractors = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
             good.append(prompts.judge_prompt(aspect, q.question, q.context, ex.evidence))
             bad.append(prompts.judge_prompt(aspect, q.question, q.context,
-                                            corrupt(kind_of[aspect], rng, ex.evidence, ex.answer, distractors)))
+                                            corrupt(kind_of[aspect], rng, ex.evidence, ex.answer, distractors,
+                                                    distinct=True)))
         p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
         if sum(p_good) <= sum(p_bad):
             below[aspect] = (sum(p_good) / len(good), sum(p_bad) / len(bad))
@@ -96,10 +97,12 @@ def test_judge_scores_faithful_rationales_above_each_aspects_corruption(large, d
 
 
 def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, load_script, tmp_path):
-    """Direct answers on a freshly generated world score no more than 10 F1 points below the shipped
-    dev sets': the models read the context instead of remembering the worlds they were trained on.
-    One-sided: world 777 came out easier (HotpotQA 77.5 against 56.2), which says nothing against reading."""
-    for name, text in load_script("tools/make_synthetic_data.py").generate(seed=777, train=0, dev=40).items():
+    """Direct answers on a world no model has seen score within 10 F1 points of the shipped dev sets':
+    the models read the context instead of remembering the worlds they were trained on. The world is
+    generated exactly as the shipped samples are, only the seed differs: a dev split drawn after the
+    train split holds other question types than one drawn alone (HotpotQA: 27 comparisons of 40, against
+    12 with ``train=0``), and the types differ in difficulty."""
+    for name, text in load_script("tools/make_synthetic_data.py").generate(seed=777).items():
         (tmp_path / name).write_text(text, encoding="utf-8")
     for spec in CFG.data.datasets:
         examples, questions, aliases = dev[spec.name]
@@ -111,4 +114,4 @@ def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, 
         fresh_q = prepare_questions(fresh, mode=CFG.data.context_mode, tokenizer=large.tokenizer,
                                     max_tokens=CFG.data.context_max_tokens)
         unseen = mean_f1(method.standard(fresh_q, large, CFG.generation), fresh, dataset_aliases(fresh_spec))
-        assert unseen >= shipped - 10, (spec.name, shipped, unseen)
+        assert abs(unseen - shipped) <= 10, (spec.name, shipped, unseen)
