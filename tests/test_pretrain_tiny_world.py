@@ -4,6 +4,7 @@ training are deterministic from the seed; the shipped dev world is never trained
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import random
@@ -111,6 +112,9 @@ def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenize
         (head_yes, rationale_yes, aspect_yes), (head_no, rationale_no, aspect_no) = parts(yes), parts(no)
         assert (head_yes, aspect_yes) == (head_no, aspect_no) and rationale_yes != rationale_no
         assert (prompts.ANSWER_CUE in rationale_yes) == (prompts.ANSWER_CUE in rationale_no)
+    drawn = collections.Counter(src.rsplit("\n\n", 1)[1].split(" Is the rationale")[0] for _, src, _ in judged)
+    factual = drawn.pop(prompts.ASPECTS["factuality"].definition)
+    assert factual > max(drawn.values()), drawn  # the aspect only the context can check is drawn most
     misled = [p for p in critic if p[0] == "answer_misled"]
     world, records = tool.world_gen.generate_world(seed=tool.world_seeds(4, 1)[0], train=20, dev=0)
     from lmcot.data import parse_records
@@ -120,18 +124,6 @@ def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenize
     assert [tgt for _, _, tgt in misled] == [ex.answer for ex in examples]
     wrong = sum(ex.evidence not in src for (_, src, _), ex in zip(misled, examples))
     assert wrong >= 0.9 * len(misled), wrong
-
-
-def test_small_context_pairs_continue_a_sentence_found_in_their_source(tool):
-    ctx = ("Tarn Hall: Tarn Hall is a 1950 film directed by Ule Brandt. It was shot in Veld.\n"
-           "Ule Brandt: Ule Brandt (born 3 May 1901) was a Veldian film director.")
-    pairs = tool.small_context_pairs(random.Random(0), ctx)
-    assert {t for t, _, _ in pairs} == {"context_denoise", "context_continue"}
-    for _, src, tgt in (p for p in pairs if p[0] == "context_continue"):
-        source_context, prefix = src.rsplit("\n\n", 1)
-        assert source_context == ctx and f"{prefix} {tgt}" in ctx
-    _, src, tgt = next(p for p in pairs if p[0] == "context_denoise")
-    assert "<unk>" in src and tgt.startswith("<unk>")
 
 
 def test_the_critic_phase_continued_from_a_checkpoint_equals_a_full_run(tmp_path):
