@@ -70,30 +70,29 @@ def test_large_lm_answers_better_from_the_gold_rationale_than_from_none(large, d
     assert gold >= empty + 5, (gold, empty)  # 2 of the 40 questions; measured: +8.7 (HotpotQA), +12.1 (2Wiki)
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped large T5 has not learned the judge: after 6,065 steps its P(yes) "
-                   "is the same for faithful and corrupted rationales (docs/design.md, Tiny world); strict, so "
-                   "weights that learn it make this test fail until the mark is removed")
-def test_judge_scores_faithful_rationales_above_each_aspects_corruption(large, dev, load_script):
-    """For every aspect, mean P(yes) of the gold evidence is above that of the corruption which
-    violates the aspect (the corruptions the pretraining used, applied to an unseen world)."""
+NOT_LEARNED = pytest.mark.xfail(strict=True, reason=(
+    "the shipped large T5 tells a rationale with a wrong entity from the faithful one no better than chance "
+    "(P(yes) 0.49 against 0.49 after the critic phase: docs/design.md, Tiny world); strict, so weights that "
+    "learn it make this test fail until the mark is removed"))
+
+
+@pytest.mark.parametrize("aspect", [pytest.param(a, marks=NOT_LEARNED) if a == "factuality" else a
+                                    for a in prompts.ASPECTS])
+def test_judge_scores_faithful_rationales_above_the_aspects_corruption(large, dev, load_script, aspect):
+    """Mean P(yes) of the gold evidence is above that of the corruption which violates the aspect
+    (the corruptions the pretraining used, applied to the shipped dev world, which it never saw)."""
     tool = load_script("tools/pretrain_tiny_world.py")
     world, _ = load_script("tools/make_synthetic_data.py").generate_world()
     corrupt, rng = tool.Corruptor(world), random.Random(0)
-    kind_of = {aspect: kind for kind, aspects in tool.CORRUPTIONS.items() for aspect in aspects}
     examples, questions, _ = dev["hotpotqa"]
-    below = {}
-    for aspect in prompts.ASPECTS:
-        good, bad = [], []
-        for ex, q in zip(examples, questions):
-            distractors = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
-            good.append(prompts.judge_prompt(aspect, q.question, q.context, ex.evidence))
-            bad.append(prompts.judge_prompt(aspect, q.question, q.context,
-                                            corrupt(kind_of[aspect], rng, ex.evidence, ex.answer, distractors,
-                                                    distinct=True)))
-        p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
-        if sum(p_good) <= sum(p_bad):
-            below[aspect] = (sum(p_good) / len(good), sum(p_bad) / len(bad))
-    assert not below, f"aspects whose corruption scores as high as the faithful rationale: {below}"
+    good, bad = [], []
+    for ex, q in zip(examples, questions):
+        distractors = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
+        good.append(prompts.judge_prompt(aspect, q.question, q.context, ex.evidence))
+        bad.append(prompts.judge_prompt(aspect, q.question, q.context, corrupt(
+            tool.JUDGE_CORRUPTION[aspect], rng, ex.evidence, ex.answer, distractors, distinct=True)))
+    p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
+    assert sum(p_good) > sum(p_bad), (sum(p_good) / len(good), sum(p_bad) / len(bad))
 
 
 def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, load_script, tmp_path):

@@ -10,7 +10,8 @@ models make the method visible offline (issue 13):
   positives are those faithful rationales, negatives one corruption per aspect (wrong
   entity: factuality; unrelated sentences: relevance; shuffled steps: logicality and
   coherence; a contradiction: consistency; broken words: fluency; repeated words:
-  naturalness and readability).
+  naturalness and readability). Last comes the critic phase (``--critic-steps``,
+  :func:`critic_pairs`): judge pairs side by side, and answers despite a misleading rationale.
 - ``small``: a smaller T5 that has only learned the world's language (span denoising
   and continuation of its paragraphs), so writing rationales is what distillation
   must teach it.
@@ -30,6 +31,8 @@ numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain t
     nice -n 19 python tools/pretrain_tiny_world.py --minutes 30 --out lmcot/tiny_world
     python tools/pretrain_tiny_world.py --smoke --out /tmp/tw          # seconds
     python tools/pretrain_tiny_world.py --eval lmcot/tiny_world        # dev EM/F1 through lmcot.method
+    python tools/pretrain_tiny_world.py --only large --continue-from lmcot/tiny_world --out DIR \\
+        --large-steps 6065 --critic-steps 3000                         # the critic phase alone
 """
 
 from __future__ import annotations
