@@ -494,7 +494,7 @@ def pretrain(args) -> dict:
     large_raw, small_raw, critic_raw, provenance = build_pairs(args, tokenizer)
     large = tokenize(tokenizer, large_raw)
     small = tokenize(tokenizer, small_raw)
-    critic = [x for x in tokenize(tokenizer, critic_raw)
+    critic = [x for x in (tokenize(tokenizer, critic_raw) if args.critic_steps else [])  # none unless trained on
               for _ in range(CRITIC_REPEAT["judge" if x[2].startswith("judge") else x[2]])]
     weights = LARGE_TASK_WEIGHTS
     # task mixture: repeat/subsample each task's pairs by its weight (deterministic)
@@ -611,7 +611,6 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
 def judge_separation(large, world, examples, questions, ds: str) -> dict:
     """Mean P(yes) of the judge on each aspect: gold rationale vs that aspect's corruption."""
     corrupt, rng = Corruptor(world), random.Random(0)
-    kinds = JUDGE_CORRUPTION
     out = {}
     for aspect in prompts.ASPECTS:
         good, bad = [], []
@@ -619,13 +618,13 @@ def judge_separation(large, world, examples, questions, ds: str) -> dict:
             rat = ex.evidence
             distract = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
             good.append(prompts.judge_prompt(aspect, q.question, q.context, rat))
-            bad.append(prompts.judge_prompt(aspect, q.question, q.context,
-                                            corrupt(kinds[aspect], rng, rat, ex.answer, distract, distinct=True)))
+            bad.append(prompts.judge_prompt(aspect, q.question, q.context, corrupt(
+                JUDGE_CORRUPTION[aspect], rng, rat, ex.answer, distract, distinct=True)))
         p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
         out[f"{ds}/judge/{aspect}"] = {"faithful": round(sum(p_good) / len(p_good), 3),
                                        "corrupted": round(sum(p_bad) / len(p_bad), 3)}
         print(f"{ds:9s} judge {aspect:12s} P(yes) faithful {out[f'{ds}/judge/{aspect}']['faithful']:.3f}  "
-              f"corrupted ({kinds[aspect]}) {out[f'{ds}/judge/{aspect}']['corrupted']:.3f}", flush=True)
+              f"corrupted ({JUDGE_CORRUPTION[aspect]}) {out[f'{ds}/judge/{aspect}']['corrupted']:.3f}", flush=True)
     return out
 
 
