@@ -37,7 +37,7 @@ def test_cli_with_explicit_default_seed_writes_the_shipped_files(tmp_path):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-TINY_WORLD_TRAIN_SEED, TINY_WORLD_TRAIN = 101, 200
+TINY_WORLD_TRAIN_SEED, TINY_WORLD_TRAIN = 101, 500
 
 
 def test_tiny_world_train_split_is_world_101_with_merged_aliases(tool):
