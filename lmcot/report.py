@@ -119,6 +119,12 @@ def mean_f1(metrics: dict) -> float:
     return sum(d["f1"] for d in ds) / len(ds)
 
 
+# Changes below these count as flat: a judge's mean P(yes) moving by +0.001, or F1 by a tenth of a point, is
+# noise at any dev-set size, and calling it a direction would make the finding line claim a trend it lacks.
+FLAT_QUALITY = 0.005  # mean P(yes) over the judged aspects
+FLAT_F1 = 0.005  # half an F1 point
+
+
 def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before: str, after: str) -> str:
     """Did refinement move rationale quality and accuracy in the same direction?"""
     if before not in evals or after not in evals or before not in aspects or after not in aspects:
@@ -126,15 +132,22 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
     d_f1 = mean_f1(evals[after]) - mean_f1(evals[before])
     quality = lambda label: sum(aspects[label].values()) / len(aspects[label])  # noqa: E731
     d_q = quality(after) - quality(before)
-    sign = lambda x: (x > 1e-9) - (x < -1e-9)  # noqa: E731
-    if sign(d_q) == sign(d_f1):
+    sign = lambda x, flat: (x > flat) - (x < -flat)  # noqa: E731
+    s_q, s_f1 = sign(d_q, FLAT_QUALITY), sign(d_f1, FLAT_F1)
+    if s_q == s_f1 == 0:
+        verdict = "both stayed flat"
+    elif s_q == s_f1:
         verdict = "moved together"
-    elif sign(d_f1) == 0 or sign(d_q) == 0:
-        verdict = "moved apart (one changed, the other stayed flat)"
+    elif s_q == 0:
+        verdict = "moved apart (accuracy changed, quality stayed flat)"
+    elif s_f1 == 0:
+        verdict = "moved apart (quality changed, accuracy stayed flat)"
     else:
         verdict = "moved apart (in opposite directions)"
+    flat = f" (flat: a change under {FLAT_QUALITY} in quality, {100 * FLAT_F1:g} points in F1)"
+    flat = flat if "flat" in verdict else ""
     return (f"From `{before}` to `{after}`, mean rationale quality changed by {d_q:+.3f} and mean F1 by "
-            f"{100 * d_f1:+.1f} points: quality and accuracy **{verdict}**. The paper observed that the "
+            f"{100 * d_f1:+.1f} points: quality and accuracy **{verdict}**{flat}. The paper observed that the "
             "best-judged rationales do not always give the best answers; the reward-weight search trades the two.")
 
 

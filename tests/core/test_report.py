@@ -5,6 +5,8 @@ JSONL helpers, ``RunDir`` paths); ``tests/stages/test_pipeline.py`` checks the r
 the tiny pipeline's real output.
 """
 
+import pytest
+
 from lmcot.report import append_jsonl, load_jsonl, truncate_jsonl, write_jsonl, write_report
 from lmcot.rundir import RunDir, finished, record_finished, write_json
 
@@ -68,6 +70,21 @@ def test_finding_reports_quality_and_accuracy_moving_apart(tmp_path):
     write_json(run.eval_aspects("lm_guided-distilled"), {"fluency": 0.2})
     write_json(run.eval_aspects("lm_guided-refined"), {"fluency": 0.9})
     assert "moved apart (in opposite directions)" in write_report(run).read_text()
+
+
+@pytest.mark.parametrize("quality_after, f1_after, verdict", [
+    (0.501, 0.419, "moved apart (accuracy changed, quality stayed flat)"),  # the tiny world's +0.001 / +1.9
+    (0.700, 0.402, "moved apart (quality changed, accuracy stayed flat)"),
+    (0.503, 0.398, "both stayed flat"),
+])
+def test_finding_calls_changes_within_noise_flat(tmp_path, quality_after, f1_after, verdict):
+    run = RunDir(tmp_path)
+    write_json(run.eval_metrics("lm_guided-distilled"), _metrics("lm_guided-distilled", 1, 0.4, 1))
+    write_json(run.eval_metrics("lm_guided-refined"), _metrics("lm_guided-refined", 1, f1_after, 1))
+    write_json(run.eval_aspects("lm_guided-distilled"), {"fluency": 0.5})
+    write_json(run.eval_aspects("lm_guided-refined"), {"fluency": quality_after})
+    text = write_report(run).read_text()
+    assert f"**{verdict}** (flat: a change under 0.005 in quality, 0.5 points in F1)" in text
 
 
 def test_oracle_context_modes_are_marked(tmp_path):
