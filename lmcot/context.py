@@ -90,7 +90,9 @@ def rank_paragraphs(question: str, paragraphs: Sequence[Paragraph]) -> list[Para
     n = len(paragraphs)
     idf = {w: math.log(1 + n / sum(w in t or w in b for t, b in bags)) for w in _words(question)
            if any(w in t or w in b for t, b in bags)}
-    scores = [sum(v * (2 * (w in t) + (w in b)) for w, v in idf.items()) for t, b in bags]
+    # fsum: the exact sum whatever the order of the terms, which follows the process's string hashing
+    # (PYTHONHASHSEED); a plain sum could break a tie between two paragraphs differently in each process.
+    scores = [math.fsum(v * (2 * (w in t) + (w in b)) for w, v in idf.items()) for t, b in bags]
     rest = sorted(range(n), key=lambda i: -scores[i])
     order: list[int] = []
     chosen_text = ""

@@ -1,6 +1,9 @@
 """Context building: dataset order, seeded shuffle, the oracle modes, token budgets with real (locally built) tokenizers."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -94,6 +97,34 @@ def test_ranked_mode_keeps_the_evidence_under_a_budget_that_cuts_dataset_order(t
                        for t in ex.gold_titles) for ex in dev)
 
     assert kept("ranked") >= 0.9 * len(dev) > kept("all")
+
+
+_RANK_SHIPPED = """
+import json
+from lmcot.context import rank_paragraphs
+from lmcot.data import load_json_file
+print(json.dumps([[p.title for p in rank_paragraphs(ex.question, ex.paragraphs)]
+                  for path, fmt in (("hotpotqa_synthetic_dev", "hotpotqa"), ("2wiki_synthetic_dev", "2wiki"),
+                                    ("tiny_world/hotpotqa_train", "hotpotqa"), ("tiny_world/2wiki_train", "2wiki"))
+                  for ex in load_json_file("sample:" + path, fmt)]))
+"""
+
+
+def test_ranked_mode_is_the_same_in_every_process():
+    """String hashing differs per process (PYTHONHASHSEED), and with it the order the question's words are
+    summed in: a plain float sum broke the tie of a comparison question's two symmetric paragraphs
+    differently in each process (32 shipped questions), so two runs of one config read different contexts."""
+    orders = set()
+    for hash_seed in ("0", "1", "2", "3"):
+        done = subprocess.run([sys.executable, "-c", _RANK_SHIPPED], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONHASHSEED=hash_seed))
+        assert done.returncode == 0, done.stderr
+        orders.add(done.stdout)
+    assert len(orders) == 1
+    dev = load_json_file("sample:hotpotqa_synthetic_dev", "hotpotqa")
+    tie = next(ex for ex in dev if ex.question == "Which was founded first, Wynpir Foods or Galvel Motors?")
+    ranked = json.loads(orders.pop())[dev.index(tie)]
+    assert ranked[:2] == ["Galvel Motors", "Wynpir Foods"], "the tie keeps the dataset order"
 
 
 def test_gold_mode_keeps_only_gold():
