@@ -144,8 +144,8 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
         verdict = "moved apart (quality changed, accuracy stayed flat)"
     else:
         verdict = "moved apart (in opposite directions)"
-    flat = f" (flat: a change under {FLAT_QUALITY} in quality, {100 * FLAT_F1:g} points in F1)"
-    flat = flat if "flat" in verdict else ""
+    flat = (f" (flat: a change under {FLAT_QUALITY} in quality, {100 * FLAT_F1:g} points in F1)"
+            if 0 in (s_q, s_f1) else "")
     return (f"From `{before}` to `{after}`, mean rationale quality changed by {d_q:+.3f} and mean F1 by "
             f"{100 * d_f1:+.1f} points: quality and accuracy **{verdict}**{flat}. The paper observed that the "
             "best-judged rationales do not always give the best answers; the reward-weight search trades the two.")

@@ -83,14 +83,8 @@ def test_judge_scores_faithful_rationales_above_the_aspects_corruption(large, de
     (the corruptions the pretraining used, applied to the shipped dev world, which it never saw)."""
     tool = load_script("tools/pretrain_tiny_world.py")
     world, _ = load_script("tools/make_synthetic_data.py").generate_world()
-    corrupt, rng = tool.Corruptor(world), random.Random(0)
     examples, questions, _ = dev["hotpotqa"]
-    good, bad = [], []
-    for ex, q in zip(examples, questions):
-        distractors = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
-        good.append(prompts.judge_prompt(aspect, q.question, q.context, ex.evidence))
-        bad.append(prompts.judge_prompt(aspect, q.question, q.context, corrupt(
-            tool.JUDGE_CORRUPTION[aspect], rng, ex.evidence, ex.answer, distractors, distinct=True)))
+    good, bad = tool.judge_prompts(tool.Corruptor(world), random.Random(0), aspect, examples, questions)
     p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
     assert sum(p_good) > sum(p_bad), (sum(p_good) / len(good), sum(p_bad) / len(bad))
 

@@ -608,18 +608,24 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     return out
 
 
+def judge_prompts(corrupt: Corruptor, rng: random.Random, aspect: str, examples, questions) -> tuple[list, list]:
+    """The judge's prompts on ``aspect`` for each question: its gold evidence ("yes"), and the same
+    evidence with the corruption that violates the aspect ("no")."""
+    good, bad = [], []
+    for ex, q in zip(examples, questions):
+        distract = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
+        good.append(prompts.judge_prompt(aspect, q.question, q.context, ex.evidence))
+        bad.append(prompts.judge_prompt(aspect, q.question, q.context, corrupt(
+            JUDGE_CORRUPTION[aspect], rng, ex.evidence, ex.answer, distract, distinct=True)))
+    return good, bad
+
+
 def judge_separation(large, world, examples, questions, ds: str) -> dict:
     """Mean P(yes) of the judge on each aspect: gold rationale vs that aspect's corruption."""
     corrupt, rng = Corruptor(world), random.Random(0)
     out = {}
     for aspect in prompts.ASPECTS:
-        good, bad = [], []
-        for ex, q in zip(examples, questions):
-            rat = ex.evidence
-            distract = [s for p in ex.paragraphs if p.title not in ex.gold_titles for s in p.sentences]
-            good.append(prompts.judge_prompt(aspect, q.question, q.context, rat))
-            bad.append(prompts.judge_prompt(aspect, q.question, q.context, corrupt(
-                JUDGE_CORRUPTION[aspect], rng, rat, ex.answer, distract, distinct=True)))
+        good, bad = judge_prompts(corrupt, rng, aspect, examples, questions)
         p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
         out[f"{ds}/judge/{aspect}"] = {"faithful": round(sum(p_good) / len(p_good), 3),
                                        "corrupted": round(sum(p_bad) / len(p_bad), 3)}
