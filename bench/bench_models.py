@@ -17,7 +17,7 @@ def random_t5(d_model: int, layers: int, min_new_tokens: int = 0) -> Path:
     generation decode at least that many tokens, so every row costs the same."""
     from transformers import GenerationConfig
 
-    from lmcot import tiny
+    from lmcot.models import tiny
 
     name = f"t5-bench-d{d_model}-l{layers}"
     out = ROOT / "artifacts" / "bench-models" / f"{name}-new{min_new_tokens}-{tiny.fingerprint()}"

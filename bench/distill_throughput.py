@@ -126,9 +126,9 @@ def write_rationales(run_dir, cfg) -> int:
     """Kept rationale rows for every shipped training question (the schema generate-rationales writes)."""
     import pandas as pd
 
-    from lmcot.context import build_context
-    from lmcot.data import load_split
-    from lmcot.models import context_tokenizer
+    from lmcot.datasets.context import build_context
+    from lmcot.datasets.data import load_split
+    from lmcot.models.loading import context_tokenizer
 
     teacher = context_tokenizer(cfg.large)
     rows = []
@@ -192,7 +192,7 @@ def cpu_bench(args) -> dict:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     sys.path.insert(0, str(ROOT))
     from lmcot.config import load_config
-    from lmcot.rundir import RunDir
+    from lmcot.runs.rundir import RunDir
     from lmcot.stages import distill
     from lmcot.stages.cluster import ensure_ray
 

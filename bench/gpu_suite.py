@@ -8,7 +8,7 @@ measure the compute paths, not quality):
     python bench/gpu_suite.py --smoke                        # the same code on CPU, tiny sizes (a test runs it)
     python bench/gpu_suite.py [--quick]                      # everything, training included
 
-Generation suite (through ``lmcot.generation.HFGenerator``, the code every stage uses; each
+Generation suite (through ``lmcot.models.generation.HFGenerator``, the code every stage uses; each
 measurement in its own process, one warm-up call that compiles, then a timed call):
 
 - ``gen_xxl``: FLAN-T5-XXL-sized answers/teacher rationales, 32 rows of 1024-token prompts,
@@ -184,7 +184,7 @@ def known_model(name: str, smoke: bool = False):
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from lmcot.models import LoadedModel, load_tokenizer, resolve_model_path
+    from lmcot.models.loading import LoadedModel, load_tokenizer, resolve_model_path
 
     entry = json.loads((resources.files("lmcot") / "known_models" / (name.replace("/", "--") + ".json")).read_text())
     fields = dict(entry["config"])
@@ -278,7 +278,7 @@ def _timed(fn) -> tuple[float, object]:
 
 def _generator(lm, name: str, limit: int, **config):
     from lmcot.config import GenerationConfig, ModelSpec
-    from lmcot.generation import HFGenerator
+    from lmcot.models.generation import HFGenerator
 
     return HFGenerator(ModelSpec(name, max_input_tokens=limit), loaded=lm, config=GenerationConfig(**config))
 

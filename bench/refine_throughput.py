@@ -6,7 +6,7 @@ Run: ``.venv/bin/python bench/refine_throughput.py`` (CPU, tiny models, local 2-
 Part 1, reward batching (one run, the same judge actor, the same rollouts): ``--workers``
 Ray actors stand in for training workers; each holds ``--group`` rollouts (prompts x
 samples of one step) of the shipped synthetic questions and computes the reward recipe
-of the paper (task + the eight aspects) through a :class:`lmcot.rewards.RewardJudge` on
+of the paper (task + the eight aspects) through a :class:`lmcot.training.rewards.RewardJudge` on
 a :class:`lmcot.stages.judge_actor.JudgeClient`, all workers at once:
 
 - ``per-sample``: one call per rollout and reward (1 answer call + 8 aspect calls each),
@@ -43,8 +43,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 def rollouts(cfg, n: int) -> list[dict]:
     """``n`` (question, context, gold, rationale) rows from the shipped training questions."""
-    from lmcot.data import load_split
-    from lmcot.evaluation import prepare_questions
+    from lmcot.datasets.data import load_split
+    from lmcot.evaluation.evaluator import prepare_questions
 
     examples = load_split(cfg.data.datasets[0], "train")
     questions = prepare_questions(examples, mode="all", max_tokens=0)
@@ -68,9 +68,9 @@ def reward_batching(cfg, *, workers: int, group: int, wait_ms: float, repeats: i
             self.rows, self.plan, self.aspects = rows, plan, aspects
 
         def score(self, judges, per_sample: bool) -> float:
-            from lmcot.metrics import answer_metrics
-            from lmcot.prompts import answer_from_rationale_prompt, judge_prompt, parse_answer
-            from lmcot.rewards import RewardJudge, combine, score_batch
+            from lmcot.evaluation.metrics import answer_metrics
+            from lmcot.prompting.prompts import answer_from_rationale_prompt, judge_prompt, parse_answer
+            from lmcot.training.rewards import RewardJudge, combine, score_batch
             from lmcot.stages.judge_actor import JudgeClient
 
             client = JudgeClient(judges)
@@ -90,8 +90,8 @@ def reward_batching(cfg, *, workers: int, group: int, wait_ms: float, repeats: i
                             judge=judge, **cols)
             return time.perf_counter() - start
 
-    from lmcot.prompts import ASPECTS
-    from lmcot.rewards import reward_plan
+    from lmcot.prompting.prompts import ASPECTS
+    from lmcot.training.rewards import reward_plan
 
     plan, aspects = reward_plan({"task": 1.0, **{a: 0.1 for a in ASPECTS}})
     rows = rollouts(cfg, workers * group)
@@ -126,8 +126,8 @@ def reward_batching(cfg, *, workers: int, group: int, wait_ms: float, repeats: i
 
 def stage_run(cfg_args: list[str], steps: int) -> dict:
     from lmcot.config import ModelSpec, load_config
-    from lmcot.models import load_model
-    from lmcot.rundir import RunDir
+    from lmcot.models.loading import load_model
+    from lmcot.runs.rundir import RunDir
     from lmcot.stages import refine
 
     run_dir = RunDir(tempfile.mkdtemp(prefix="lmcot-refine-bench-"))

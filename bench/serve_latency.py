@@ -7,7 +7,7 @@ in one run (calls interleaved, so a busy machine slows both sides alike):
 (a) one request with k=5 (5 rationales in one sampled call, 5 answers in one batched call)
     against 5 sequential k=1 requests; goal: >= 3x.
 (b) p50 of an lm_guided k=1 request over HTTP against the same flow in-process
-    (``lmcot.method.run_method`` on the same models, one torch thread like a replica,
+    (``lmcot.inference.method.run_method`` on the same models, one torch thread like a replica,
     replicas at the bench's CPU priority); goal: <= 1.10x.
 (c) ``--clients`` concurrent clients for ``--seconds`` on 127.0.0.1: throughput, p50, p99,
     errors; goal: 0 errors.
@@ -56,11 +56,11 @@ else:
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from lmcot import prompts  # noqa: E402
+from lmcot.prompting import prompts  # noqa: E402
 from lmcot.config import ModelSpec  # noqa: E402
-from lmcot.data import load_split  # noqa: E402
-from lmcot.generation import HFGenerator  # noqa: E402
-from lmcot.method import Question, run_method  # noqa: E402
+from lmcot.datasets.data import load_split  # noqa: E402
+from lmcot.models.generation import HFGenerator  # noqa: E402
+from lmcot.inference.method import Question, run_method  # noqa: E402
 from lmcot.stages.serve import config_from_args, graph  # noqa: E402
 from lmcot.stages.serve_http import context_text  # noqa: E402
 

@@ -5,7 +5,7 @@ Both sides generate the same rows (the first ``--questions`` HotpotQA training q
 model loading included:
 
 - loop: one process builds the teacher with ``make_generator`` and calls
-  ``lmcot.teacher.generate_rows`` batch after batch (torch's default threads unless
+  ``lmcot.training.teacher.generate_rows`` batch after batch (torch's default threads unless
   ``--baseline-threads`` says otherwise; several values run several loops);
 - ray: ``lmcot.stages.rationales.run`` on a 2-CPU local Ray cluster started before the
   clock (a cluster outlives one job): 2 actors of 1 CPU each, shards and stats included.
@@ -43,9 +43,9 @@ def run_loop(cfg, threads: int | None) -> dict:
     """One process, one model, batches of ``rationales.batch_size`` questions."""
     import torch
 
-    from lmcot.data import load_split
-    from lmcot.generation import make_generator
-    from lmcot.teacher import generate_rows, question_rows
+    from lmcot.datasets.data import load_split
+    from lmcot.models.generation import make_generator
+    from lmcot.training.teacher import generate_rows, question_rows
 
     before = torch.get_num_threads()
     if threads:
@@ -67,9 +67,9 @@ def run_ray(cfg) -> dict:
     """The real stage on a fresh run directory (cluster already up); one shard per actor call."""
     import pyarrow.parquet as pq
 
-    from lmcot.rundir import RunDir
+    from lmcot.runs.rundir import RunDir
     from lmcot.stages import rationales
-    from lmcot.teacher import shard_paths
+    from lmcot.training.teacher import shard_paths
 
     with tempfile.TemporaryDirectory(prefix="lmcot-bench-") as tmp:
         started = time.time()

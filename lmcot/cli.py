@@ -91,13 +91,13 @@ def check_run_dir(path: str) -> None:
 
 def run_stage(command: str, args) -> object:
     from lmcot.config import load_config
-    from lmcot.rundir import RunDir, write_atomic
+    from lmcot.runs.rundir import RunDir, write_atomic
 
     overrides = list(args.overrides) + (_eval_overrides(args) if command == "eval" else [])
     cfg = load_config(args.config, overrides)
     check_run_dir(args.run_dir)
     if command != "serve":  # hours of work ahead: a config that cannot fit fails now (see `lmcot plan`)
-        from lmcot.plan import check_plan
+        from lmcot.planning.plan import check_plan
 
         check_plan(cfg, stage=command)
     run_dir = RunDir(args.run_dir).ensure()
@@ -112,12 +112,12 @@ def inspect_config(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.command == "prompts":
-        from lmcot.prompt_listing import list_prompts, render_listing
+        from lmcot.prompting.listing import list_prompts, render_listing
 
         records = list_prompts(cfg, method=args.method, limit=args.limit)
         print(json.dumps(records, indent=1) if args.json else render_listing(records))
         return 0
-    from lmcot.plan import DEFAULT_GPU_GB, make_plan, render_plan
+    from lmcot.planning.plan import DEFAULT_GPU_GB, make_plan, render_plan
 
     plan = make_plan(cfg, args.gpu_memory_gb or DEFAULT_GPU_GB)
     print(json.dumps(plan, indent=1) if args.json else render_plan(plan))
@@ -131,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "score":
-            from lmcot.metrics import score_files
+            from lmcot.evaluation.metrics import score_files
 
             print(json.dumps(score_files(args.gold, args.predictions, args.aliases)))
             return 0
         if args.command == "make-tiny-models":
-            from lmcot.models import tiny_cache_dir
-            from lmcot.tiny import make_tiny_models
+            from lmcot.models.loading import tiny_cache_dir
+            from lmcot.models.tiny import make_tiny_models
 
             target, versioned = (args.dir, False) if args.dir else (tiny_cache_dir(), True)
             for name, path in make_tiny_models(target, versioned=versioned).items():

@@ -26,7 +26,7 @@ def tool(load_script):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from lmcot.tiny import build_tokenizer
+    from lmcot.models.tiny import build_tokenizer
 
     return build_tokenizer("seq2seq")
 
@@ -45,7 +45,7 @@ def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
         assert record["train"]["steps"] == 2 and record["world_seeds"] == summary["data"]["world_seeds"]
         assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
     from lmcot.config import ModelSpec
-    from lmcot.generation import HFGenerator
+    from lmcot.models.generation import HFGenerator
 
     large = HFGenerator(ModelSpec(str(tmp_path / "large"), device="cpu"))
     assert large.tokenizer.model_max_length == 512 and large.family == "seq2seq"
@@ -75,7 +75,7 @@ def test_world_seeds_skip_the_reserved_worlds(tool):
 
 def test_each_corruption_changes_the_rationale(tool):
     world, records = tool.world_gen.generate_world(seed=5, train=4, dev=0)
-    from lmcot.data import parse_records
+    from lmcot.datasets.data import parse_records
 
     ex = parse_records(records["hotpotqa_synthetic_train"], "hotpotqa", "t")[0]
     rat = ex.evidence
@@ -100,7 +100,7 @@ def test_judge_pairs_cannot_be_told_apart_by_the_answer_cue(tool, tokenizer):
 def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenizer):
     """Each "no" stands beside a "yes" on the same question, aspect and context, and the two end in
     the answer cue equally often; the misled answers' rationales are wrong, their targets right."""
-    from lmcot import prompts
+    from lmcot.prompting import prompts
 
     args = argparse.Namespace(seed=4, worlds=1, questions=20, context_tokens=256)
     _, _, critic, _ = tool.build_pairs(args, tokenizer)
@@ -117,7 +117,7 @@ def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenize
     assert factual > max(drawn.values()), drawn  # the aspect only the context can check is drawn most
     misled = [p for p in critic if p[0] == "answer_misled"]
     world, records = tool.world_gen.generate_world(seed=tool.world_seeds(4, 1)[0], train=20, dev=0)
-    from lmcot.data import parse_records
+    from lmcot.datasets.data import parse_records
 
     examples = [ex for name, fmt in (("hotpotqa_synthetic_train", "hotpotqa"), ("2wiki_synthetic_train", "2wiki"))
                 for ex in parse_records(records[name], fmt, name)]
@@ -157,7 +157,7 @@ def test_training_is_deterministic_from_the_seed(tool, tokenizer):
 
 
 def test_world_tokenizer_keeps_flan_t5_conventions_and_learns_no_shipped_name(tool):
-    from lmcot import tiny
+    from lmcot.models import tiny
 
     shipped_corpus = tiny._corpus
     tok = tool.world_tokenizer(0, 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcot.data import load_json_file
+from lmcot.datasets.data import load_json_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "make_synthetic_data.py"

@@ -16,13 +16,15 @@ import random
 
 import pytest
 
-from lmcot import method, prompts
+from lmcot.inference import method
+
+from lmcot.prompting import prompts
 from lmcot.config import ModelSpec, load_config
-from lmcot.data import load_split
-from lmcot.evaluation import prepare_questions
-from lmcot.generation import HFGenerator
-from lmcot.metrics import answer_metrics, dataset_aliases, gold_answers
-from lmcot.models import TINY_WORLD_DIR
+from lmcot.datasets.data import load_split
+from lmcot.evaluation.evaluator import prepare_questions
+from lmcot.models.generation import HFGenerator
+from lmcot.evaluation.metrics import answer_metrics, dataset_aliases, gold_answers
+from lmcot.models.loading import TINY_WORLD_DIR
 
 if not (TINY_WORLD_DIR / "large" / "model.safetensors").is_file():
     pytest.skip("the tiny world's pretrained weights are not shipped yet (docs/design.md, Tiny world)",

@@ -4,7 +4,7 @@ Why: lmcot's random tiny models only show plumbing (every accuracy is 0). These 
 models make the method visible offline (issue 13):
 
 - ``large``: a T5 of a few M parameters, instruction-tuned on lmcot's own prompt
-  templates (:mod:`lmcot.prompts`): direct answer, CoT ending in the answer cue, answer
+  templates (:mod:`lmcot.prompting.prompts`): direct answer, CoT ending in the answer cue, answer
   from a given rationale (gold facts, gold facts + cue, or none), teacher rationale, and
   each judge aspect as yes/no. Rationales are the supporting-fact sentences; judge
   positives are those faithful rationales, negatives one corruption per aspect (wrong
@@ -20,7 +20,7 @@ Training data comes from ``tools/make_synthetic_data.py`` worlds of seeds derive
 ``--seed`` (never the shipped world's seed, so the shipped dev sets stay unseen: new
 names, new facts). Contexts are the gold paragraphs plus a few distractors, fitted to
 ``--context-tokens`` (the tiny preset's ``data.context_max_tokens``) with lmcot's own
-:func:`lmcot.context.build_context`; prompts are lmcot's own templates, so the model is
+:func:`lmcot.datasets.context.build_context`; prompts are lmcot's own templates, so the model is
 trained on exactly what it will be served.
 
 Deterministic from ``--seed`` at a fixed thread count: the learning rate depends on the
@@ -30,7 +30,7 @@ numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain t
 
     nice -n 19 python tools/pretrain_tiny_world.py --minutes 30 --out lmcot/tiny_world
     python tools/pretrain_tiny_world.py --smoke --out /tmp/tw          # seconds
-    python tools/pretrain_tiny_world.py --eval lmcot/tiny_world        # dev EM/F1 through lmcot.method
+    python tools/pretrain_tiny_world.py --eval lmcot/tiny_world        # dev EM/F1 through lmcot.inference.method
     python tools/pretrain_tiny_world.py --only large --continue-from lmcot/tiny_world --out DIR \\
         --large-steps 6065 --critic-steps 3000                         # the critic phase alone
 """
@@ -55,9 +55,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import make_synthetic_data as world_gen  # noqa: E402  (a sibling tool, not a package)
 import torch  # noqa: E402
 
-from lmcot import prompts  # noqa: E402
-from lmcot.context import build_context, render_paragraph  # noqa: E402
-from lmcot.data import Example, Paragraph, parse_records  # noqa: E402
+from lmcot.prompting import prompts  # noqa: E402
+from lmcot.datasets.context import build_context, render_paragraph  # noqa: E402
+from lmcot.datasets.data import Example, Paragraph, parse_records  # noqa: E402
 
 SIZES = {
     "large": dict(d_model=128, d_ff=256, num_layers=3, num_heads=4),
@@ -327,7 +327,7 @@ def tokenize(tokenizer, pairs):
 
 
 def world_tokenizer(seed: int, train_worlds: int):
-    """:func:`lmcot.tiny.build_tokenizer`'s tokenizer (same code, FLAN-T5's conventions: ``</s>``
+    """:func:`lmcot.models.tiny.build_tokenizer`'s tokenizer (same code, FLAN-T5's conventions: ``</s>``
     appended, pad 0 / eos 1 / unk 2, ``model_max_length`` 512), learned from world-neutral text.
 
     ``build_tokenizer`` learns its merges from the shipped files, so every name of the shipped
@@ -337,7 +337,7 @@ def world_tokenizer(seed: int, train_worlds: int):
     templates and the text of many small worlds, names split into syllable pieces shared by
     every world, the shipped one included.
     """
-    from lmcot import tiny
+    from lmcot.models import tiny
 
     corpus = [getattr(prompts, name) for name in ("STANDARD", "COT", "TEACHER_RATIONALE", "SMALL_RATIONALE",
                                                   "ANSWER_FROM_RATIONALE", "JUDGE")]
@@ -572,13 +572,13 @@ def pretrain(args) -> dict:
 def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_limit: int = 20,
                  world_seed: int | None = None) -> dict:
     """Dev EM/F1 of ``folder/large`` on the shipped dev sets (``ranked`` contexts, as the tiny preset),
-    through lmcot's HFGenerator and lmcot.method: standard, CoT, and the gold- and empty-rationale references."""
-    from lmcot import method
+    through lmcot's HFGenerator and lmcot.inference.method: standard, CoT, and the gold- and empty-rationale references."""
+    from lmcot.inference import method
     from lmcot.config import GenerationConfig, ModelSpec
-    from lmcot.data import load_json_file
-    from lmcot.evaluation import prepare_questions
-    from lmcot.generation import HFGenerator
-    from lmcot.metrics import answer_metrics, load_aliases
+    from lmcot.datasets.data import load_json_file
+    from lmcot.evaluation.evaluator import prepare_questions
+    from lmcot.models.generation import HFGenerator
+    from lmcot.evaluation.metrics import answer_metrics, load_aliases
 
     import tempfile
 

@@ -41,7 +41,7 @@ class ModelSpec:
     max_input_tokens: int = 0
     """Most prompt tokens this model reads; 0: what its tokenizer and config declare (FLAN-T5: 512,
     Qwen2.5: 32,768 positions shared with the generated tokens). Prompts are fitted to it by
-    shortening only their context (:mod:`lmcot.fitting`). For ``backend: openai`` without a local
+    shortening only their context (:mod:`lmcot.prompting.fitting`). For ``backend: openai`` without a local
     tokenizer, set it to the endpoint's context window (tokens are then estimated from characters)."""
     ray_resource: str = field(default="", metadata={"fingerprint": False})
     """A custom Ray resource that pins every actor or worker holding this model to the worker

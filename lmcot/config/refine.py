@@ -23,7 +23,7 @@ class RefineConfig:
     """``grpo`` (advantage = reward minus the group mean, divided by the group std) or ``rloo``
     (advantage = reward minus the mean of the *other* samples of the same prompt)."""
     reward_weights: dict[str, float] = field(default_factory=lambda: {"task": 1.0})
-    """Weight per named reward (see ``lmcot.rewards.REWARDS``): ``task``, the eight aspects
+    """Weight per named reward (see ``lmcot.training.rewards.REWARDS``): ``task``, the eight aspects
     (``factuality`` ... ``readability``), ``quality`` (with ``aspect_mode: mean``) and ``degenerate``."""
     aspect_mode: str = "weighted"
     """How aspect rewards enter the total: ``weighted`` (each aspect named in ``reward_weights``
@@ -103,6 +103,6 @@ class RefineConfig:
             raise ValueError("judge_num_cpus, judge_num_gpus and judge_batch_wait_ms must be >= 0")
         if self.judge_timeout_s <= 0:
             raise ValueError("judge_timeout_s must be > 0")
-        from lmcot.rewards import check_reward_weights  # here, not at import: rewards is a heavier module
+        from lmcot.training.rewards import check_reward_weights  # here, not at import: rewards is a heavier module
 
         check_reward_weights(self.reward_weights, self.aspect_mode, self.quality_aspects)

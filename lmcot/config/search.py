@@ -28,7 +28,7 @@ class SearchConfig:
     num_samples: int = 4
     """Trials to run (with ``sampler: grid``: repeats of the whole grid)."""
     space: dict[str, tuple[float, ...]] = field(default_factory=_default_space)
-    """Reward name (see ``lmcot.rewards.REWARDS``) -> values. One value: that weight is fixed;
+    """Reward name (see ``lmcot.training.rewards.REWARDS``) -> values. One value: that weight is fixed;
     with ``sampler: random`` two values ``[low, high]`` are a uniform range; with ``sampler: grid``
     a list of values to try. Rewards of ``refine.reward_weights`` not named here keep their weight."""
     sampler: str = "random"
@@ -68,6 +68,6 @@ class SearchConfig:
             raise ValueError("eval_limit must be >= 0 (0: the whole dev split)")
         if self.trial_cpus < 0 or self.trial_gpus < 0:
             raise ValueError("trial_cpus and trial_gpus must be >= 0")
-        from lmcot.search_space import parse_space  # here, not at import: it pulls in lmcot.rewards
+        from lmcot.training.search_space import parse_space  # here, not at import: it pulls in lmcot.training.rewards
 
         parse_space(self.space, self.sampler)

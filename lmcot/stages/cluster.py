@@ -1,5 +1,5 @@
 """Connecting to Ray (an existing cluster when there is one, else a small local one) and
-checking a resource plan of :mod:`lmcot.resources` against it.
+checking a resource plan of :mod:`lmcot.planning.resources` against it.
 
 ``ray job submit`` and KubeRay set ``RAY_ADDRESS``; a laptop run without it starts a
 local cluster on loopback sized to the machine, so every stage works both ways.
@@ -12,7 +12,7 @@ import os
 
 import ray
 
-from lmcot.resources import Need, short_of
+from lmcot.planning.resources import Need, short_of
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
 
 def require_resources(need: Need) -> None:
-    """Fail before anything starts when ``need`` (see :mod:`lmcot.resources`) cannot fit the cluster.
+    """Fail before anything starts when ``need`` (see :mod:`lmcot.planning.resources`) cannot fit the cluster.
 
     On a local cluster that is an error saying what needs it and ending in the fields to
     change; on a remote one (``RAY_ADDRESS`` set) only a warning, since an autoscaler may

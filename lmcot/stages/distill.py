@@ -1,7 +1,7 @@
 """Rationale distillation: fine-tune the small LM on the teacher's kept rationales.
 
 ``lmcot distill`` / ``jobs/distill.py`` reads the kept rows of ``RUN/rationales/``,
-builds (small-LM rationale prompt -> rationale) pairs (:mod:`lmcot.sft_data`) and
+builds (small-LM rationale prompt -> rationale) pairs (:mod:`lmcot.training.sft_data`) and
 trains the small LM on them with a Ray Train ``TorchTrainer``: every worker runs a
 Hugging Face trainer with DeepSpeed ZeRO (``distill.scaling.zero_stage``, default 2).
 Checkpoints go to ``RUN/distill/checkpoints/`` every ``distill.save_steps`` steps; a
@@ -16,7 +16,7 @@ prompt tokens' labels set to -100, which is exactly completion-only loss (what T
 ``SFTTrainer(completion_only_loss=True)`` computes from its completion mask). TRL is
 not used here because its ``SFTTrainer`` fails on encoder-decoder models; a single
 path keeps one collator, one set of arguments and one checkpoint format for both,
-and the labels are unit-tested in :mod:`lmcot.sft_data`.
+and the labels are unit-tested in :mod:`lmcot.training.sft_data`.
 
 Everything that can be wrong with the input is checked in the driver before any
 worker starts: no kept rationales, a missing model, a tokenizer that does not match
@@ -43,7 +43,7 @@ import logging
 from transformers import TrainerCallback
 
 from lmcot.config import Config, identity, to_dict
-from lmcot.rundir import RunDir
+from lmcot.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,15 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     """Everything the workers need, built and checked in the driver (no Ray, no worker started).
 
     Returns ``{model_path, family, tokenizer, train, val, samples, pairs, identity}``
-    where ``train``/``val`` are :class:`lmcot.sft_data.TokenizedPairs`.
+    where ``train``/``val`` are :class:`lmcot.training.sft_data.TokenizedPairs`.
     """
     import numpy as np
     from transformers import AutoConfig
 
-    from lmcot.data import load_split
-    from lmcot.fitting import PromptFitter
-    from lmcot.models import context_tokenizer, detect_family, load_tokenizer, resolve_model_path
-    from lmcot.sft_data import (build_pairs, check_tokenizer_vocab, encode_pairs, pairs_fingerprint,
+    from lmcot.datasets.data import load_split
+    from lmcot.prompting.fitting import PromptFitter
+    from lmcot.models.loading import context_tokenizer, detect_family, load_tokenizer, resolve_model_path
+    from lmcot.training.sft_data import (build_pairs, check_tokenizer_vocab, encode_pairs, pairs_fingerprint,
                                 read_kept_rows, rebuild_contexts, rows_needing_context, sample_prompts, split_pairs)
 
     dc, spec = cfg.distill, cfg.small
@@ -164,8 +164,8 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
 
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer
 
-    from lmcot.models import load_tokenizer, resolve_model_path
-    from lmcot.sft_data import CompletionCollator
+    from lmcot.models.loading import load_tokenizer, resolve_model_path
+    from lmcot.training.sft_data import CompletionCollator
     from lmcot.stages.train_common import auto_model_class, hf_training_args
 
     family = config["family"]

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 
 from lmcot.config import Config, ModelSpec, to_dict
-from lmcot.data import load_split
-from lmcot.evaluation import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
-from lmcot.generation import make_generator
-from lmcot.metrics import dataset_aliases
-from lmcot.resources import eval_actor_resources, eval_need
-from lmcot.rewards import RewardJudge
-from lmcot.rundir import RunDir, write_json
+from lmcot.datasets.data import load_split
+from lmcot.evaluation.evaluator import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
+from lmcot.models.generation import make_generator
+from lmcot.evaluation.metrics import dataset_aliases
+from lmcot.planning.resources import eval_actor_resources, eval_need
+from lmcot.training.rewards import RewardJudge
+from lmcot.runs.rundir import RunDir, write_json
 
 
 def run(cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:

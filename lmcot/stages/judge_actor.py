@@ -8,13 +8,13 @@ production), so the training workers hold only the small LM.
 Batching happens at two levels:
 
 - a worker sends all completions of its step in one call per reward kind (the
-  :class:`~lmcot.rewards.RewardJudge` memoises per batch);
+  :class:`~lmcot.training.rewards.RewardJudge` memoises per batch);
 - each actor merges the calls that arrive from different workers within
   ``judge_batch_wait_ms`` (and all that queue while a forward pass runs) into one
   batched forward pass, then hands every caller its slice.
 
 :class:`JudgeClient` is what the workers hold: a picklable
-:class:`~lmcot.generation.Generator` that splits a call over the actors of the pool
+:class:`~lmcot.models.generation.Generator` that splits a call over the actors of the pool
 (one slice each, in parallel) and waits with a timeout, so a dead or stuck judge fails
 the step instead of hanging the run.
 """
@@ -80,7 +80,7 @@ class JudgeActor:
 
     def __init__(self, spec: dict, generation: dict, batch_size: int, batch_wait_ms: float):
         from lmcot.config.loader import build
-        from lmcot.generation import make_generator
+        from lmcot.models.generation import make_generator
 
         spec_ = build(ModelSpec, spec)
         gen = build(GenerationConfig, {**generation, "batch_size": batch_size})
@@ -156,7 +156,7 @@ def start_judges(spec: ModelSpec, generation: GenerationConfig, *, num_actors: i
 
 
 class JudgeClient:
-    """A :class:`~lmcot.generation.Generator` whose calls go to a judge actor pool (picklable)."""
+    """A :class:`~lmcot.models.generation.Generator` whose calls go to a judge actor pool (picklable)."""
 
     def __init__(self, actors: Sequence, timeout_s: float = 600.0):
         if not actors:

@@ -29,8 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lmcot.config import Config, identity, load_config
-from lmcot.report import write_report
-from lmcot.rundir import RunDir, finished, record_finished
+from lmcot.evaluation.report import write_report
+from lmcot.runs.rundir import RunDir, finished, record_finished
 from lmcot.stages.cluster import ensure_ray
 
 log = logging.getLogger("lmcot.pipeline")
@@ -93,7 +93,7 @@ class _Steps:
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
-    from lmcot.resources import eval_need
+    from lmcot.planning.resources import eval_need
     from lmcot.stages.cluster import require_resources
 
     ensure_ray()

@@ -9,7 +9,7 @@ is 90k HotpotQA plus 167k 2Wiki questions, so the work is spread with Ray Data:
     actors: map_batches(TeacherActor, compute=ActorPoolStrategy(size=num_actors)):
             each actor builds the teacher once (make_generator: hf / vllm / openai),
             fits the context with the teacher's tokenizer, draws the samples in one call,
-            parses and scores them (lmcot.teacher)
+            parses and scores them (lmcot.training.teacher)
     driver: iter_batches() -> ShardStore: parquet shards written atomically, RUN/rationales/
 
 Why the driver writes the shards rather than ``write_parquet``: it is the one place
@@ -33,13 +33,13 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from lmcot.config import Config, identity
-from lmcot.data import load_split
-from lmcot.metrics import dataset_aliases
-from lmcot.models import context_tokenizer
-from lmcot.resources import teacher_actor_options, teacher_need
-from lmcot.rundir import RunDir, write_json
+from lmcot.datasets.data import load_split
+from lmcot.evaluation.metrics import dataset_aliases
+from lmcot.models.loading import context_tokenizer
+from lmcot.planning.resources import teacher_actor_options, teacher_need
+from lmcot.runs.rundir import RunDir, write_json
 from lmcot.stages.cluster import ensure_ray, require_resources
-from lmcot.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows, refilter,
+from lmcot.training.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows, refilter,
                            rows_to_table, summarize, teacher_manifest)
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class TeacherActor:
     """One teacher generator per actor, built once; turns question rows into scored rationale rows."""
 
     def __init__(self, cfg: Config):
-        from lmcot.generation import make_generator
+        from lmcot.models.generation import make_generator
 
         self.cfg = cfg
         self.generator = make_generator(cfg.large, cfg.generation)

@@ -2,7 +2,7 @@
 
 ``lmcot refine`` / ``jobs/refine.py`` starts from ``RUN/distill/model/`` and trains it
 with a GRPO-family algorithm (``refine.algorithm``: ``grpo`` or ``rloo``) on the
-rewards of :mod:`lmcot.rewards`, weighted by ``refine.reward_weights``:
+rewards of :mod:`lmcot.training.rewards`, weighted by ``refine.reward_weights``:
 
 - the frozen large LM runs in its own Ray actors (:mod:`lmcot.stages.judge_actor`),
   started here for the length of the run and handed to every worker; rewards reach it
@@ -10,7 +10,7 @@ rewards of :mod:`lmcot.rewards`, weighted by ``refine.reward_weights``:
 - a Ray Train ``TorchTrainer`` runs ``refine.scaling.num_workers`` workers with
   DeepSpeed ZeRO (stage 2 by default) and the worker loop of
   :mod:`lmcot.stages.refine_worker`: TRL's ``GRPOTrainer`` / ``RLOOTrainer`` for causal
-  small LMs, the compact loop of :mod:`lmcot.grpo_seq2seq` for seq2seq ones (T5, which
+  small LMs, the compact loop of :mod:`lmcot.training.grpo_seq2seq` for seq2seq ones (T5, which
   TRL cannot train). Both read the same config fields.
 
 This module is the driver side: checks, training rows, identity, judges. The lifecycle
@@ -38,15 +38,15 @@ import logging
 import random
 
 from lmcot.config import Config, identity, to_dict
-from lmcot.rundir import RunDir
+from lmcot.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: Config, run_dir: RunDir) -> dict:
     """Check everything and build the training rows in the driver (no Ray, nothing started)."""
-    from lmcot.models import detect_family, load_tokenizer
-    from lmcot.rewards import reward_plan
+    from lmcot.models.loading import detect_family, load_tokenizer
+    from lmcot.training.rewards import reward_plan
 
     rc = cfg.refine
     plan, aspects = reward_plan(rc.reward_weights, rc.aspect_mode, rc.quality_aspects)
@@ -79,12 +79,12 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
     Contexts are fitted to the large LM's tokenizer (the judge reads them); gold answers
     carry the dataset's aliases, so the task reward counts any of them.
     """
-    from lmcot.data import load_split
-    from lmcot.evaluation import prepare_questions
-    from lmcot.metrics import dataset_aliases, gold_answers
-    from lmcot.models import context_tokenizer
-    from lmcot.fitting import PromptFitter
-    from lmcot.prompts import small_rationale_prompt
+    from lmcot.datasets.data import load_split
+    from lmcot.evaluation.evaluator import prepare_questions
+    from lmcot.evaluation.metrics import dataset_aliases, gold_answers
+    from lmcot.models.loading import context_tokenizer
+    from lmcot.prompting.fitting import PromptFitter
+    from lmcot.prompting.prompts import small_rationale_prompt
 
     pool = []
     for spec in cfg.data.datasets:
@@ -109,7 +109,7 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     """RL-refine the distilled small LM; returns a summary (model folder, first/last rewards, throughput)."""
-    from lmcot.resources import refine_need
+    from lmcot.planning.resources import refine_need
     from lmcot.stages.refine_worker import normalize_log, train_worker
     from lmcot.stages.train_common import TrainingJob, run_training
 
@@ -129,7 +129,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         return [h for h in map(normalize_log, log_history) if "reward" in h]
 
     def summarize(lines: list[dict], metrics: dict) -> dict:
-        from lmcot.report import plot_refine_curves
+        from lmcot.evaluation.report import plot_refine_curves
 
         plot_refine_curves(lines, run_dir.curves("refine"))
         quarter = max(1, len(lines) // 4)

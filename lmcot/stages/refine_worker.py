@@ -6,7 +6,7 @@ this module is what :func:`train_worker` runs on every worker:
 - causal small LMs: TRL's ``GRPOTrainer`` / ``RLOOTrainer`` (:func:`build_causal_trainer`)
   with the lmcot rewards as ``reward_funcs`` and ``reward_weights``, checkpointed by
   :class:`~lmcot.stages.train_common.RayReportCallback` like distillation;
-- seq2seq small LMs (T5, which TRL cannot train): the loop of :mod:`lmcot.grpo_seq2seq`
+- seq2seq small LMs (T5, which TRL cannot train): the loop of :mod:`lmcot.training.grpo_seq2seq`
   on a ``deepspeed.initialize`` engine, whose checkpoints (DeepSpeed shards, the model,
   the tokenizer and a ``trainer_state.json`` with the step and log history) go through
   the same :func:`~lmcot.stages.train_common.report_checkpoint`, so resume and export
@@ -27,8 +27,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from lmcot.config import RefineConfig
-from lmcot.report import append_jsonl, truncate_jsonl
-from lmcot.rundir import write_atomic
+from lmcot.evaluation.report import append_jsonl, truncate_jsonl
+from lmcot.runs.rundir import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def train_worker(config: dict) -> None:
     import ray
 
     from lmcot.config.loader import build
-    from lmcot.rewards import RewardJudge
+    from lmcot.training.rewards import RewardJudge
     from lmcot.stages.judge_actor import JudgeClient
 
     rc = build(RefineConfig, config["refine"])
@@ -75,7 +75,7 @@ def train_worker(config: dict) -> None:
 def train_causal(config: dict, rc: RefineConfig, rows: list[dict], judge) -> None:
     import ray.train
 
-    from lmcot.rewards import bind_rewards
+    from lmcot.training.rewards import bind_rewards
     from lmcot.stages.train_common import RayReportCallback, hf_training_args, resume_from
 
     world = ray.train.get_context().get_world_size()
@@ -98,7 +98,7 @@ def seq2seq_engine(model_path: str, rc: RefineConfig):
 
     import deepspeed
 
-    from lmcot.deepspeed_config import deepspeed_config
+    from lmcot.training.deepspeed_config import deepspeed_config
     from lmcot.stages.train_common import auto_model_class
 
     checkpointing = rc.scaling.gradient_checkpointing
@@ -146,9 +146,9 @@ def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> No
     """The lmcot GRPO loop on a DeepSpeed engine, checkpointed like the HF trainers' runs."""
     import ray.train
 
-    from lmcot.grpo_seq2seq import train
-    from lmcot.models import load_tokenizer
-    from lmcot.rewards import score_batch
+    from lmcot.training.grpo_seq2seq import train
+    from lmcot.models.loading import load_tokenizer
+    from lmcot.training.rewards import score_batch
     from lmcot.stages.train_common import TRAINER_STATE, resume_from
 
     ctx = ray.train.get_context()
@@ -212,7 +212,7 @@ def build_causal_trainer(model_path: str, rows: list[dict], rc: RefineConfig, *,
     """
     from datasets import Dataset
 
-    from lmcot.models import load_tokenizer
+    from lmcot.models.loading import load_tokenizer
     from lmcot.stages.train_common import auto_model_class
 
     tokenizer = load_tokenizer(model_path, "causal")

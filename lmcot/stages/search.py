@@ -50,8 +50,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lmcot.config import Config, EvalConfig, fingerprint_dict, from_dict, identity, to_dict
-from lmcot.rundir import RunDir, write_atomic, write_json
-from lmcot.search_space import (
+from lmcot.runs.rundir import RunDir, write_atomic, write_json
+from lmcot.training.search_space import (
     TrialResult,
     best_trial,
     best_weights_yaml,
@@ -97,10 +97,10 @@ def round_config(cfg: Config, weights: dict[str, float], round_: int) -> Config:
 
 
 def trial_resources(cfg: Config):
-    """The trial's placement group (:func:`lmcot.resources.trial_bundles`)."""
+    """The trial's placement group (:func:`lmcot.planning.resources.trial_bundles`)."""
     from ray import tune
 
-    from lmcot.resources import trial_bundles
+    from lmcot.planning.resources import trial_bundles
 
     return tune.PlacementGroupFactory(trial_bundles(cfg))
 
@@ -227,7 +227,7 @@ def write_outputs(cfg: Config, run_dir: RunDir, trials: list[TrialResult]) -> Tr
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     """Search the reward weights; returns the best trial, its weights and where the reports are."""
-    from lmcot.resources import search_need
+    from lmcot.planning.resources import search_need
     from lmcot.stages.cluster import ensure_ray, require_resources
 
     dims = check(cfg, run_dir)

@@ -11,7 +11,7 @@ Three deployments, each with its own replicas and resources (``serve.*`` config)
 - ``Ingress``: FastAPI. ``POST /v1/answer``, ``GET /healthz``, ``GET /v1/models`` and the
   OpenAI routes under ``/openai/v1``. It validates, authenticates and limits every
   request (``lmcot.stages.serve_http``), then runs the *core* method functions
-  (``lmcot.method.run_method``) over thin Generator adapters of the two deployment
+  (``lmcot.inference.method.run_method``) over thin Generator adapters of the two deployment
   handles, so the serving path and ``lmcot eval`` share one implementation of each method.
 
 One bad client cannot hurt the others:
@@ -33,7 +33,7 @@ One bad client cannot hurt the others:
 The OpenAI routes live on the ingress (one application, one copy of the large LM,
 one auth and limit policy) and forward to the Answerer's ``complete`` method.
 Adaptive self-consistency samples in rounds and stops once
-``lmcot.method.vote_is_settled`` says the remaining samples cannot change the vote.
+``lmcot.inference.method.vote_is_settled`` says the remaining samples cannot change the vote.
 
 Deploy with ``serve deploy serve_configs/lmcot.cpu.yaml`` (args: see :class:`AppArgs`) or
 from Python with ``serve.run(build_app({...}))``. No ``from __future__ import
@@ -55,12 +55,12 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
-from lmcot import method as methods
+from lmcot.inference import method as methods
 from lmcot.config import Config, ConfigError, from_dict, resolve_config_path, to_dict
 from lmcot.config.loader import apply_overrides, overlay, read_yaml
-from lmcot.generation import Generation, HFGenerator, make_generator
-from lmcot.method import Question, majority_vote, run_method, vote_is_settled
-from lmcot.models import context_tokenizer
+from lmcot.models.generation import Generation, HFGenerator, make_generator
+from lmcot.inference.method import Question, majority_vote, run_method, vote_is_settled
+from lmcot.models.loading import context_tokenizer
 from lmcot.stages import serve_http as http
 from lmcot.stages.serve_worker import GenerateCall, ModelWorker, Ticket, call_batched, generate_batch
 
@@ -74,9 +74,9 @@ def _configure_batching(batched_method, spec) -> None:
 
 
 class HandleGenerator:
-    """The :class:`~lmcot.generation.Generator` Protocol over a model deployment's handle.
+    """The :class:`~lmcot.models.generation.Generator` Protocol over a model deployment's handle.
 
-    Lets the ingress run ``lmcot.method`` unchanged. It blocks, so it is called from a
+    Lets the ingress run ``lmcot.inference.method`` unchanged. It blocks, so it is called from a
     worker thread, never the replica's event loop. Every call stops at ``deadline``
     (``time.monotonic()``) or once :meth:`cancel` is called (the client went away), and
     cancels its request in the model replica, which then drops its remaining chunks.

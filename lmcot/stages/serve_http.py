@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmcot.config import ServeConfig
-from lmcot.context import build_context
-from lmcot.data import Example, Paragraph
+from lmcot.datasets.context import build_context
+from lmcot.datasets.data import Example, Paragraph
 
 log = logging.getLogger(__name__)
 OPENAI_PREFIX = "/openai/v1"
@@ -372,7 +372,7 @@ class AnswerRequest(BaseModel):
 
 
 def context_text(context: str | list, tokenizer=None, max_tokens: int = 0) -> str:
-    """The context string for prompts, fitted to ``max_tokens`` (``lmcot.context`` for official paragraphs)."""
+    """The context string for prompts, fitted to ``max_tokens`` (``lmcot.datasets.context`` for official paragraphs)."""
     if isinstance(context, str):
         text = context.strip()
         if tokenizer is None or max_tokens <= 0:

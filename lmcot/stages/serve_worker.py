@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from lmcot.generation import Generation
+from lmcot.models.generation import Generation
 
 
 # -- calls between deployments ---------------------------------------------------------------

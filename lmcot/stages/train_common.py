@@ -3,7 +3,7 @@
 Both stages are one lifecycle, written once in :func:`run_training`:
 
     prepare (the stage, in the driver, no Ray)  ->  identity  ->  skip when RUN/<stage>/step.json
-    holds it  ->  check fits (lmcot.resources)  ->  fit (Ray Train TorchTrainer; the stage's
+    holds it  ->  check fits (lmcot.planning.resources)  ->  fit (Ray Train TorchTrainer; the stage's
     worker loop)  ->  metrics.jsonl from the checkpoint's log  ->  export RUN/<stage>/model/
     ->  summary  ->  step.json
 
@@ -57,10 +57,10 @@ import ray.train
 from transformers import TrainerCallback
 
 from lmcot.config import Config, ScalingConfig
-from lmcot.deepspeed_config import deepspeed_config
-from lmcot.report import write_jsonl
-from lmcot.resources import Need, training_need, worker_resources
-from lmcot.rundir import RunDir, finished, record_finished, write_atomic
+from lmcot.training.deepspeed_config import deepspeed_config
+from lmcot.evaluation.report import write_jsonl
+from lmcot.planning.resources import Need, training_need, worker_resources
+from lmcot.runs.rundir import RunDir, finished, record_finished, write_atomic
 from lmcot.stages.cluster import ensure_ray, forwarded_env, require_resources
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
     """
     from transformers import AutoTokenizer
 
-    from lmcot.models import detect_family
+    from lmcot.models.loading import detect_family
 
     out = Path(out_dir)
     ctx = checkpoint.as_directory() if isinstance(checkpoint, ray.train.Checkpoint) else contextlib.nullcontext(checkpoint)
@@ -237,8 +237,8 @@ def export_model(checkpoint: ray.train.Checkpoint | str | os.PathLike, out_dir: 
 
 
 def auto_model_class(family: str):
-    """The transformers auto class of a model family (see :func:`lmcot.models.model_class`)."""
-    from lmcot.models import model_class
+    """The transformers auto class of a model family (see :func:`lmcot.models.loading.model_class`)."""
+    from lmcot.models.loading import model_class
 
     return model_class(family)
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from lmcot.cli import main
-from lmcot.data import load_json_file, resolve_path, to_official_json
+from lmcot.datasets.data import load_json_file, resolve_path, to_official_json
 
 
 def _lmcot(*args, **kw):

@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from lmcot.context import build_context  # noqa: E402
-from lmcot.data import Example, Paragraph, load_json_file  # noqa: E402
+from lmcot.datasets.context import build_context  # noqa: E402
+from lmcot.datasets.data import Example, Paragraph, load_json_file  # noqa: E402
 
 EXAMPLE = Example(
     id="c1", question="Where was the director of Gray Dawn born?", answer="Ostra",
@@ -101,8 +101,8 @@ def test_ranked_mode_keeps_the_evidence_under_a_budget_that_cuts_dataset_order(t
 
 _RANK_SHIPPED = """
 import json
-from lmcot.context import rank_paragraphs
-from lmcot.data import load_json_file
+from lmcot.datasets.context import rank_paragraphs
+from lmcot.datasets.data import load_json_file
 print(json.dumps([[p.title for p in rank_paragraphs(ex.question, ex.paragraphs)]
                   for path, fmt in (("hotpotqa_synthetic_dev", "hotpotqa"), ("2wiki_synthetic_dev", "2wiki"),
                                     ("tiny_world/hotpotqa_train", "hotpotqa"), ("tiny_world/2wiki_train", "2wiki"))

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from lmcot.config import GenerationConfig, ModelSpec
-from lmcot.generation import HFGenerator
-from lmcot.models import ModelLoadError, detect_family, load_model, resolve_model_path
+from lmcot.models.generation import HFGenerator
+from lmcot.models.loading import ModelLoadError, detect_family, load_model, resolve_model_path
 
 
 @pytest.fixture(scope="module", params=["tiny:t5-small", "tiny:causal-small"])
@@ -57,8 +57,8 @@ def test_yes_and_no_token_ids_spell_yes_and_no(generator):
 
 
 def test_over_long_prompts_reach_the_model_fitted_with_their_question(generator):
-    from lmcot.fitting import PromptTooLong
-    from lmcot.prompts import answer_from_rationale_prompt
+    from lmcot.prompting.fitting import PromptTooLong
+    from lmcot.prompting.prompts import answer_from_rationale_prompt
 
     limit = 512 if generator.family == "seq2seq" else 32768  # FLAN-T5's and Qwen2.5's declared limits
     assert generator.fitter.limit == limit
@@ -105,7 +105,7 @@ def test_unknown_tiny_model_lists_the_valid_ones():
 def test_row_batches_keep_a_prompts_samples_together_under_the_token_budget():
     import random
 
-    from lmcot.generation import bucket_length, row_batches
+    from lmcot.models.generation import bucket_length, row_batches
 
     rng = random.Random(0)
     for _ in range(200):
@@ -160,7 +160,7 @@ def test_generate_calls_are_counted_in_rows_under_the_budget(generator):
 
 
 def _loaded(generator):
-    from lmcot.models import LoadedModel
+    from lmcot.models.loading import LoadedModel
 
     return LoadedModel(model=generator.model, tokenizer=generator.tokenizer, family=generator.family, path="",
                        device=generator.device)

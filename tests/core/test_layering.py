@@ -27,7 +27,7 @@ def test_core_modules_import_with_ray_and_deepspeed_blocked():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "lmcot.method" in CORE and "lmcot.config" in CORE and "lmcot.resources" in CORE
+    assert "lmcot.inference.method" in CORE and "lmcot.config" in CORE and "lmcot.planning.resources" in CORE
 
 
 def ray_imports(source: str) -> list[str]:

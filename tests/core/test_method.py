@@ -6,9 +6,11 @@ tests check the method's plumbing (batching, voting, usage accounting) exactly.
 
 import pytest
 
-from lmcot import method, prompts
+from lmcot.inference import method
+
+from lmcot.prompting import prompts
 from lmcot.config import GenerationConfig
-from lmcot.generation import Generation
+from lmcot.models.generation import Generation
 
 
 class ScriptedLM:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lmcot.config import ModelSpec
-from lmcot.openai_backend import OpenAIError, OpenAIGenerator, yes_probability
+from lmcot.models.openai_backend import OpenAIError, OpenAIGenerator, yes_probability
 
 
 def completion(texts, prompt_tokens=7, completion_tokens=3, logprobs=None):

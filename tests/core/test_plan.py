@@ -6,9 +6,9 @@ import pytest
 
 from lmcot.cli import main
 from lmcot.config import load_config
-from lmcot.memory import GIB, Shape, training_bytes
-from lmcot.plan import PlanError, check_plan, describe_model, known_model
-from lmcot.prompt_listing import list_prompts
+from lmcot.planning.memory import GIB, Shape, training_bytes
+from lmcot.planning.plan import PlanError, check_plan, describe_model, known_model
+from lmcot.prompting.listing import list_prompts
 
 CUES = {"teacher": "Rationale:", "small": "Rationale:", "answer": "Answer:", "standard": "Answer:",
         "cot": "<answer>.\"", "judge": "Answer:"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmcot import prompts
+from lmcot.prompting import prompts
 
 
 @pytest.mark.parametrize(

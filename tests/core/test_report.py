@@ -7,8 +7,8 @@ the tiny pipeline's real output.
 
 import pytest
 
-from lmcot.report import append_jsonl, load_jsonl, truncate_jsonl, write_jsonl, write_report
-from lmcot.rundir import RunDir, finished, record_finished, write_json
+from lmcot.evaluation.report import append_jsonl, load_jsonl, truncate_jsonl, write_jsonl, write_report
+from lmcot.runs.rundir import RunDir, finished, record_finished, write_json
 
 
 def test_a_step_is_finished_only_with_the_same_identity(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from lmcot.config import load_config
-from lmcot.resources import (add_resources, eval_need, refine_need, search_need, short_of, teacher_actor_options,
+from lmcot.planning.resources import (add_resources, eval_need, refine_need, search_need, short_of, teacher_actor_options,
                              teacher_need, training_need, trial_bundles)
 
 

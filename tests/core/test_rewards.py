@@ -2,11 +2,11 @@
 
 import pytest
 
-from lmcot import rewards
+from lmcot.training import rewards
 from lmcot.config import ConfigError, ModelSpec, load_config
-from lmcot.generation import HFGenerator
-from lmcot.metrics import answer_metrics
-from lmcot.prompts import ASPECTS, judge_prompt
+from lmcot.models.generation import HFGenerator
+from lmcot.evaluation.metrics import answer_metrics
+from lmcot.prompting.prompts import ASPECTS, judge_prompt
 
 QUESTIONS = ["Who was born first?", "Who was born first?", "Which city is larger?"]
 CONTEXTS = ["Ann was born in 1901. Bob was born in 1910.", "Ann was born in 1901. Bob was born in 1910.",

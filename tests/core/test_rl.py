@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmcot import rl
+from lmcot.training import rl
 
 
 def test_grpo_advantages_are_zero_mean_unit_std_per_group():
@@ -58,7 +58,7 @@ def test_completion_mask_stops_after_first_eos():
 def test_seq2seq_logps_match_the_model_loss():
     """Masked sequence log-prob equals minus the HF cross-entropy summed over the same tokens."""
     from lmcot.config import ModelSpec
-    from lmcot.models import load_model
+    from lmcot.models.loading import load_model
 
     lm = load_model(ModelSpec("tiny:t5-small"))
     enc = lm.tokenizer(["who wrote it?"], return_tensors="pt")
@@ -72,7 +72,7 @@ def test_seq2seq_logps_match_the_model_loss():
 
 def test_causal_logps_pick_the_completion_tokens():
     from lmcot.config import ModelSpec
-    from lmcot.models import load_model
+    from lmcot.models.loading import load_model
 
     lm = load_model(ModelSpec("tiny:causal-small"))
     ids = torch.tensor([[5, 6, 7, 20, 21, 22]])  # 3 prompt + 3 completion tokens

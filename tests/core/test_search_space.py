@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmcot.config import ConfigError, load_config
-from lmcot.search_space import (
+from lmcot.training.search_space import (
     Dim,
     TrialResult,
     best_trial,

@@ -4,11 +4,11 @@ import pandas as pd
 import pytest
 
 from lmcot.config import DatasetSpec
-from lmcot.data import load_split
-from lmcot.fitting import PromptTooLong
-from lmcot.models import load_tokenizer, resolve_model_path
-from lmcot.prompts import small_rationale_prompt
-from lmcot.sft_data import (IGNORE_INDEX, CompletionCollator, NoRationalesError, SFTPair, build_pairs,
+from lmcot.datasets.data import load_split
+from lmcot.prompting.fitting import PromptTooLong
+from lmcot.models.loading import load_tokenizer, resolve_model_path
+from lmcot.prompting.prompts import small_rationale_prompt
+from lmcot.training.sft_data import (IGNORE_INDEX, CompletionCollator, NoRationalesError, SFTPair, build_pairs,
                             check_tokenizer_vocab, encode_pairs, format_prompt, pairs_fingerprint, read_kept_rows,
                             rebuild_contexts, rows_needing_context, split_pairs)
 

@@ -12,10 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lmcot.config import ModelSpec, RationalesConfig, load_config  # noqa: E402
-from lmcot.data import load_split  # noqa: E402
-from lmcot.metrics import load_aliases  # noqa: E402
-from lmcot.models import context_tokenizer  # noqa: E402
-from lmcot.teacher import (SCHEMA, ShardStore, check_generation_settings, expected_keys, generate_rows,  # noqa: E402
+from lmcot.datasets.data import load_split  # noqa: E402
+from lmcot.evaluation.metrics import load_aliases  # noqa: E402
+from lmcot.models.loading import context_tokenizer  # noqa: E402
+from lmcot.training.teacher import (SCHEMA, ShardStore, check_generation_settings, expected_keys, generate_rows,  # noqa: E402
                            judge_output, next_shard_index, question_rows, read_keys, read_rationales, refilter,
                            rows_to_table, shard_paths, split_evenly, summarize, teacher_manifest,
                            teacher_prompt)
@@ -129,7 +129,7 @@ def test_manifest_changes_with_the_teacher_not_with_the_pool(cfg):
 def teacher(cfg):
     import torch
 
-    from lmcot.generation import make_generator
+    from lmcot.models.generation import make_generator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from more, and loses a lot on a busy machine
@@ -164,7 +164,7 @@ class RuleTeacher:
         self.right, self.calls = right, []
 
     def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
-        from lmcot.generation import Generation
+        from lmcot.models.generation import Generation
 
         self.calls.append([p.role for p in prompts])
         text = lambda p: self.right if p.role == "answer" else "A was born there. So the answer is: Nowhere."  # noqa: E731
@@ -274,7 +274,7 @@ def test_a_changed_filter_refilters_the_rows_already_written(tmp_path):
 def test_vllm_backend_without_vllm_is_a_clear_error():
     import importlib.util
 
-    from lmcot.generation import make_generator
+    from lmcot.models.generation import make_generator
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here; the GPU tests cover it")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 def per_prompt_sampler(sample):
     """``grpo_seq2seq.sample_rollouts`` drawing each prompt's rollouts with the prompt's own seed."""
-    from lmcot.grpo_seq2seq import Rollouts
+    from lmcot.training.grpo_seq2seq import Rollouts
 
     def pad_cat(parts, value):
         width = max(t.shape[1] for t in parts)
@@ -44,9 +44,9 @@ def per_prompt_sampler(sample):
 def main(model_path: str, out: str) -> None:
     import torch.distributed as dist
 
-    from lmcot import grpo_seq2seq
+    from lmcot.training import grpo_seq2seq
     from lmcot.config import RefineConfig, ScalingConfig
-    from lmcot.models import load_tokenizer
+    from lmcot.models.loading import load_tokenizer
     from lmcot.stages.refine_worker import seq2seq_engine
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 
 from lmcot.config import ModelSpec, load_config
-from lmcot.context import build_context
-from lmcot.data import load_split
-from lmcot.generation import HFGenerator
-from lmcot.metrics import normalize_answer
-from lmcot.models import load_tokenizer, resolve_model_path
-from lmcot.prompts import small_rationale_prompt
-from lmcot.report import load_jsonl
-from lmcot.rundir import RunDir
-from lmcot.sft_data import NoRationalesError
+from lmcot.datasets.context import build_context
+from lmcot.datasets.data import load_split
+from lmcot.models.generation import HFGenerator
+from lmcot.evaluation.metrics import normalize_answer
+from lmcot.models.loading import load_tokenizer, resolve_model_path
+from lmcot.prompting.prompts import small_rationale_prompt
+from lmcot.evaluation.report import load_jsonl
+from lmcot.runs.rundir import RunDir
+from lmcot.training.sft_data import NoRationalesError
 from lmcot.stages import distill
 from lmcot.stages.train_common import CHAOS_ENV
 
@@ -74,7 +74,7 @@ def reproduced(model_dir, rows: list[dict], contexts: dict[str, str]) -> int:
 
 def train_rows(cfg, rows):
     """The rows that landed in training (not validation), with the contexts the prompts used."""
-    from lmcot.sft_data import split_pairs, build_pairs, rebuild_contexts
+    from lmcot.training.sft_data import split_pairs, build_pairs, rebuild_contexts
 
     teacher = load_tokenizer(resolve_model_path(cfg.large.name_or_path), "seq2seq")
     exs = {("hotpotqa", ex.id): ex for ex in hotpot(len(rows))}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lmcot.config import load_config
-from lmcot.rundir import RunDir
+from lmcot.runs.rundir import RunDir
 from lmcot.stages import evaluate
 
 pytestmark = pytest.mark.ray
@@ -69,7 +69,7 @@ def test_a_model_pinned_to_a_missing_group_is_named(ray_cluster, tmp_path, monke
 
 
 def test_missing_resources_fail_locally_and_only_warn_on_a_remote_cluster(ray_cluster, monkeypatch, caplog):
-    from lmcot.resources import Need
+    from lmcot.planning.resources import Need
     from lmcot.stages.cluster import require_resources
 
     need = Need({"CPU": 1, "large_lm": 0.001}, "the eval actor", "clear large.ray_resource")

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from lmcot.config import load_config
-from lmcot.report import load_jsonl
-from lmcot.rundir import RunDir
+from lmcot.evaluation.report import load_jsonl
+from lmcot.runs.rundir import RunDir
 from lmcot.stages import pipeline
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

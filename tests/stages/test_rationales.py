@@ -26,9 +26,9 @@ import psutil
 import pytest
 
 from lmcot.config import load_config
-from lmcot.data import load_split
-from lmcot.rundir import RunDir
-from lmcot.teacher import read_rationales, shard_paths
+from lmcot.datasets.data import load_split
+from lmcot.runs.rundir import RunDir
+from lmcot.training.teacher import read_rationales, shard_paths
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

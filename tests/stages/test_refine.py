@@ -17,8 +17,8 @@ import torch
 
 from lmcot.cli import main
 from lmcot.config import ModelSpec, RefineConfig, load_config
-from lmcot.models import load_model
-from lmcot.rundir import RunDir
+from lmcot.models.loading import load_model
+from lmcot.runs.rundir import RunDir
 from lmcot.stages import refine, refine_worker
 
 ROWS = [{"prompt": f"Question {i}: who wrote the book about the river?", "answer": "x"} for i in range(16)]
@@ -87,7 +87,7 @@ def one_thread():
 def test_seq2seq_loop_learns_a_checkable_reward(algorithm, one_thread):
     import copy
 
-    from lmcot.grpo_seq2seq import PlainEngine, train
+    from lmcot.training.grpo_seq2seq import PlainEngine, train
 
     torch.manual_seed(0)
     lm = load_model(ModelSpec("tiny:t5-small"), for_training=True)

@@ -24,8 +24,8 @@ import pytest
 
 from lmcot.cli import main
 from lmcot.config import ModelSpec, load_config
-from lmcot.models import load_model
-from lmcot.rundir import RunDir
+from lmcot.models.loading import load_model
+from lmcot.runs.rundir import RunDir
 from lmcot.stages import refine, search
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,10 +22,10 @@ import openai
 import pytest
 import yaml
 
-from lmcot import prompts
+from lmcot.prompting import prompts
 from lmcot.config import ConfigError, ModelSpec
-from lmcot.generation import HFGenerator
-from lmcot.openai_backend import OpenAIError, OpenAIGenerator
+from lmcot.models.generation import HFGenerator
+from lmcot.models.openai_backend import OpenAIError, OpenAIGenerator
 from lmcot.stages import serve as serve_module
 from lmcot.stages import serve_worker
 from lmcot.stages import serve_http

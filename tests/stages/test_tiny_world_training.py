@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import pytest
 
-from lmcot import method, prompts
+from lmcot.inference import method
+
+from lmcot.prompting import prompts
 from lmcot.config import ModelSpec, load_config
-from lmcot.data import load_split
-from lmcot.evaluation import prepare_questions
-from lmcot.generation import HFGenerator
-from lmcot.metrics import answer_metrics, dataset_aliases, gold_answers
-from lmcot.models import TINY_WORLD_DIR
-from lmcot.rundir import RunDir
+from lmcot.datasets.data import load_split
+from lmcot.evaluation.evaluator import prepare_questions
+from lmcot.models.generation import HFGenerator
+from lmcot.evaluation.metrics import answer_metrics, dataset_aliases, gold_answers
+from lmcot.models.loading import TINY_WORLD_DIR
+from lmcot.runs.rundir import RunDir
 from lmcot.stages import distill, rationales, refine
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

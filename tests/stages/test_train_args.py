@@ -3,9 +3,9 @@
 import torch
 
 from lmcot.config import load_config
-from lmcot.models import load_tokenizer, resolve_model_path
-from lmcot.prompts import small_rationale_prompt
-from lmcot.sft_data import SFTPair, encode_pairs
+from lmcot.models.loading import load_tokenizer, resolve_model_path
+from lmcot.prompting.prompts import small_rationale_prompt
+from lmcot.training.sft_data import SFTPair, encode_pairs
 from lmcot.stages.train_common import hf_training_args
 
 

@@ -1,7 +1,7 @@
 """A generation backend for any OpenAI-compatible server: the large LM as a black box.
 
 The paper's large LM may be an API; this backend lets every role (teacher, answerer,
-judge) talk to one through the :class:`~lmcot.generation.Generator` Protocol. It speaks
+judge) talk to one through the :class:`~lmcot.models.generation.Generator` Protocol. It speaks
 plain HTTP with httpx (no SDK), so it works against OpenAI, vLLM, TGI, SGLang and
 lmcot's own Serve ``Answerer`` alike:
 
@@ -29,8 +29,8 @@ from typing import Sequence
 import httpx
 
 from lmcot.config import ModelSpec
-from lmcot.fitting import PromptFitter
-from lmcot.generation import Generation
+from lmcot.prompting.fitting import PromptFitter
+from lmcot.models.generation import Generation
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _YES, _NO = "yes", "no"
@@ -111,7 +111,7 @@ def _message(response: httpx.Response) -> str:
 
 
 class OpenAIGenerator:
-    """:class:`~lmcot.generation.Generator` over an OpenAI-compatible ``/completions`` endpoint."""
+    """:class:`~lmcot.models.generation.Generator` over an OpenAI-compatible ``/completions`` endpoint."""
 
     def __init__(
         self,

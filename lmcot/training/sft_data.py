@@ -2,13 +2,13 @@
 
 The distillation stage reads the kept rows of ``RUN/rationales/`` and turns each into
 one training pair. The prompt is exactly what the small LM sees at inference
-(:func:`lmcot.prompts.small_rationale_prompt`, wrapped in the chat template when a
-causal model has one, tokenised the way :class:`lmcot.generation.HFGenerator` does),
+(:func:`lmcot.prompting.prompts.small_rationale_prompt`, wrapped in the chat template when a
+causal model has one, tokenised the way :class:`lmcot.models.generation.HFGenerator` does),
 so the model is trained on the distribution it is later asked to continue.
 
 Contexts come from the rows' ``context`` column (the teacher's fitted context, which
 ``lmcot generate-rationales`` writes); rows without one get theirs rebuilt from the
-dataset (:func:`lmcot.data.load_split` + :func:`lmcot.context.build_context`) keyed
+dataset (:func:`lmcot.datasets.data.load_split` + :func:`lmcot.datasets.context.build_context`) keyed
 by (dataset, id).
 
 Labels:
@@ -39,8 +39,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from lmcot.fitting import PromptFitter
-from lmcot.prompts import small_rationale_prompt
+from lmcot.prompting.fitting import PromptFitter
+from lmcot.prompting.prompts import small_rationale_prompt
 
 IGNORE_INDEX = -100
 """Label value the HF losses skip (prompt and padding positions)."""
@@ -70,7 +70,7 @@ def read_kept_rows(root: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     root = Path(root)
-    from lmcot.teacher import shard_paths  # the one reader of the shard folder's names
+    from lmcot.training.teacher import shard_paths  # the one reader of the shard folder's names
 
     files = shard_paths(root)
     if not files:
@@ -111,7 +111,7 @@ def rebuild_contexts(rows: Sequence[dict], examples: Mapping[tuple[str, str], ob
     A row without a ``dataset`` value is matched by id alone. Raises ValueError naming
     the id when a row has no example (its dataset is not in ``data.datasets``).
     """
-    from lmcot.context import build_context
+    from lmcot.datasets.context import build_context
 
     by_id = {key[1]: ex for key, ex in examples.items()}
     out: dict[tuple[str, str], str] = {}

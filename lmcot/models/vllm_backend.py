@@ -1,4 +1,4 @@
-"""A causal large LM served by vLLM inside the process, behind the :class:`~lmcot.generation.Generator` Protocol.
+"""A causal large LM served by vLLM inside the process, behind the :class:`~lmcot.models.generation.Generator` Protocol.
 
 The GPU path for a causal teacher (``large.backend: vllm``): each Ray Data actor of
 ``lmcot generate-rationales`` owns one vLLM engine on its GPU (``rationales.gpus_per_actor: 1``),
@@ -17,8 +17,8 @@ import math
 from typing import Sequence
 
 from lmcot.config import ModelSpec
-from lmcot.fitting import PromptFitter
-from lmcot.generation import Generation
+from lmcot.prompting.fitting import PromptFitter
+from lmcot.models.generation import Generation
 
 YES_NO_LOGPROBS = 20
 """Next-token log-probabilities requested when scoring yes/no (vLLM's default cap)."""
@@ -35,7 +35,7 @@ class VLLMGenerator:
                 f"large.backend=vllm needs vLLM ({exc}); install it on the GPU nodes with "
                 "`pip install -c constraints.txt -e '.[vllm]'`, or use backend: hf"
             ) from None
-        from lmcot.models import detect_family, resolve_model_path
+        from lmcot.models.loading import detect_family, resolve_model_path
 
         path = resolve_model_path(spec.name_or_path)
         family = detect_family(path, spec.family, spec.revision)

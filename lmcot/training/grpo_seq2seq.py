@@ -15,7 +15,7 @@ objective is the one TRL 1.16 optimises for causal models with the same config:
   ``normalize_advantages``), a per-sequence clipped ratio, mean over sequences;
   ``loss_type`` does not apply (TRL's RLOO has none).
 
-The algorithm itself is the pure tensor code of :mod:`lmcot.rl`; this module only
+The algorithm itself is the pure tensor code of :mod:`lmcot.training.rl`; this module only
 schedules it.
 
 The optimiser is behind an *engine*: anything with ``module``, ``__call__``
@@ -33,7 +33,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from lmcot import rl
+from lmcot.training import rl
 from lmcot.config import RefineConfig
 
 # (prompts, completions, columns) -> (total reward per completion, {component: rewards})
@@ -113,7 +113,7 @@ def sample_rollouts(model, tokenizer, prompts: Sequence[str], k: int, *, max_new
                     temperature: float = 1.0, top_p: float = 1.0, max_prompt_tokens: int = 512) -> Rollouts:
     """Sample ``k`` completions per prompt (rows grouped by prompt) from an encoder-decoder model."""
     device = next(model.parameters()).device
-    # Prompts come fitted to the small LM's limit (lmcot.fitting): never cut them here.
+    # Prompts come fitted to the small LM's limit (lmcot.prompting.fitting): never cut them here.
     enc = tokenizer(list(prompts), padding=True, truncation=False, return_tensors="pt")
     enc = {key: v.to(device) for key, v in enc.items()}
     was_training = model.training

@@ -4,7 +4,7 @@ A generator does two things: write text (k samples per prompt in one call) and s
 a yes/no question by P("yes") from next-token logits, which is how the large LM
 judges rationale quality without generating. Every call reports its token counts, so
 the cost of each method (large-LM calls and tokens per question) is measured, not
-estimated. Prompts are fitted to the model's input limit first (:mod:`lmcot.fitting`);
+estimated. Prompts are fitted to the model's input limit first (:mod:`lmcot.prompting.fitting`);
 the prompt tokens reported are those of the fitted prompt the model received.
 
 Throughput (issue 12, ``docs/design.md`` "Generation throughput"): a batch is counted in
@@ -25,7 +25,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from lmcot.config import GenerationConfig, ModelSpec
-from lmcot.fitting import FittedPrompt, PromptFitter
+from lmcot.prompting.fitting import FittedPrompt, PromptFitter
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class HFGenerator:
 
     def __init__(self, spec: ModelSpec, batch_size: int | None = None, loaded=None,
                  config: GenerationConfig | None = None):
-        from lmcot.models import load_model
+        from lmcot.models.loading import load_model
 
         self.spec = spec
         self.config = config or GenerationConfig()
@@ -400,11 +400,11 @@ def make_generator(spec: ModelSpec, gen: GenerationConfig | None = None) -> Gene
     if spec.backend == "hf":
         return HFGenerator(spec, config=gen)
     if spec.backend == "openai":
-        from lmcot.openai_backend import OpenAIGenerator
+        from lmcot.models.openai_backend import OpenAIGenerator
 
         return OpenAIGenerator(spec)
     if spec.backend == "vllm":
-        from lmcot.vllm_backend import VLLMGenerator
+        from lmcot.models.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(spec, batch_size=batch_size)
     raise ValueError(f"unknown backend {spec.backend!r}")

@@ -11,7 +11,7 @@ distractors before evidence) and ``gold`` keeps only them (the gold-context sett
 
 ``data.context_max_tokens`` is an optional cost cap on the context alone; whatever it
 leaves, each model then fits its whole prompt to its own input limit
-(:mod:`lmcot.fitting`).
+(:mod:`lmcot.prompting.fitting`).
 
 The budget is counted with the real tokenizer that will read the prompt. Fitting
 is a binary search over whole paragraphs, then over the sentences of the first
@@ -28,8 +28,8 @@ import re
 import zlib
 from typing import Callable, Sequence
 
-from lmcot.data import Example, Paragraph
-from lmcot.fitting import largest_fitting
+from lmcot.datasets.data import Example, Paragraph
+from lmcot.prompting.fitting import largest_fitting
 
 CONTEXT_MODES = ("all", "shuffled", "ranked", "gold_first", "gold")
 ORACLE_MODES = ("gold_first", "gold")
@@ -80,7 +80,7 @@ def rank_paragraphs(question: str, paragraphs: Sequence[Paragraph]) -> list[Para
     text mentions (best score first: the bridge entity of a second hop), else the next
     best by score. Ties keep the dataset order, so the result is deterministic.
 
-    >>> from lmcot.data import Paragraph
+    >>> from lmcot.datasets.data import Paragraph
     >>> ps = [Paragraph("Oslo", ("Oslo is a city.",)), Paragraph("Ann Lee", ("Ann Lee was born in Bergen.",)),
     ...       Paragraph("Bergen", ("Bergen is in Vestland.",)), Paragraph("Moss", ("Moss is small.",))]
     >>> [p.title for p in rank_paragraphs("In which region was Ann Lee born?", ps)]

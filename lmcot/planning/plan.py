@@ -2,9 +2,9 @@
 
 For every actor and worker the config starts (teacher actors, distillation and
 refinement workers, judge actors, the evaluation actor, search trials) the plan
-estimates its GPU memory at the configured shapes (:mod:`lmcot.memory`) and compares
+estimates its GPU memory at the configured shapes (:mod:`lmcot.planning.memory`) and compares
 it with the GPU share it asks for; for every model it reports the prompt budget: the
-input limit (:func:`lmcot.fitting.input_limit`), what the longest template takes with an
+input limit (:func:`lmcot.prompting.fitting.input_limit`), what the longest template takes with an
 empty context, and the room left for the context. Anything that cannot fit fails with
 the field to change. Models are described without downloading them: a local folder or
 ``tiny:`` model is read, a known hub id (FLAN-T5-Large/XXL, Qwen2.5-0.5B/14B-Instruct)
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from lmcot import prompts
-from lmcot.fitting import PromptFitter, input_limit
-from lmcot.memory import GIB, Shape, generation_bytes, training_bytes
+from lmcot.prompting import prompts
+from lmcot.prompting.fitting import PromptFitter, input_limit
+from lmcot.planning.memory import GIB, Shape, generation_bytes, training_bytes
 
 log = logging.getLogger(__name__)
 DEFAULT_GPU_GB = 80.0
@@ -87,7 +87,7 @@ def describe_model(spec, field: str) -> ModelInfo:
         limit = input_limit(DeclaredLimit(), config, spec.max_input_tokens)
         fitter = PromptFitter(model=spec.name_or_path, limit=limit, family=family, field=field)
         return ModelInfo(spec.name_or_path, family, limit, Shape.from_config(config, family), fitter, False)
-    from lmcot.models import detect_family, load_tokenizer, resolve_model_path
+    from lmcot.models.loading import detect_family, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(spec.name_or_path)
     family = detect_family(path, spec.family, spec.revision)

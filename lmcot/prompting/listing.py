@@ -1,8 +1,8 @@
 """``lmcot prompts``: the exact text each model receives, with its token count and that model's limit.
 
 For the first dev questions of each dataset, every role's prompt is built from the same
-context a run builds (:func:`lmcot.context.build_context`) and fitted by the same
-:class:`~lmcot.fitting.PromptFitter` the generator of that model uses (chat template
+context a run builds (:func:`lmcot.datasets.context.build_context`) and fitted by the same
+:class:`~lmcot.prompting.fitting.PromptFitter` the generator of that model uses (chat template
 applied, context shortened to the input limit), so what is printed is what is sent.
 The rationale inside the large LM's and the judge's prompts is a stand-in of the longest
 length the small LM may write (``generation.rationale_max_new_tokens``), the worst case
@@ -11,9 +11,9 @@ for the context budget.
 
 from __future__ import annotations
 
-from lmcot import prompts
-from lmcot.context import build_context
-from lmcot.data import load_split
+from lmcot.prompting import prompts
+from lmcot.datasets.context import build_context
+from lmcot.datasets.data import load_split
 
 METHOD_ROLES = {
     "standard": ("standard",),
@@ -49,8 +49,8 @@ def _role_prompts(role: str, question: str, context: str, rationale: str) -> lis
 
 def list_prompts(cfg, *, method: str | None = None, limit: int = 2) -> list[dict]:
     """One record per (question, prompt): ``id, dataset, role, model, tokens, limit, counted, text``."""
-    from lmcot.models import context_tokenizer
-    from lmcot.plan import describe_model
+    from lmcot.models.loading import context_tokenizer
+    from lmcot.planning.plan import describe_model
 
     if method is not None and method not in METHOD_ROLES:
         raise ValueError(f"--method {method!r}: use one of {', '.join(METHOD_ROLES)}")

@@ -20,10 +20,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from lmcot import prompts
+from lmcot.prompting import prompts
 from lmcot.config import GenerationConfig
-from lmcot.generation import Generator, Usage
-from lmcot.metrics import normalize_answer
+from lmcot.models.generation import Generator, Usage
+from lmcot.evaluation.metrics import normalize_answer
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def tiny_cache_dir() -> Path:
     return Path(os.environ.get("LMCOT_TINY_DIR", Path.home() / ".cache" / "lmcot" / "tiny-models"))
 
 
-TINY_WORLD_DIR = Path(__file__).resolve().parent / "tiny_world"
+TINY_WORLD_DIR = Path(__file__).resolve().parents[1] / "tiny_world"
 """The tiny world's pretrained T5s (``tools/pretrain_tiny_world.py``), shipped with the package."""
 
 
@@ -56,7 +56,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path.startswith("tiny:world-"):
         return str(tiny_world_path(name_or_path[len("tiny:world-"):]))
     if name_or_path.startswith("tiny:"):
-        from lmcot.tiny import ensure_tiny_model
+        from lmcot.models.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model(name_or_path[len("tiny:"):], tiny_cache_dir()))
     return name_or_path

@@ -1,6 +1,6 @@
 """Evaluate a method on official-format dev data: predictions, metrics and a short report.
 
-Pure core: the models come in as :class:`~lmcot.generation.Generator` objects, so the
+Pure core: the models come in as :class:`~lmcot.models.generation.Generator` objects, so the
 same loop serves the ``lmcot eval`` command, the pipeline and the tests.
 """
 
@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 
 from lmcot.config import EvalConfig, GenerationConfig
 from lmcot.config.evaluation import ORACLE_METHODS
-from lmcot.context import ORACLE_MODES, build_context
-from lmcot.data import Example
-from lmcot.generation import Generator, Usage
-from lmcot.method import MethodResult, Question, run_method
-from lmcot.metrics import score_predictions
-from lmcot.rundir import RunDir, write_atomic, write_json
+from lmcot.datasets.context import ORACLE_MODES, build_context
+from lmcot.datasets.data import Example
+from lmcot.models.generation import Generator, Usage
+from lmcot.inference.method import MethodResult, Question, run_method
+from lmcot.evaluation.metrics import score_predictions
+from lmcot.runs.rundir import RunDir, write_atomic, write_json
 
 
 def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None, max_tokens: int = 0) -> list[Question]:
@@ -128,7 +128,7 @@ def render_report(summary: dict) -> str:
 def judge_rationales(questions: Sequence[Question], results: Sequence[MethodResult], judge) -> dict[str, float]:
     """Mean large-LM aspect score (P(yes)) of every rationale the method wrote.
 
-    ``judge`` is a :class:`lmcot.rewards.RewardJudge`; all aspects of all rationales go
+    ``judge`` is a :class:`lmcot.training.rewards.RewardJudge`; all aspects of all rationales go
     to the large LM in one batched scoring call.
     """
     by_id = {q.id: q for q in questions}

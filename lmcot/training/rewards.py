@@ -7,7 +7,7 @@ in one explicit dict, :data:`REWARDS`, so configs and the weight search name the
 
 - ``task``: the large LM answers from (question, context, rationale); F1 or EM of
   that answer against the gold answer (the paper's task-oriented reward).
-- one reward per aspect of :data:`lmcot.prompts.ASPECTS` (factuality ... readability):
+- one reward per aspect of :data:`lmcot.prompting.prompts.ASPECTS` (factuality ... readability):
   the large LM's P("yes") to that aspect's question, from next-token logits, no
   generation (the paper's rationale-oriented rewards).
 - ``quality``: the mean of the judged aspects (the aggregated rationale score).
@@ -15,7 +15,7 @@ in one explicit dict, :data:`REWARDS`, so configs and the weight search name the
   and rationales that are only the answer: RL finds those shortcuts quickly.
 
 The large LM is reached through ``judge=`` (a :class:`RewardJudge` around any
-:class:`~lmcot.generation.Generator`: a local model, a Ray actor pool, an API). It
+:class:`~lmcot.models.generation.Generator`: a local model, a Ray actor pool, an API). It
 memoises the last batch, so the eight aspect rewards of one batch cost ONE batched
 ``score_yes_no`` call over all (aspect, completion) pairs, and the task reward one
 batched ``generate`` call, however many functions ask.
@@ -28,8 +28,8 @@ import functools
 import time
 from typing import Callable, Mapping, Sequence
 
-from lmcot.metrics import answer_metrics, normalize_answer
-from lmcot.prompts import ASPECTS, answer_from_rationale_prompt, judge_prompt, parse_answer, split_rationale
+from lmcot.evaluation.metrics import answer_metrics, normalize_answer
+from lmcot.prompting.prompts import ASPECTS, answer_from_rationale_prompt, judge_prompt, parse_answer, split_rationale
 
 RewardFn = Callable[..., list[float]]
 
@@ -37,7 +37,7 @@ RewardFn = Callable[..., list[float]]
 class RewardJudge:
     """The large LM as the rewards use it: answers from rationales and aspect P(yes), per batch.
 
-    ``generator`` is any :class:`~lmcot.generation.Generator`. ``aspects`` are the aspects
+    ``generator`` is any :class:`~lmcot.models.generation.Generator`. ``aspects`` are the aspects
     scored together whenever any aspect is asked for. ``calls`` counts large-LM calls and
     ``seconds`` the time spent in them (the RL loops log its share of the step time).
     """
@@ -92,7 +92,7 @@ def task(prompts, completions, *, judge: RewardJudge, question, context, answer,
     """F1 (or EM) of the large LM's answer from each rationale against the gold answer(s).
 
     >>> from lmcot.config import ModelSpec
-    >>> from lmcot.generation import HFGenerator
+    >>> from lmcot.models.generation import HFGenerator
     >>> judge = RewardJudge(HFGenerator(ModelSpec("tiny:t5-large")))
     >>> r = task(["p"], ["Paris is in France."], judge=judge, question=["Capital?"], context=["..."],
     ...          answer=["Paris"])
@@ -118,7 +118,7 @@ def _aspect_reward(name: str) -> RewardFn:
     other aspect rewards of the same batch are free.
 
     >>> from lmcot.config import ModelSpec
-    >>> from lmcot.generation import HFGenerator
+    >>> from lmcot.models.generation import HFGenerator
     >>> judge = RewardJudge(HFGenerator(ModelSpec("tiny:t5-large")))
     >>> r = {name}(["p"], ["A was born in 1901."], judge=judge, question=["Who?"], context=["A: 1901."])
     >>> len(r), 0.0 <= r[0] <= 1.0, judge.calls
@@ -141,7 +141,7 @@ def quality(prompts, completions, *, judge: RewardJudge, question, context, **_)
     """Mean P("yes") over the judge's aspects: one aggregated rationale-quality score.
 
     >>> from lmcot.config import ModelSpec
-    >>> from lmcot.generation import HFGenerator
+    >>> from lmcot.models.generation import HFGenerator
     >>> judge = RewardJudge(HFGenerator(ModelSpec("tiny:t5-large")), aspects=["fluency", "coherence"])
     >>> q = quality(["p"], ["A was born in 1901."], judge=judge, question=["Who?"], context=["A: 1901."])
     >>> s = judge.aspect_scores(["Who?"], ["A: 1901."], ["A was born in 1901."])

@@ -49,7 +49,7 @@ def parse_space(space: Mapping[str, Sequence[float]], sampler: str = "random") -
     ...
     ValueError: space names unknown reward 'fluncy' (did you mean 'fluency'?); valid: ...
     """
-    from lmcot.rewards import REWARDS
+    from lmcot.training.rewards import REWARDS
 
     if not space:
         raise ValueError("space is empty: name at least one reward to search, e.g. {factuality: [0.0, 1.0]}")
@@ -97,7 +97,7 @@ def check_space(dims: Sequence[Dim], base_weights: Mapping[str, float], aspect_m
     ...
     ValueError: search.space allows a trial whose reward weights are all zero ({'task': 0.0}): ...
     """
-    from lmcot.rewards import check_reward_weights
+    from lmcot.training.rewards import check_reward_weights
 
     names = {**base_weights, **{d.name: 1.0 for d in dims}}
     try:

@@ -14,7 +14,7 @@ empty gold list scores 0 instead of dividing by zero; a 2Wiki gold record
 without ``answer_id`` just has no aliases instead of a ``KeyError``; a gold
 record whose fields have the wrong type (an ``answer`` that is a list, a
 ``context`` that is not a list of [title, sentences], ...) is rejected before
-scoring with a :class:`~lmcot.data.DataError` naming the file, the record id,
+scoring with a :class:`~lmcot.datasets.data.DataError` naming the file, the record id,
 the field and what it must be (the loaders' own check), never a traceback from
 inside the normaliser.
 """
@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lmcot.data import DataError, Example, check_record, resolve_path
+from lmcot.datasets.data import DataError, Example, check_record, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def score_predictions(gold: Sequence[dict] | Sequence[Example], predictions: Map
 
     ``predictions`` is the official ``{"answer": {id: text}, ...}`` or a flat ``{id: text}``.
     ``aliases`` (from :func:`load_aliases`) adds the aliases of a gold record's ``answer_id``.
-    Gold records are type-checked as the loaders check them (:func:`lmcot.data.check_record`):
+    Gold records are type-checked as the loaders check them (:func:`lmcot.datasets.data.check_record`):
     a wrong field raises :class:`DataError` naming ``source``, the record id and the field.
 
     >>> score_predictions([{"_id": "a", "answer": "Paris"}], {"a": "paris"})["em"]
@@ -127,7 +127,7 @@ def score_predictions(gold: Sequence[dict] | Sequence[Example], predictions: Map
     >>> score_predictions([{"_id": "a", "answer": "Paris", "context": "Paris"}], {"a": "x"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    lmcot.data.DataError: gold: record a: field 'context' must be a list of [title, [sentence, ...]], got str ...
+    lmcot.datasets.data.DataError: gold: record a: field 'context' must be a list of [title, [sentence, ...]], got str ...
     """
     answers = _answers_of(predictions)
     aliases = aliases or {}

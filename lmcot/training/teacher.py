@@ -8,7 +8,7 @@ milliseconds and the Ray Data stage (``lmcot.stages.rationales``) is only plumbi
 - :func:`question_rows` turns examples into one input row per question that still
   needs samples; :func:`teacher_prompt` builds its context and prompt (in the actor,
   with the teacher's tokenizer, so the budget is counted in the teacher's tokens).
-- :func:`generate_rows` runs a :class:`~lmcot.generation.Generator` on a batch of
+- :func:`generate_rows` runs a :class:`~lmcot.models.generation.Generator` on a batch of
   those rows and returns one output row per (question, sample): ``k`` samples come
   from one call with ``n=k`` (sampled at ``generation.temperature``), one sample is greedy.
 - :func:`judge_output` parses and scores one teacher output; an output with no
@@ -37,14 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcot.config import Config, DataConfig, RationalesConfig
-from lmcot.context import build_context
-from lmcot.data import Example, parse_records, to_official_json
-from lmcot.metrics import answer_metrics, gold_answers
-from lmcot.prompts import (ANSWER_CUE, answer_from_rationale_prompt, parse_answer, split_rationale,
+from lmcot.datasets.context import build_context
+from lmcot.datasets.data import Example, parse_records, to_official_json
+from lmcot.evaluation.metrics import answer_metrics, gold_answers
+from lmcot.prompting.prompts import (ANSWER_CUE, answer_from_rationale_prompt, parse_answer, split_rationale,
                            teacher_rationale_prompt)
 
 if TYPE_CHECKING:
-    from lmcot.generation import Generator
+    from lmcot.models.generation import Generator
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def question_rows(examples: Sequence[Example], dataset: str, samples_per_questio
     rebuild its context, the gold answers (answer first, then 2Wiki aliases) and the
     sample indices still missing.
 
-    >>> from lmcot.data import Example, Paragraph
+    >>> from lmcot.datasets.data import Example, Paragraph
     >>> ex = Example("q1", "Who?", "Ann", (Paragraph("A", ("Ann.",)),), (("A", 0),), "bridge", "hotpotqa")
     >>> [(r["id"], r["samples"]) for r in question_rows([ex], "hotpotqa", 3, done={("hotpotqa", "q1", 1)})]
     [('q1', [0, 2])]
@@ -329,7 +329,7 @@ class ShardStore:
                 changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.root} holds rationales written with other settings ({changes}); "
                                  "use a new --run-dir, or delete that directory to regenerate")
-        from lmcot.rundir import write_json
+        from lmcot.runs.rundir import write_json
 
         write_json(path, manifest)
 

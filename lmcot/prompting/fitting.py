@@ -125,7 +125,7 @@ class PromptFitter:
 
     # -- fitting --------------------------------------------------------------------------
     def fit(self, prompt: str, reserve: int = 0) -> FittedPrompt:
-        """The formatted prompt within :meth:`budget`; only a :class:`~lmcot.prompts.Prompt`'s
+        """The formatted prompt within :meth:`budget`; only a :class:`~lmcot.prompting.prompts.Prompt`'s
         context is ever shortened. Raises :class:`PromptTooLong` when that is not enough."""
         text = self.format(prompt)
         tokens = self.count(text)

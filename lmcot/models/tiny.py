@@ -3,7 +3,7 @@
 No weights can be downloaded in tests or on an offline laptop, so lmcot builds its
 own: a byte-level BPE tokenizer trained on the shipped synthetic data and prompt
 templates, and small configs initialised from a fixed seed. They are saved with
-``save_pretrained`` and loaded back through :func:`lmcot.models.load_model`, the same
+``save_pretrained`` and loaded back through :func:`lmcot.models.loading.load_model`, the same
 code that loads hub models. They carry the real models' conventions, so the limits and
 formats tests see are those of production: the T5s FLAN-T5's (``model_max_length`` 512,
 ``</s>`` appended, pad = decoder start, right padding), the causal ones Qwen2.5-Instruct's
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lmcot import prompts
+from lmcot.prompting import prompts
 
 VOCAB_SIZE = 2048
 

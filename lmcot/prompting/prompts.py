@@ -84,7 +84,7 @@ class Prompt(str):
     """A prompt that knows which part of it may be shortened: the context, and only the context.
 
     As a ``str`` it is the whole, unfitted prompt, so it can be logged, compared and sent
-    anywhere a string goes (also through Ray). :mod:`lmcot.fitting` renders it again with a
+    anywhere a string goes (also through Ray). :mod:`lmcot.prompting.fitting` renders it again with a
     shorter context when the reading model's input limit asks for it; the instruction, the
     question, the rationale and the cue are always kept. A string that went through ``str``
     methods is a plain string again: it is sent whole or refused, never cut.

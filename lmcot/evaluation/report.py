@@ -1,7 +1,7 @@
 """The paper-style report of a run, and the training logs and curves it is drawn from.
 
 Reads only files in the run directory (each evaluation's metrics and aspect scores, the
-training stages' ``metrics.jsonl``; every path from :class:`~lmcot.rundir.RunDir`), so it
+training stages' ``metrics.jsonl``; every path from :class:`~lmcot.runs.rundir.RunDir`), so it
 can be rebuilt at any time without models: accuracy per dataset and method (the paper's
 table), rationale aspect scores per model, the large-LM cost per question, training
 curves, and one finding on whether rationale quality and accuracy moved together.
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from lmcot.config.evaluation import ORACLE_METHODS
-from lmcot.rundir import RunDir, write_atomic
+from lmcot.runs.rundir import RunDir, write_atomic
 
 
 def _pyplot():

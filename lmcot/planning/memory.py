@@ -1,6 +1,6 @@
 """GPU memory estimates, in bytes, for the shapes a config asks for: pure arithmetic.
 
-Used by :mod:`lmcot.plan` so a preset that cannot fit its GPUs fails in seconds, before
+Used by :mod:`lmcot.planning.plan` so a preset that cannot fit its GPUs fails in seconds, before
 hours of work. The model's shape comes from its config (a local folder, a tiny model,
 or the published configs of the real models shipped in ``lmcot/known_models/``);
 parameters are counted exactly by building the model on the ``meta`` device.
@@ -46,7 +46,7 @@ class Shape:
     def from_config(cls, config, family: str) -> "Shape":
         """The shape of a transformers config; parameters counted on the meta device."""
         import torch
-        from lmcot.models import model_class
+        from lmcot.models.loading import model_class
 
         with torch.device("meta"):
             params = sum(p.numel() for p in model_class(family).from_config(config).parameters())

@@ -1,0 +1,1 @@
+"""Datasets: official-format loading, validation and context building."""

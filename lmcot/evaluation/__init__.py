@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the evaluator loop, paired statistics and the report."""

@@ -1,0 +1,1 @@
+"""The LM-guided CoT flow itself: standard, CoT, LM-guided and self-consistency."""

@@ -1,0 +1,1 @@
+"""Planning: memory estimates, resource arithmetic and the run plan."""

@@ -1,0 +1,1 @@
+"""Prompts: templates, the per-model prompt fitter and the role table."""

@@ -1,0 +1,1 @@
+"""The run directory: every file a stage writes, named in one place."""
