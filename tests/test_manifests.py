@@ -4,7 +4,7 @@
 ``cluster/overlays/example`` is what a team copies and applies: its registry, storage class and
 node selection, set in one place. Every RayCluster, RayJob and RayService, in the base and as
 ``kubectl kustomize`` renders the overlay (skipped where kubectl is absent), is validated against
-the ``openAPIV3Schema`` of the KubeRay v1.7.0 CRDs in ``../shared/kuberay-crds/`` made strict: an
+the ``openAPIV3Schema`` of the KubeRay v1.7.0 CRDs vendored in ``cluster/crds/`` made strict: an
 object schema that lists its ``properties`` rejects any other key (what ``kubectl apply
 --validate=strict`` does), and ``x-kubernetes-int-or-string`` accepts exactly an int or a string.
 A misspelt field would otherwise be dropped silently by the API server.
@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 BASE = CLUSTER / "base"
 OVERLAY = CLUSTER / "overlays" / "example"
-CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-             "RayService": "ray.io_rayservices.yaml"}
+CRD_DIR = CLUSTER / "crds"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.json", "RayJob": "ray.io_rayjobs.json",
+             "RayService": "ray.io_rayservices.json"}
 # KubeRay appends 6 characters to RayJob / RayService names for their RayCluster, whose
 # name must leave room for "-serve-svc" in a 63-character Service name.
 MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
@@ -184,17 +184,14 @@ def strict(schema: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def validators():
-    """kind -> jsonschema validator of its strict v1 schema (skips where shared/ is absent)."""
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}: CI checks out shared/ beside the repository")
+    """kind -> jsonschema validator of its strict v1 schema (the repository's own copy, ``cluster/crds/``)."""
     from jsonschema import Draft7Validator
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # 60k lines of CRD: libyaml is ~10x faster
     out = {}
     for kind, file in CRD_FILES.items():
-        crd = yaml.load((CRD_DIR / file).read_text(), Loader=loader)
-        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-        out[kind] = Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+        crd = json.loads((CRD_DIR / file).read_text())
+        assert (crd["kind"], crd["apiVersion"], crd["kuberay"]) == (kind, "ray.io/v1", "v1.7.0"), file
+        out[kind] = Draft7Validator(strict(crd["openAPIV3Schema"]))
     return out
 
 
