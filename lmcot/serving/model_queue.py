@@ -1,0 +1,101 @@
+"""A generator behind one :class:`~lmcot.serving.work_queue.WorkQueue`: what every large-LM caller holds.
+
+Serve's model replicas and the refinement judge actors both wrap their generator in a
+:class:`QueuedModel`, so the Generator's three operations (``generate``, ``score_yes_no`` and
+``generate_with_logprobs``) are batched, fair and failure-isolated the same way everywhere. The
+key of a job is the operation plus every setting that must be equal within one model call.
+
+Admission happens here, before any queueing: a prompt over the model's input limit (counted with
+the model's own :class:`~lmcot.prompting.fitting.PromptFitter`, chat template and reserve included)
+raises :class:`ContextLengthExceeded` at once, with the limit and the count, so the HTTP edge
+answers 400 ``context_length_exceeded`` instead of a 500 after a wait.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from lmcot.prompting.fitting import PromptTooLong
+from lmcot.serving.work_queue import QueueLimits, WorkQueue
+
+
+class ContextLengthExceeded(ValueError):
+    """A prompt longer than the model reads: ``tokens`` needed, ``limit`` allowed (OpenAI's ``context_length_exceeded``)."""
+
+    def __init__(self, message: str, limit: int, tokens: int):
+        super().__init__(message)
+        self.message, self.limit, self.tokens = message, limit, tokens
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its fields
+        return ContextLengthExceeded, (self.message, self.limit, self.tokens)
+
+
+def check_fits(generator, prompts: Sequence[str], reserve: int) -> None:
+    """Raise :class:`ContextLengthExceeded` for the first prompt the generator's fitter cannot fit.
+
+    Generators without a fitter (no local tokenizer) are not checked here; their own calls still refuse.
+    """
+    fitter = getattr(generator, "fitter", None)
+    if fitter is None:
+        return
+    for prompt in prompts:
+        try:
+            fitter.fit(prompt, reserve)
+        except PromptTooLong:
+            render = getattr(prompt, "render", None)
+            tokens = fitter.count(fitter.format(render("") if render is not None else prompt))
+            budget = fitter.budget(reserve)
+            room = f" ({fitter.limit} minus {reserve} for the tokens to generate)" if budget != fitter.limit else ""
+            raise ContextLengthExceeded(
+                f"this model's maximum context length is {budget} tokens{room}, but the prompt needs {tokens} "
+                "tokens; shorten it", budget, tokens) from None
+
+
+class QueuedModel:
+    """``generator``'s operations as coroutines that share one work queue (one model thread)."""
+
+    def __init__(self, generator, limits: QueueLimits, name: str = "lmcot-model"):
+        self.generator = generator
+        self.queue = WorkQueue(self._run, limits, name)
+
+    def _run(self, key: tuple, items: list) -> list:
+        op, *settings = key
+        if op == "generate":
+            max_new_tokens, n, temperature, top_p, seed = settings
+            return self.generator.generate(items, max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+                                           top_p=top_p, seed=seed)
+        if op == "score":
+            return self.generator.score_yes_no(items)
+        if op == "logprobs":
+            max_new_tokens, n, temperature, top_p, top = settings
+            samples, _ = self.generator.generate_with_logprobs(items, max_new_tokens=max_new_tokens, n=n,
+                                                               temperature=temperature, top_p=top_p, top=top)
+            fitted = self.generator.fit(items, reserve=max_new_tokens)
+            return [(samples[i * n:(i + 1) * n], f.tokens) for i, f in enumerate(fitted)]
+        raise ValueError(f"unknown model operation {op!r}")
+
+    async def generate(self, prompts: Sequence[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
+                       top_p: float = 1.0, seed: int | None = None, timeout_s: float | None = None,
+                       tag: str = "") -> list:
+        """``Generator.generate``, merged with other callers' calls of the same settings."""
+        if n > 1 and temperature <= 0:
+            raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one answer)")
+        check_fits(self.generator, prompts, max_new_tokens)
+        return await self.queue.run(("generate", max_new_tokens, n, temperature, top_p, seed), prompts, rows=n,
+                                    tokens=max_new_tokens, timeout_s=timeout_s, tag=tag)
+
+    async def score_yes_no(self, prompts: Sequence[str], *, timeout_s: float | None = None, tag: str = "") -> list:
+        """``Generator.score_yes_no`` (one forward pass per prompt, cost one token), merged."""
+        check_fits(self.generator, prompts, 1)
+        return await self.queue.run(("score",), prompts, timeout_s=timeout_s, tag=tag)
+
+    async def generate_with_logprobs(self, prompts: Sequence[str], *, max_new_tokens: int, n: int,
+                                     temperature: float, top_p: float, top: int, timeout_s: float | None = None,
+                                     tag: str = "") -> list:
+        """Per prompt: its ``n`` :class:`~lmcot.models.generation.Scored` samples and its prompt tokens."""
+        check_fits(self.generator, prompts, max_new_tokens)
+        return await self.queue.run(("logprobs", max_new_tokens, n, temperature, top_p, top), prompts, rows=n,
+                                    tokens=max_new_tokens, timeout_s=timeout_s, tag=tag)
+
+    def stats(self) -> dict:
+        return self.queue.stats()
