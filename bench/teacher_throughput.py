@@ -44,7 +44,7 @@ def run_loop(cfg, threads: int | None) -> dict:
     import torch
 
     from lmcot.datasets.data import load_split
-    from lmcot.models.generation import make_generator
+    from lmcot.models.factory import make_generator
     from lmcot.training.teacher import generate_rows, question_rows
 
     before = torch.get_num_threads()

@@ -34,6 +34,10 @@ class ModelSpec:
     """For ``backend: openai``: the environment variable holding the API key (never the key itself)."""
     max_concurrency: int = 8
     """For ``backend: openai``: requests in flight at once."""
+    gpu_memory_utilization: float = field(default=0.9, metadata={"fingerprint": False})
+    """For ``backend: vllm``: the share of the whole card vLLM reserves at start (weights plus a paged KV
+    cache filling the rest), whatever the model needs; anything else on that card (the small LM of an
+    evaluation actor or a search trial) lives in what is left. ``lmcot plan`` counts it."""
     chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template when a causal model has one."""
     revision: str = ""
@@ -80,5 +84,7 @@ class ModelSpec:
                              "(e.g. large_lm) that the worker group meant for this model offers")
         if self.max_input_tokens < 0:
             raise ValueError("max_input_tokens must be >= 0 (0: the limit the model declares)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]: the share of the card vLLM reserves")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from lmcot.prompting import prompts
+from lmcot.prompting.roles import ROLES
 from lmcot.config import GenerationConfig
 from lmcot.models.generation import Generator, Usage
 from lmcot.evaluation.metrics import normalize_answer
@@ -109,8 +110,8 @@ def _finish(q: Question, rationales: list[str], answers: list[str]) -> MethodRes
 def standard(questions: Sequence[Question], large: Generator, gen: GenerationConfig, k: int = 1) -> list[MethodResult]:
     """The large LM answers directly; with k > 1 it samples k answers and votes."""
     outs = large.generate(
-        [prompts.standard_prompt(q.question, q.context) for q in questions],
-        max_new_tokens=gen.answer_max_new_tokens, **_sampling(gen, k),
+        [ROLES["standard"].build(q.question, q.context) for q in questions],
+        max_new_tokens=ROLES["standard"].reserve(gen), **_sampling(gen, k),
     )
     results = []
     for q, g in zip(questions, outs):
@@ -123,8 +124,8 @@ def standard(questions: Sequence[Question], large: Generator, gen: GenerationCon
 def cot(questions: Sequence[Question], large: Generator, gen: GenerationConfig, k: int = 1) -> list[MethodResult]:
     """The large LM reasons and answers in one completion; k > 1 samples k paths and votes."""
     outs = large.generate(
-        [prompts.cot_prompt(q.question, q.context) for q in questions],
-        max_new_tokens=gen.rationale_max_new_tokens + gen.answer_max_new_tokens, **_sampling(gen, k),
+        [ROLES["cot"].build(q.question, q.context) for q in questions],
+        max_new_tokens=ROLES["cot"].reserve(gen), **_sampling(gen, k),
     )
     results = []
     for q, g in zip(questions, outs):
@@ -140,8 +141,8 @@ def lm_guided(
 ) -> list[MethodResult]:
     """The small LM writes k rationales per question; the large LM answers each greedily; vote."""
     rationale_gens = small.generate(
-        [prompts.small_rationale_prompt(q.question, q.context) for q in questions],
-        max_new_tokens=gen.rationale_max_new_tokens, **_sampling(gen, k),
+        [ROLES["small"].build(q.question, q.context) for q in questions],
+        max_new_tokens=ROLES["small"].reserve(gen), **_sampling(gen, k),
     )
     rationales = [list(g.texts) for g in rationale_gens]
     return answer_rationales(questions, rationales, large, gen, rationale_gens)
@@ -150,11 +151,11 @@ def lm_guided(
 def answer_rationales(questions, rationales, large: Generator, gen: GenerationConfig, rationale_gens=None):
     """The large LM answers each (question, rationale) pair greedily, in one batched call; vote."""
     flat = [
-        prompts.answer_from_rationale_prompt(q.question, q.context, r)
+        ROLES["answer"].build(q.question, q.context, r)
         for q, rs in zip(questions, rationales)
         for r in rs
     ]
-    answer_gens = iter(large.generate(flat, max_new_tokens=gen.answer_max_new_tokens))
+    answer_gens = iter(large.generate(flat, max_new_tokens=ROLES["answer"].reserve(gen)))
     results = []
     for i, (q, rs) in enumerate(zip(questions, rationales)):
         gens = [next(answer_gens) for _ in rs]

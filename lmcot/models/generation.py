@@ -392,19 +392,3 @@ class HFGenerator:
             raise ValueError(f"the tokenizer of {self.spec.name_or_path} cannot tell 'yes' from 'no' by first token")
         return yes, no
 
-
-def make_generator(spec: ModelSpec, gen: GenerationConfig | None = None) -> Generator:
-    """The generator for a model spec's backend (``hf``, ``vllm`` or ``openai``)."""
-    gen = gen or GenerationConfig()
-    batch_size = gen.batch_size
-    if spec.backend == "hf":
-        return HFGenerator(spec, config=gen)
-    if spec.backend == "openai":
-        from lmcot.models.openai_backend import OpenAIGenerator
-
-        return OpenAIGenerator(spec)
-    if spec.backend == "vllm":
-        from lmcot.models.vllm_backend import VLLMGenerator
-
-        return VLLMGenerator(spec, batch_size=batch_size)
-    raise ValueError(f"unknown backend {spec.backend!r}")

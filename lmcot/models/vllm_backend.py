@@ -43,7 +43,8 @@ class VLLMGenerator:
             raise ValueError(f"{spec.name_or_path} is a {family} model and vLLM serves only causal LMs: "
                              "use backend: hf for it")
         self.spec, self.batch_size, self.family = spec, batch_size, family
-        self.llm = LLM(model=path, dtype=spec.dtype, revision=spec.revision or None, trust_remote_code=False)
+        self.llm = LLM(model=path, dtype=spec.dtype, revision=spec.revision or None, trust_remote_code=False,
+                       gpu_memory_utilization=spec.gpu_memory_utilization)
         self.tokenizer = self.llm.get_tokenizer()
         from transformers import AutoConfig
 

@@ -73,16 +73,20 @@ def layer_activations(tokens: int, batch: int, hidden: int, heads: int, keys: in
     return LINEAR_BYTES * tokens * batch * hidden + scores
 
 
-def state_bytes(params: int, *, zero_stage: int, world: int, bf16: bool) -> int:
+def state_bytes(params: int, *, zero_stage: int, world: int, bf16: bool, master_weights: bool = True) -> int:
     """Weights, gradients and Adam state per worker under DeepSpeed ZeRO.
 
     bf16 mixed precision keeps 16-bit weights and gradients plus fp32 master weights and
     two Adam moments (12 bytes per parameter, partitioned from stage 1); fp32 keeps 4 + 4 + 8.
+    ``master_weights=False`` (bf16 only): a model cast to bf16 whole, its Adam moments in bf16 too
+    (2 + 2 + 4), as the H200 measurements the module doc cites ran.
 
     >>> state_bytes(10**9, zero_stage=2, world=4, bf16=True) / 10**9
     5.5
+    >>> state_bytes(10**9, zero_stage=0, world=1, bf16=True, master_weights=False) / 10**9
+    8.0
     """
-    weights, grads, optim = (2, 2, 12) if bf16 else (4, 4, 8)
+    weights, grads, optim = ((2, 2, 12) if master_weights else (2, 2, 4)) if bf16 else (4, 4, 8)
     per = weights + (grads if zero_stage < 2 else grads / world) + (optim if zero_stage < 1 else optim / world)
     if zero_stage >= 3:
         per = (weights + grads + optim) / world
@@ -90,7 +94,7 @@ def state_bytes(params: int, *, zero_stage: int, world: int, bf16: bool) -> int:
 
 
 def training_bytes(shape: Shape, *, batch: int, source: int, target: int, zero_stage: int, world: int,
-                   bf16: bool, checkpointing: bool) -> int:
+                   bf16: bool, checkpointing: bool, master_weights: bool = True) -> int:
     """Peak bytes of one training worker: states, activations, logits and runtime overhead.
 
     For seq2seq, ``source`` encoder and ``target`` decoder tokens; for causal, one sequence
@@ -114,7 +118,7 @@ def training_bytes(shape: Shape, *, batch: int, source: int, target: int, zero_s
     # checkpointing: the layer inputs, plus one layer recomputed (and part of its gradients in flight)
     activations = (inputs + 1.5 * max(per_layer)) if checkpointing else sum(per_layer)
     logits = batch * logits_tokens * shape.vocab * (width + 4)  # the logits and their fp32 softmax
-    states = state_bytes(shape.params, zero_stage=zero_stage, world=world, bf16=bf16)
+    states = state_bytes(shape.params, zero_stage=zero_stage, world=world, bf16=bf16, master_weights=master_weights)
     return int(states + activations * scale + logits + RUNTIME_OVERHEAD)
 
 

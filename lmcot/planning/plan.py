@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from lmcot.prompting import prompts
 from lmcot.prompting.fitting import PromptFitter, input_limit
+from lmcot.prompting.roles import ROLES
 from lmcot.planning.memory import GIB, Shape, generation_bytes, training_bytes
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Row:
     have_gb: float
     fits: bool
     fix: str
+    shares: str = ""
+    """What else holds memory on the same card (engines in one process, actors sharing a card)."""
 
 
 @dataclass(frozen=True)
@@ -111,38 +113,58 @@ def filler(fitter) -> str:
 
 
 def _longest_prompts(role: str, fitter, rationale_tokens: int) -> list[str]:
-    """``role``'s prompts with an empty context, a long question and a rationale of the longest length."""
+    """``role``'s prompts (:data:`lmcot.prompting.roles.ROLES`) with an empty context, a long question
+    and a rationale of the longest length."""
     word = filler(fitter)
-    q = f"{word} " * QUESTION_TOKENS
-    r = f"{word} " * rationale_tokens
-    return {
-        "small": [prompts.small_rationale_prompt(q, "")],
-        "large": [prompts.standard_prompt(q, ""), prompts.cot_prompt(q, ""),
-                  prompts.answer_from_rationale_prompt(q, "", r)],
-        "teacher": [prompts.teacher_rationale_prompt(q, "")],
-        "judge": [prompts.judge_prompt(a, q, "", r) for a in prompts.ASPECTS],
-    }[role]
+    return ROLES[role].prompts(f"{word} " * QUESTION_TOKENS, "", f"{word} " * rationale_tokens)
 
 
 def prompt_budgets(cfg, small: ModelInfo, large: ModelInfo) -> list[Budget]:
+    """One budget per role of the role table, each fitted with the reply room that role reserves."""
     gen = cfg.generation
-    reserve = {"small": gen.rationale_max_new_tokens, "teacher": gen.rationale_max_new_tokens,
-               "large": gen.rationale_max_new_tokens + gen.answer_max_new_tokens, "judge": 1}
     out = []
-    for role in ("small", "large", "teacher", "judge"):
-        info = small if role == "small" else large
-        budget = info.fitter.budget(reserve[role]) or 10**9
+    for role in ROLES.values():
+        info = small if role.model == "small" else large
+        budget = info.fitter.budget(role.reserve(gen)) or 10**9
         template = max(info.fitter.count(info.fitter.format(t))
-                       for t in _longest_prompts(role, info.fitter, gen.rationale_max_new_tokens))
+                       for t in _longest_prompts(role.name, info.fitter, gen.rationale_max_new_tokens))
         room = budget - template
-        out.append(Budget(role, info.name, info.limit, template, room, info.exact_tokens, room > 0))
+        out.append(Budget(role.name, info.name, info.limit, template, room, info.exact_tokens, room > 0))
     return out
 
 
+def _reads(budget: Budget) -> str:
+    """``small`` or ``large``: the config section of the model a budget's role is read by."""
+    return ROLES[budget.role].model
+
+
 # -- memory -----------------------------------------------------------------------------------
-def _row(component: str, count: int, gpus: float, need: int, gpu_gb: float, fix: str) -> Row:
+def _row(component: str, count: int, gpus: float, need: int, gpu_gb: float, fix: str, shares: str = "") -> Row:
     have = gpus * gpu_gb
-    return Row(component, count, gpus, round(need / GIB, 1), round(have, 1), gpus == 0 or need / GIB <= have, fix)
+    return Row(component, count, gpus, round(need / GIB, 1), round(have, 1), gpus == 0 or need / GIB <= have, fix,
+               shares)
+
+
+def vllm_bytes(spec, shape: Shape, gpu_gb: float, *, prompt: int, new_tokens: int) -> tuple[int, int]:
+    """(reserved, needed) bytes of one vLLM engine: it reserves ``gpu_memory_utilization`` of the whole
+    card at start whatever the model needs, and pages its KV cache into what the weights leave of that,
+    so the reservation must hold the weights and at least one sequence of the longest prompt.
+
+    >>> from lmcot.config import ModelSpec
+    >>> shape = Shape("causal", 14_770_000_000, 5120, 40, 1024, 48, 0, 152064)
+    >>> reserved, needed = vllm_bytes(ModelSpec(backend="vllm"), shape, 80.0, prompt=2400, new_tokens=160)
+    >>> reserved / GIB, 28 < needed / GIB < 40
+    (72.0, True)
+    """
+    needed = generation_bytes(shape, rows=1, prompt=prompt, new_tokens=new_tokens)
+    return int(spec.gpu_memory_utilization * gpu_gb * GIB), needed
+
+
+def _card_share(gpus: float) -> str:
+    """Who shares a card with an actor asking for ``gpus`` of one (Ray packs fractional requests)."""
+    if 0 < gpus < 1:
+        return f"up to {int(1 / gpus)} such actors per card"
+    return ""
 
 
 def longest_prompt(info: ModelInfo, budgets: list[Budget], context_cap: int) -> int:
@@ -167,18 +189,37 @@ def generator_rows(gen, batch_rows: int, prompt: int, new_tokens: int) -> int:
 
 
 def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
-                budgets: list[Budget]) -> tuple[list[Row], int]:
+                budgets: list[Budget]) -> tuple[list[Row], int, list[str]]:
+    """Memory rows of every actor and worker, the longest small-LM prompt, and the problems no row shows
+    (a vLLM reservation too small for its own model)."""
     gen, dc, rc = cfg.generation, cfg.distill, cfg.refine
-    s_limit = longest_prompt(small, [b for b in budgets if b.role == "small"], cfg.data.context_max_tokens)
-    l_limit = longest_prompt(large, [b for b in budgets if b.role != "small"], cfg.data.context_max_tokens)
+    s_limit = longest_prompt(small, [b for b in budgets if _reads(b) == "small"], cfg.data.context_max_tokens)
+    l_limit = longest_prompt(large, [b for b in budgets if _reads(b) == "large"], cfg.data.context_max_tokens)
     rows = []
+    vllm = cfg.large.backend == "vllm"
+    reserve_fix = ("; the vLLM engine reserves large.gpu_memory_utilization="
+                   f"{cfg.large.gpu_memory_utilization:g} of the card: lower it" if vllm else "")
+
+    def large_engine(batch_rows: int, prompt: int, new_tokens: int) -> tuple[int, str]:
+        """Bytes of one large-LM engine and its name: vLLM holds its reservation, HF what the batch needs."""
+        if not vllm:
+            return generation_bytes(large.shape, rows=batch_rows, prompt=prompt, new_tokens=new_tokens), "HF"
+        reserved, needed = vllm_bytes(cfg.large, large.shape, gpu_gb, prompt=prompt, new_tokens=new_tokens)
+        if needed > reserved:
+            short.append((needed, f"the large LM's vLLM engine needs about {needed / GIB:.1f} GiB for its weights and one "
+                         f"sequence of {prompt} + {new_tokens} tokens, over the {reserved / GIB:.1f} GiB it reserves "
+                         f"(large.gpu_memory_utilization={cfg.large.gpu_memory_utilization:g} of {gpu_gb:g} GiB): "
+                         "raise large.gpu_memory_utilization or lower large.max_input_tokens"))
+        return reserved, f"vLLM reserving {cfg.large.gpu_memory_utilization:g} of the card"
+
+    short: list[tuple[int, str]] = []  # (bytes, problem): the longest sequence's is the one to report
     teacher_rows = generator_rows(gen, gen.batch_size, l_limit, gen.rationale_max_new_tokens)
-    teacher = generation_bytes(large.shape, rows=teacher_rows, prompt=l_limit, new_tokens=gen.rationale_max_new_tokens)
-    if cfg.large.backend == "vllm":  # vLLM pages its KV cache into whatever the weights leave: one sequence must fit
-        teacher = generation_bytes(large.shape, rows=1, prompt=l_limit, new_tokens=gen.rationale_max_new_tokens)
-    rows.append(_row("teacher actor (large LM)", cfg.rationales.num_actors, cfg.rationales.gpus_per_actor, teacher,
-                     gpu_gb, "lower generation.batch_size / max_batch_tokens or large.max_input_tokens, or raise "
-                     "rationales.gpus_per_actor"))
+    teacher, engine = large_engine(teacher_rows, l_limit, gen.rationale_max_new_tokens)
+    ra = cfg.rationales
+    rows.append(_row("teacher actor (large LM)", ra.num_actors, ra.gpus_per_actor, teacher, gpu_gb,
+                     "lower generation.batch_size / max_batch_tokens or large.max_input_tokens, or raise "
+                     "rationales.gpus_per_actor" + reserve_fix,
+                     ", ".join(filter(None, [f"large LM ({engine})", _card_share(ra.gpus_per_actor)]))))
     source = min(dc.max_source_tokens or s_limit, s_limit)
     sc = dc.scaling
     distill = training_bytes(small.shape, batch=dc.per_device_batch_size, source=source, target=dc.max_target_tokens,
@@ -194,20 +235,22 @@ def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
     refine += small.shape.params * (2 if rc_sc.bf16 else 4) * (rc.beta > 0)  # the frozen reference model
     rows.append(_row("refine worker (small LM)", rc_sc.num_workers, 1.0 if rc_sc.use_gpu else 0.0, refine, gpu_gb,
                      "set refine.scaling.gradient_checkpointing: true, or lower refine.prompts_per_step"))
-    judge = generation_bytes(large.shape, rows=rc.judge_batch_size, prompt=l_limit, new_tokens=1)
+    judge, engine = large_engine(rc.judge_batch_size, l_limit, 1)
     rows.append(_row("judge actor (large LM)", rc.judge_num_actors, rc.judge_num_gpus, judge, gpu_gb,
-                     "lower refine.judge_batch_size or raise refine.judge_num_gpus"))
+                     "lower refine.judge_batch_size or raise refine.judge_num_gpus" + reserve_fix,
+                     ", ".join(filter(None, [f"large LM ({engine})", _card_share(rc.judge_num_gpus)]))))
     s_new, l_new = gen.rationale_max_new_tokens, gen.rationale_max_new_tokens + gen.answer_max_new_tokens
-    both = (generation_bytes(small.shape, rows=generator_rows(gen, gen.batch_size, s_limit, s_new), prompt=s_limit,
-                             new_tokens=s_new)
-            + generation_bytes(large.shape, rows=generator_rows(gen, gen.batch_size, l_limit, l_new), prompt=l_limit,
-                               new_tokens=l_new))
+    small_bytes = generation_bytes(small.shape, rows=generator_rows(gen, gen.batch_size, s_limit, s_new),
+                                   prompt=s_limit, new_tokens=s_new)
+    large_bytes, engine = large_engine(generator_rows(gen, gen.batch_size, l_limit, l_new), l_limit, l_new)
+    both, shares = small_bytes + large_bytes, f"small LM (HF, {small_bytes / GIB:.1f} GiB) + large LM ({engine})"
     if cfg.eval.on_cluster:
         rows.append(_row("eval actor (both LMs)", 1, cfg.eval.num_gpus, both, gpu_gb,
-                         "lower generation.batch_size or raise eval.num_gpus"))
+                         "lower generation.batch_size or raise eval.num_gpus" + reserve_fix, shares))
     rows.append(_row("search trial (both LMs)", cfg.search.max_concurrent_trials, cfg.search.trial_gpus, both, gpu_gb,
-                     "lower generation.batch_size or raise search.trial_gpus"))
-    return rows, s_limit
+                     "lower generation.batch_size or raise search.trial_gpus" + reserve_fix,
+                     ", ".join(filter(None, [shares, _card_share(cfg.search.trial_gpus)]))))
+    return rows, s_limit, [max(short)[1]] if short else []
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -216,10 +259,10 @@ def make_plan(cfg, gpu_gb: float = DEFAULT_GPU_GB) -> dict:
     small = describe_model(cfg.small, "small.max_input_tokens")
     large = describe_model(cfg.large, "large.max_input_tokens")
     budgets = prompt_budgets(cfg, small, large)
-    rows, longest_small = memory_rows(cfg, small, large, gpu_gb, budgets)
+    rows, longest_small, short = memory_rows(cfg, small, large, gpu_gb, budgets)
     stages = {}  # problem -> the stage it stops (budgets stop every stage)
-    problems = [f"{b.role} prompts for {b.model} need {b.template_tokens} tokens with an empty context, over its "
-                f"limit of {b.limit}: raise {'small' if b.role == 'small' else 'large'}.max_input_tokens"
+    problems = short + [f"{b.role} prompts for {b.model} need {b.template_tokens} tokens with an empty context, over its "
+                f"limit of {b.limit}: raise {_reads(b)}.max_input_tokens"
                 for b in budgets if not b.fits]
     for r in rows:
         if not r.fits:
@@ -263,10 +306,11 @@ def render_plan(plan: dict) -> str:
         lines.append(f"| {b['role']} | {b['model']} | {b['limit'] or 'none'} | {b['template_tokens']} | "
                      f"{b['context_room'] if b['limit'] else 'all'} | {'tokenizer' if b['exact'] else '~4 chars/token'} |")
     lines += ["", f"## GPU memory (GPUs of {plan['gpu_gb']:g} GiB)", "",
-              "| component | count | GPUs each | need (GiB) | has (GiB) | fits |", "|---|---:|---:|---:|---:|---|"]
+              "| component | count | GPUs each | need (GiB) | has (GiB) | fits | on the card |",
+              "|---|---:|---:|---:|---:|---|---|"]
     for r in plan["memory"]:
         has = f"{r['have_gb']}" if r["gpus"] else "CPU"
         lines.append(f"| {r['component']} | {r['count']} | {r['gpus']:g} | {r['need_gb']} | {has} | "
-                     f"{'yes' if r['fits'] else '**no**'} |")
+                     f"{'yes' if r['fits'] else '**no**'} | {r.get('shares', '')} |")
     lines += ["", "Problems:" if plan["problems"] else "Everything fits."] + [f"- {p}" for p in plan["problems"]]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """``lmcot prompts``: the exact text each model receives, with its token count and that model's limit.
 
-For the first dev questions of each dataset, every role's prompt is built from the same
+For the first dev questions of each dataset, every role's prompt (:data:`lmcot.prompting.roles.ROLES`:
+its builder, its model and the reply it reserves, as the method sends it) is built from the same
 context a run builds (:func:`lmcot.datasets.context.build_context`) and fitted by the same
 :class:`~lmcot.prompting.fitting.PromptFitter` the generator of that model uses (chat template
 applied, context shortened to the input limit), so what is printed is what is sent.
@@ -11,16 +12,16 @@ for the context budget.
 
 from __future__ import annotations
 
-from lmcot.prompting import prompts
 from lmcot.datasets.context import build_context
 from lmcot.datasets.data import load_split
+from lmcot.prompting.roles import ROLES
 
 METHOD_ROLES = {
     "standard": ("standard",),
     "cot": ("cot",),
     "lm_guided": ("small", "answer"),
 }
-ALL_ROLES = ("teacher", "small", "answer", "standard", "cot", "judge")
+ALL_ROLES = tuple(ROLES)
 
 
 def stand_in_rationale(tokens: int) -> str:
@@ -33,20 +34,6 @@ def stand_in_rationale(tokens: int) -> str:
     return head + " step" * max(1, tokens - 8)
 
 
-def _role_prompts(role: str, question: str, context: str, rationale: str) -> list:
-    if role == "teacher":
-        return [prompts.teacher_rationale_prompt(question, context)]
-    if role == "small":
-        return [prompts.small_rationale_prompt(question, context)]
-    if role == "answer":
-        return [prompts.answer_from_rationale_prompt(question, context, rationale)]
-    if role == "standard":
-        return [prompts.standard_prompt(question, context)]
-    if role == "cot":
-        return [prompts.cot_prompt(question, context)]
-    return [prompts.judge_prompt(a, question, context, rationale) for a in prompts.ASPECTS]
-
-
 def list_prompts(cfg, *, method: str | None = None, limit: int = 2) -> list[dict]:
     """One record per (question, prompt): ``id, dataset, role, model, tokens, limit, counted, text``."""
     from lmcot.models.loading import context_tokenizer
@@ -57,9 +44,6 @@ def list_prompts(cfg, *, method: str | None = None, limit: int = 2) -> list[dict
     small = describe_model(cfg.small, "small.max_input_tokens")
     large = describe_model(cfg.large, "large.max_input_tokens")
     gen = cfg.generation
-    reserve = {"teacher": gen.rationale_max_new_tokens, "small": gen.rationale_max_new_tokens,
-               "answer": gen.answer_max_new_tokens, "standard": gen.answer_max_new_tokens,
-               "cot": gen.rationale_max_new_tokens + gen.answer_max_new_tokens, "judge": 1}
     cap_tokenizer = context_tokenizer(cfg.large) if cfg.data.context_max_tokens and large.exact_tokens else None
     rationale = stand_in_rationale(gen.rationale_max_new_tokens)
     roles = METHOD_ROLES[method] if method else ALL_ROLES
@@ -68,13 +52,14 @@ def list_prompts(cfg, *, method: str | None = None, limit: int = 2) -> list[dict
         for ex in load_split(spec, "dev")[:limit]:
             context = build_context(ex, mode=cfg.data.context_mode, tokenizer=cap_tokenizer,
                                     max_tokens=cfg.data.context_max_tokens if cap_tokenizer else 0)
-            for role in roles:
-                info = small if role == "small" else large
-                for prompt in _role_prompts(role, ex.question, context, rationale):
-                    fitted = info.fitter.fit(prompt, reserve[role])
+            for role in (ROLES[name] for name in roles):
+                info = small if role.model == "small" else large
+                reserve = role.reserve(gen)
+                for prompt in role.prompts(ex.question, context, rationale):
+                    fitted = info.fitter.fit(prompt, reserve)
                     records.append({
                         "id": ex.id, "dataset": spec.name, "role": prompt.role, "model": info.name,
-                        "tokens": fitted.tokens, "limit": info.fitter.budget(reserve[role]) or None,
+                        "tokens": fitted.tokens, "limit": info.fitter.budget(reserve) or None,
                         "context_cut": fitted.context_cut,
                         "counted": "tokenizer" if info.exact_tokens else "estimate (~4 characters per token)",
                         "text": fitted.text,

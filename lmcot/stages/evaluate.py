@@ -5,29 +5,65 @@ small next to training generation, and ``lmcot eval`` then needs no cluster); on
 Ray actor with ``eval.num_cpus``/``num_gpus`` on the large LM's worker group, because on a
 GPU cluster the job driver runs on a CPU-only head. Either way an :class:`Evaluator` keeps
 the models loaded between evaluations (the pipeline runs eight with one large LM).
+
+An evaluation's identity (:func:`eval_identity`) is defined here, once: ``lmcot eval`` records
+it in ``RUN/eval/<label>/step.json`` when it finishes, and ``lmcot run`` skips a report row
+whose record carries the identity the row has, so an evaluation a user already ran is reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from lmcot.config import Config, ModelSpec, to_dict
+from lmcot.config import Config, ModelSpec, identity, to_dict
 from lmcot.datasets.data import load_split
 from lmcot.evaluation.evaluator import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
-from lmcot.models.generation import make_generator
+from lmcot.models.factory import make_generator
 from lmcot.evaluation.metrics import dataset_aliases
 from lmcot.planning.resources import eval_actor_resources, eval_need
 from lmcot.training.rewards import RewardJudge
-from lmcot.runs.rundir import RunDir, write_json
+from lmcot.runs.rundir import TRAINING_STAGES, RunDir, record_finished, write_json
+
+UNTRAINED = "base"
+"""The small-LM stage of an LM-guided evaluation whose small LM is not a model this run trained
+(``small`` as configured: the ``lm_guided-undistilled`` row of the report)."""
 
 
 def run(cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:
-    """Evaluate ``cfg.eval`` on every dataset's dev split (``lmcot eval``); returns the metrics summary."""
+    """Evaluate ``cfg.eval`` on every dataset's dev split (``lmcot eval``); returns the metrics summary
+    and records it with the evaluation's identity (see the module doc)."""
     evaluator = open_evaluator(cfg)
     try:
-        return evaluator.evaluate(cfg, run_dir, judge_aspects)
+        summary = evaluator.evaluate(cfg, run_dir, judge_aspects)
     finally:
         evaluator.close()
+    label = cfg.eval.output_label
+    record_finished(run_dir.step_record(run_dir.eval_dir(label)), label,
+                    eval_identity(cfg, run_dir, small_stage(cfg, run_dir), judge_aspects), summary)
+    return summary
+
+
+def small_stage(cfg: Config, run_dir: RunDir) -> str | None:
+    """Which small LM an evaluation reads: the training stage of this run whose exported model
+    ``small.name_or_path`` is, :data:`UNTRAINED` for any other, None for a method without one."""
+    if cfg.eval.method != "lm_guided":
+        return None
+    where = Path(cfg.small.name_or_path).expanduser().resolve()
+    return next((stage for stage in TRAINING_STAGES if where == run_dir.model(stage)), UNTRAINED)
+
+
+def eval_identity(ecfg: Config, run_dir: RunDir, stage: str | None, judge: bool) -> str:
+    """An evaluation's identity: what it reads, its small LM known by the trained model's identity
+    (not by its path, so a moved run directory reruns nothing). The label is the output folder's
+    name however it was given, and judging counts only for a method that writes rationales."""
+    ev = dataclasses.replace(ecfg.eval, label=ecfg.eval.output_label)
+    inputs = ecfg.sections("data", "large", "generation") | {"eval": ev, "judge": judge and ev.method != "standard"}
+    if stage == UNTRAINED:
+        inputs["small"] = ecfg.small
+    elif stage is not None:
+        inputs["small"] = dataclasses.replace(ecfg.small, name_or_path=run_dir.model_identity(stage))
+    return identity(inputs)
 
 
 class Evaluator:

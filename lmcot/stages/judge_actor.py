@@ -80,7 +80,7 @@ class JudgeActor:
 
     def __init__(self, spec: dict, generation: dict, batch_size: int, batch_wait_ms: float):
         from lmcot.config.loader import build
-        from lmcot.models.generation import make_generator
+        from lmcot.models.factory import make_generator
 
         spec_ = build(ModelSpec, spec)
         gen = build(GenerationConfig, {**generation, "batch_size": batch_size})

@@ -37,7 +37,7 @@ from lmcot.datasets.data import load_split
 from lmcot.evaluation.metrics import dataset_aliases
 from lmcot.models.loading import context_tokenizer
 from lmcot.planning.resources import teacher_actor_options, teacher_need
-from lmcot.runs.rundir import RunDir, write_json
+from lmcot.runs.rundir import RunDir, record_finished, write_json
 from lmcot.stages.cluster import ensure_ray, require_resources
 from lmcot.training.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows, refilter,
                            rows_to_table, summarize, teacher_manifest)
@@ -52,7 +52,7 @@ class TeacherActor:
     """One teacher generator per actor, built once; turns question rows into scored rationale rows."""
 
     def __init__(self, cfg: Config):
-        from lmcot.models.generation import make_generator
+        from lmcot.models.factory import make_generator
 
         self.cfg = cfg
         self.generator = make_generator(cfg.large, cfg.generation)
@@ -130,6 +130,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     Rows already on disk are skipped, so a rerun after a crash (or with a larger
     dataset) only generates what is missing, and a rerun of a finished run adds nothing.
     Everything that can be wrong with the config or data fails here, before Ray starts.
+    The stage's ``step.json`` is written last, so ``lmcot run`` skips what ``lmcot
+    generate-rationales`` already did.
     """
     rc = cfg.rationales
     started = time.time()
@@ -166,5 +168,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         write_json(run_dir.rationale_stats, stats)
     log.info("rationales: %d rows (%d new), %d kept (%.1f%%)", stats["rows"], stats["new_rows"], stats["kept"],
              100 * stats["kept_ratio"])
-    return {k: stats[k] for k in ("rows", "new_rows", "kept", "kept_ratio", "rows_per_s", "wall_s")} | {
+    summary = {k: stats[k] for k in ("rows", "new_rows", "kept", "kept_ratio", "rows_per_s", "wall_s")} | {
         "dir": str(run_dir.rationales)}
+    record_finished(run_dir.step_record(run_dir.rationales), "rationales", stage_identity(cfg), summary)
+    return summary

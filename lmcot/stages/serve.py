@@ -58,7 +58,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from lmcot.inference import method as methods
 from lmcot.config import Config, ConfigError, from_dict, resolve_config_path, to_dict
 from lmcot.config.loader import apply_overrides, overlay, read_yaml
-from lmcot.models.generation import Generation, HFGenerator, make_generator
+from lmcot.models.factory import make_generator
+from lmcot.models.generation import Generation, HFGenerator
 from lmcot.inference.method import Question, majority_vote, run_method, vote_is_settled
 from lmcot.models.loading import context_tokenizer
 from lmcot.stages import serve_http as http

@@ -29,7 +29,8 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from lmcot.evaluation.metrics import answer_metrics, normalize_answer
-from lmcot.prompting.prompts import ASPECTS, answer_from_rationale_prompt, judge_prompt, parse_answer, split_rationale
+from lmcot.prompting.prompts import ASPECTS, parse_answer, split_rationale
+from lmcot.prompting.roles import ROLES
 
 RewardFn = Callable[..., list[float]]
 
@@ -66,7 +67,7 @@ class RewardJudge:
         """The large LM's greedy answer from each (question, context, rationale): one batched call."""
         key = (tuple(questions), tuple(contexts), tuple(rationales))
         if self._answers is None or self._answers[0] != key:
-            texts = [answer_from_rationale_prompt(q, c, r) for q, c, r in zip(*key)]
+            texts = [ROLES["answer"].build(q, c, r) for q, c, r in zip(*key)]
             gens = self._timed(self.generator.generate, texts, max_new_tokens=self.answer_max_new_tokens)
             self._answers = (key, [parse_answer(g.texts[0]) for g in gens])
         return self._answers[1]
@@ -76,8 +77,8 @@ class RewardJudge:
         """P(yes) of every aspect for every rationale: one batched ``score_yes_no`` call for all."""
         key = (tuple(questions), tuple(contexts), tuple(rationales))
         if self._scores is None or self._scores[0] != key:
-            texts = [judge_prompt(a, q, c, r) for a in self.aspects for q, c, r in zip(*key)]
-            flat = self._timed(self.generator.score_yes_no, texts)
+            texts = [ROLES["judge"].build(q, c, r, aspect=a) for a in self.aspects for q, c, r in zip(*key)]
+            flat = self._timed(self.generator.score_yes_no, texts)  # one token: the judge role's reserve
             n = len(rationales)
             self._scores = (key, {a: list(flat[i * n : (i + 1) * n]) for i, a in enumerate(self.aspects)})
         return self._scores[1]

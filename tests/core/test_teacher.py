@@ -129,7 +129,7 @@ def test_manifest_changes_with_the_teacher_not_with_the_pool(cfg):
 def teacher(cfg):
     import torch
 
-    from lmcot.models.generation import make_generator
+    from lmcot.models.factory import make_generator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from more, and loses a lot on a busy machine
@@ -274,7 +274,7 @@ def test_a_changed_filter_refilters_the_rows_already_written(tmp_path):
 def test_vllm_backend_without_vllm_is_a_clear_error():
     import importlib.util
 
-    from lmcot.models.generation import make_generator
+    from lmcot.models.factory import make_generator
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here; the GPU tests cover it")
