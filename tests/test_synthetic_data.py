@@ -1,4 +1,4 @@
-"""tools/make_synthetic_data.py: the shipped samples are reproducible, other seeds make new worlds."""
+"""lmcot.tinyworld.synthetic (tools/make_synthetic_data.py): the shipped samples are reproducible, other seeds make new worlds."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from lmcot.datasets.data import load_json_file
+from lmcot.tinyworld import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "make_synthetic_data.py"
 
 
 @pytest.fixture(scope="module")
-def tool(load_script):
-    return load_script("tools/make_synthetic_data.py")
+def tool():
+    return synthetic
 
 
 def test_default_seed_reproduces_shipped_files_byte_for_byte(tool):

@@ -25,6 +25,7 @@ from lmcot.evaluation.evaluator import prepare_questions
 from lmcot.models.generation import HFGenerator
 from lmcot.evaluation.metrics import answer_metrics, dataset_aliases, gold_answers
 from lmcot.models.loading import TINY_WORLD_DIR
+from lmcot.tinyworld import synthetic
 
 if not (TINY_WORLD_DIR / "large" / "model.safetensors").is_file():
     pytest.skip("the tiny world's pretrained weights are not shipped yet (docs/design.md, Tiny world)",
@@ -84,7 +85,7 @@ def test_judge_scores_faithful_rationales_above_the_aspects_corruption(large, de
     """Mean P(yes) of the gold evidence is above that of the corruption which violates the aspect
     (the corruptions the pretraining used, applied to the shipped dev world, which it never saw)."""
     tool = load_script("tools/pretrain_tiny_world.py")
-    world, _ = load_script("tools/make_synthetic_data.py").generate_world()
+    world, _ = synthetic.generate_world()
     examples, questions, _ = dev["hotpotqa"]
     good, bad = tool.judge_prompts(tool.Corruptor(world), random.Random(0), aspect, examples, questions)
     p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
@@ -97,7 +98,7 @@ def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, 
     generated exactly as the shipped samples are, only the seed differs: a dev split drawn after the
     train split holds other question types than one drawn alone (HotpotQA: 27 comparisons of 40, against
     12 with ``train=0``), and the types differ in difficulty."""
-    for name, text in load_script("tools/make_synthetic_data.py").generate(seed=777).items():
+    for name, text in synthetic.generate(seed=777).items():
         (tmp_path / name).write_text(text, encoding="utf-8")
     for spec in CFG.data.datasets:
         examples, questions, aliases = dev[spec.name]

@@ -259,6 +259,91 @@ def critic_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[st
     return out
 
 
+RATIONALE_TASK_WEIGHTS = {"standard": 1, "cot": 1, "teacher": 1, "answer_reasoned": 2, "answer_gold": 1,
+                          "answer_cue": 0.5, "answer_reasoned_short": 1, "copy": 0.5, "judge_pair_yes": 1,
+                          "judge_pair_no": 1, "answer_misled": 0.5}
+"""Pairs per question and task of the rationale phase (``--rationale-steps``). No ``answer_empty`` (it
+taught the large T5 to answer without a rationale as well as with one) and a quarter of the critic
+phase's ``answer_misled`` (enough to check a rationale's names against the context, not to ignore it);
+CoT, teacher and answer-from-rationale targets state the comparison step
+(:func:`lmcot.tinyworld.reasoning.reasoned_rationale`)."""
+
+
+def rationale_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str], corrupt: Corruptor,
+                    world) -> list[tuple[str, str, str]]:
+    """The rationale phase's pairs for one question: reasoning written out, rationales that matter."""
+    from lmcot.tinyworld.reasoning import reasoned_rationale
+
+    q, a = ex.question, ex.answer
+    reasoned = reasoned_rationale(world, ex)
+    concl = with_conclusion(reasoned, a)
+    line = render_paragraph(rng.choice([p for p in ex.paragraphs if p.title in ex.gold_titles]))
+    out = [("standard", prompts.standard_prompt(q, ctx), a), ("cot", prompts.cot_prompt(q, ctx), concl),
+           ("teacher", prompts.teacher_rationale_prompt(q, ctx), concl),
+           ("answer_reasoned", prompts.answer_from_rationale_prompt(q, ctx, reasoned), a),
+           ("answer_gold", prompts.answer_from_rationale_prompt(q, ctx, ex.evidence), a),
+           ("answer_cue", prompts.answer_from_rationale_prompt(q, ctx, concl), a),
+           ("answer_reasoned_short", prompts.answer_from_rationale_prompt(q, "", reasoned), a),
+           ("copy", line, line)]
+    out = [(t, str(s), tgt) for t, s, tgt in out]
+    return out + critic_pairs(rng, ex, ctx, distractors, corrupt)
+
+
+def weighted(rng: random.Random, pairs: list, weights: dict) -> list:
+    """Each task's pairs repeated (whole part of its weight) and subsampled (fractional part)."""
+    mixed = []
+    for task, w in weights.items():
+        items = [x for x in pairs if x[2] == task]
+        mixed += items * int(w) + rng.sample(items, int(len(items) * (w - int(w))))
+    return mixed
+
+
+def rationale_phase(args) -> dict:
+    """``--rationale-steps``: continue the large T5 of ``--continue-from`` on :data:`RATIONALE_TASK_WEIGHTS`.
+
+    Same worlds and contexts as the mixture (seeds from ``--seed``), a fresh data stream (seed + 5),
+    warmup to ``--rationale-lr``; the small T5 and its record are copied as they are."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    src = args.continue_from / "large"
+    record = json.loads((src / "lmcot_tiny_world.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = load_t5(src)
+    rng = random.Random(args.seed + 5)
+    pairs = []
+    for s in world_seeds(args.seed, args.worlds):
+        world, records = world_gen.generate_world(seed=s, train=args.questions, dev=0)
+        corrupt = Corruptor(world)
+        for name, recs in records.items():
+            fmt = "hotpotqa" if name.startswith("hotpotqa") else "2wiki"
+            for ex in parse_records(recs, fmt, f"world {s} {name}") if recs else []:
+                ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
+                pairs += rationale_pairs(rng, ex, ctx, distractors, corrupt, world)
+    data = weighted(rng, tokenize(tokenizer, pairs), RATIONALE_TASK_WEIGHTS)
+    print(f"rationale phase: {len(data)} pairs from {args.worlds} worlds", flush=True)
+
+    def checkpoint(step):
+        save(model, tokenizer, args.out / "large", dict(record, checkpoint_step=step))
+
+    phase = train(model, data, steps=args.rationale_steps, seconds=0, lr=args.rationale_lr,
+                  batch_size=args.batch_size, seed=args.seed + 5, pad_id=tokenizer.pad_token_id,
+                  log_every=args.log_every, name="large/rationale", warmup=CRITIC_WARMUP, checkpoint=checkpoint,
+                  checkpoint_every=args.checkpoint_every)
+    record = dict(record, phases=dict(record.get("phases", {}), rationale=phase),
+                  rationale_task_weights=RATIONALE_TASK_WEIGHTS, continued_from=record["sha256"],
+                  rerun=f"{record['rerun']} --rationale-steps {args.rationale_steps} --rationale-lr {args.rationale_lr}")
+    summary = json.loads((args.continue_from / "tiny_world.json").read_text())
+    summary["models"]["large"] = save(model, tokenizer, args.out / "large", record)
+    if args.out.resolve() != args.continue_from.resolve():
+        shutil.copytree(args.continue_from / "small", args.out / "small", dirs_exist_ok=True)
+    summary["training"].update(rationale_steps=args.rationale_steps, rationale_lr=args.rationale_lr)
+    (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def small_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str, str, str]]:
     """Span denoising (``<unk>`` marks each dropped span) and continuation of one paragraph line."""
     words = paragraph_line.split()
@@ -652,6 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--critic-steps", type=int, default=0,
                    help="steps of the large T5 after the mixture: the mixture plus critic_pairs")
     p.add_argument("--critic-lr", type=float, default=1e-3, help="peak learning rate of the critic phase")
+    p.add_argument("--rationale-steps", type=int, default=0,
+                   help="with --continue-from: continue its large T5 on the rationale phase (RATIONALE_TASK_WEIGHTS)")
+    p.add_argument("--rationale-lr", type=float, default=1e-3, help="peak learning rate of the rationale phase")
     p.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
                    help="with --only large: start from DIR/large, trained with the same arguments up to the "
                         "mixture's end, and train only the critic phase")
@@ -680,6 +768,12 @@ def main(argv: list[str] | None = None) -> int:
         args.copy_steps = args.reading_steps = 2
         args.critic_steps = min(args.critic_steps, 2)
         args.log_every, args.batch_size = 1, 4
+    if args.rationale_steps:
+        if args.continue_from is None:
+            raise SystemExit("--rationale-steps continues a trained large T5: pass --continue-from DIR")
+        summary = rationale_phase(args)
+        print(json.dumps(summary["models"]["large"]["phases"]["rationale"]))
+        return 0
     summary = pretrain(args)
     print(json.dumps({k: v.get("train") for k, v in summary["models"].items()}))
     return 0

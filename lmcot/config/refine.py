@@ -12,6 +12,7 @@ ASPECT_MODES = ("weighted", "mean")
 TASK_METRICS = ("f1", "em")
 LOSS_TYPES = ("grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
+REWARD_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class RefineConfig:
     """Policy updates per batch of rollouts (> 1 makes the ratio and its clipping matter)."""
     scale_rewards: str = "group"
     """GRPO advantage scaling: by the ``group`` std, the ``batch`` std, or ``none`` (Dr. GRPO)."""
+    reward_aggregation: str = "sum_then_normalize"
+    """How named rewards become GRPO advantages (TRL's ``multi_objective_aggregation``):
+    ``sum_then_normalize`` (weighted sum, then ``scale_rewards``) or ``normalize_then_sum`` (each
+    reward normalised within its group, then weighted and summed, then normalised over the batch):
+    a reward that is constant in a group adds nothing, so a small judged aspect cannot decide the
+    gradient of a group whose task reward is flat. GRPO only (RLOO keeps its own estimator)."""
     loss_type: str = "dapo"
     """Token-loss aggregation: ``dapo`` (mean over all completion tokens of the batch) or
     ``grpo`` (mean per sequence, then over sequences)."""
@@ -80,9 +87,13 @@ class RefineConfig:
             ("task_metric", self.task_metric, TASK_METRICS),
             ("loss_type", self.loss_type, LOSS_TYPES),
             ("scale_rewards", self.scale_rewards, SCALE_REWARDS),
+            ("reward_aggregation", self.reward_aggregation, REWARD_AGGREGATIONS),
         ):
             if value not in valid:
                 raise ValueError(f"{name}={value!r} is not one of {', '.join(valid)}")
+        if self.reward_aggregation == "normalize_then_sum" and self.algorithm != "grpo":
+            raise ValueError("reward_aggregation=normalize_then_sum is GRPO's: set algorithm: grpo, or "
+                             "reward_aggregation: sum_then_normalize for rloo")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2 (group-relative advantages need a group)")
         if self.beta < 0:

@@ -17,7 +17,8 @@ from lmcot.datasets.context import ORACLE_MODES, build_context
 from lmcot.datasets.data import Example
 from lmcot.models.generation import Generator, Usage
 from lmcot.inference.method import MethodResult, Question, run_method
-from lmcot.evaluation.metrics import score_predictions
+from lmcot.evaluation.metrics import answer_metrics, gold_answers, score_predictions
+from lmcot.evaluation.statistics import is_binary
 from lmcot.runs.rundir import RunDir, write_atomic, write_json
 
 
@@ -58,6 +59,7 @@ def summarize(examples: Sequence[Example], results: Sequence[MethodResult], alia
     """
     predictions = {"answer": {r.id: r.answer for r in results}}
     metrics = score_predictions(list(examples), predictions, aliases)
+    metrics[QUESTION_SCORES] = question_scores(examples, results, aliases)
     n = max(1, len(results))
     for role in ("small", "large"):
         total = Usage()
@@ -70,12 +72,32 @@ def summarize(examples: Sequence[Example], results: Sequence[MethodResult], alia
     return metrics
 
 
+QUESTION_SCORES = "questions"
+"""Key of :func:`summarize`'s per-question scores; :func:`write_outputs` moves them from the metrics
+into ``details.jsonl``, where the report's paired comparisons read them."""
+
+
+def question_scores(examples: Sequence[Example], results: Sequence[MethodResult], aliases: dict | None = None) -> dict:
+    """id -> EM and F1 of the answer, whether the question is binary, and the F1 of every sampled
+    answer (self-consistency's samples: their mean and best show what a vote could reach)."""
+    by_id = {r.id: r for r in results}
+    out = {}
+    for ex in examples:
+        r = by_id.get(ex.id)
+        golds = gold_answers(ex.answer, ex.answer_id, aliases)
+        scores = answer_metrics(r.answer if r else "", golds)
+        out[ex.id] = {"em": scores["em"], "f1": scores["f1"], "binary": is_binary(ex.question, ex.answer),
+                      "sample_f1": [answer_metrics(a, golds)["f1"] for a in (r.answers if r else [])]}
+    return out
+
+
 def write_outputs(run_dir: RunDir, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]],
                   context_mode: str = "all") -> dict:
     """The evaluation's predictions (official format), metrics, per-question details and report."""
     label = cfg.output_label
     run_dir.eval_dir(label).mkdir(parents=True, exist_ok=True)
     answers = {r.id: r.answer for results, _ in per_dataset.values() for r in results}
+    scores = {name: metrics.pop(QUESTION_SCORES, {}) for name, (_, metrics) in per_dataset.items()}
     write_json(run_dir.eval_predictions(label), {"answer": answers, "sp": {}})
     summary = {
         "method": cfg.method,
@@ -91,6 +113,7 @@ def write_outputs(run_dir: RunDir, cfg: EvalConfig, per_dataset: dict[str, tuple
         for r in results:
             lines.append(json.dumps({"dataset": name, "id": r.id, "answer": r.answer, "votes": r.votes,
                                      "answers": r.answers, "rationales": r.rationales,
+                                     **scores[name].get(r.id, {}),
                                      "usage": {k: u.as_dict() for k, u in r.usage.items()}}))
     write_atomic(run_dir.eval_details(label), "\n".join(lines) + "\n")
     write_atomic(run_dir.eval_report(label), render_report(summary))

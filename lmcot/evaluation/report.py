@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 
 from lmcot.config.evaluation import ORACLE_METHODS
+from lmcot.evaluation.claims import claims_table, interval_table, load_details, sample_table, scores
+from lmcot.evaluation.statistics import HOLDS, REVERSED, fmt_interval, paired
 from lmcot.runs.rundir import RunDir, write_atomic
 
 
@@ -119,14 +121,26 @@ def mean_f1(metrics: dict) -> float:
     return sum(d["f1"] for d in ds) / len(ds)
 
 
+CLAIMS_INTRO = ("Each claim compares two rows on the same questions: ΔF1 is B - A in F1 points with its 95% "
+                "paired bootstrap interval; the verdict follows the interval (holds: above zero; reversed: below; "
+                "otherwise not distinguishable from noise). Binary questions (yes/no, or one of two named options) "
+                "and open ones are shown apart.")
+SAMPLES_INTRO = ("Per-sample F1 is one sampled rationale's answer on average; best-of-k is the vote's ceiling (an "
+                 "oracle picking the best sample); a vote can only help where best-of-k is above per-sample.")
+
 # Changes below these count as flat: a judge's mean P(yes) moving by +0.001, or F1 by a tenth of a point, is
 # noise at any dev-set size, and calling it a direction would make the finding line claim a trend it lacks.
 FLAT_QUALITY = 0.005  # mean P(yes) over the judged aspects
 FLAT_F1 = 0.005  # half an F1 point
 
 
-def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before: str, after: str) -> str:
-    """Did refinement move rationale quality and accuracy in the same direction?"""
+def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before: str, after: str,
+            details: dict[str, dict[str, dict]] | None = None) -> str:
+    """Did refinement move rationale quality and accuracy in the same direction?
+
+    With per-question scores (``details``), accuracy's direction is the paired 95% interval's
+    verdict (an interval across zero is flat, however large the point estimate); without them,
+    the mean F1 against :data:`FLAT_F1`."""
     if before not in evals or after not in evals or before not in aspects or after not in aspects:
         return "Not enough results to compare the distilled and refined small LMs."
     d_f1 = mean_f1(evals[after]) - mean_f1(evals[before])
@@ -134,6 +148,11 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
     d_q = quality(after) - quality(before)
     sign = lambda x, flat: (x > flat) - (x < -flat)  # noqa: E731
     s_q, s_f1 = sign(d_q, FLAT_QUALITY), sign(d_f1, FLAT_F1)
+    interval = ""
+    if details and details.get(before) and details.get(after):
+        p = paired(scores(details[before]), scores(details[after]))
+        d_f1, s_f1 = p.delta, {HOLDS: 1, REVERSED: -1}.get(p.verdict, 0)
+        interval = f" (paired 95% interval {fmt_interval(p.delta, p.low, p.high)} over {p.n} questions)"
     if s_q == s_f1 == 0:
         verdict = "both stayed flat"
     elif s_q == s_f1:
@@ -144,10 +163,10 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
         verdict = "moved apart (quality changed, accuracy stayed flat)"
     else:
         verdict = "moved apart (in opposite directions)"
-    flat = (f" (flat: a change under {FLAT_QUALITY} in quality, {100 * FLAT_F1:g} points in F1)"
-            if 0 in (s_q, s_f1) else "")
+    flat_f1 = "an F1 interval across zero" if interval else f"{100 * FLAT_F1:g} points in F1"
+    flat = f" (flat: a change under {FLAT_QUALITY} in quality, {flat_f1})" if 0 in (s_q, s_f1) else ""
     return (f"From `{before}` to `{after}`, mean rationale quality changed by {d_q:+.3f} and mean F1 by "
-            f"{100 * d_f1:+.1f} points: quality and accuracy **{verdict}**{flat}. The paper observed that the "
+            f"{100 * d_f1:+.1f} points{interval}: quality and accuracy **{verdict}**{flat}. The paper observed that the "
             "best-judged rationales do not always give the best answers; the reward-weight search trades the two.")
 
 
@@ -270,16 +289,24 @@ def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after:
         plot(*data, path)
         return f"![{name}]({path.relative_to(run_dir.root).as_posix()})"
 
+    details = {label: load_details(run_dir.eval_details(label)) for label in evals}
     parts = ["# lmcot report", "", f"Run directory: `{run_dir.root}`", ""]
     parts += notes or []
     if evals:
-        parts += ["## Accuracy (EM / F1, %)", "", accuracy_table(evals), "", figure("accuracy", plot_accuracy, evals),
-                  "", "## Cost of each method", "", cost_table(evals), "", figure("cost", plot_cost, evals), ""]
+        parts += ["## Claims (paired on the same questions)", "", CLAIMS_INTRO, "", claims_table(details), ""]
+        parts += ["## Accuracy (EM / F1, %)", "", accuracy_table(evals), "", figure("accuracy", plot_accuracy, evals), ""]
+        intervals = interval_table(details)
+        if intervals:
+            parts += ["F1 with its 95% bootstrap interval and n, open and binary questions apart:", "", intervals, ""]
+        samples = sample_table(details)
+        if samples:
+            parts += ["## Self-consistency: what a vote can reach", "", SAMPLES_INTRO, "", samples, ""]
+        parts += ["## Cost of each method", "", cost_table(evals), "", figure("cost", plot_cost, evals), ""]
     parts += ["## Rationale quality (large-LM judge, P(yes) per aspect)", "", aspect_table(aspects), ""]
     if aspects:
         parts += [figure("aspects", plot_aspects, aspects), ""]
     if distill or refine:
         parts += ["## Training curves", "", figure("curves", plot_curves, distill, refine), ""]
-    parts += ["## Finding", "", finding(evals, aspects, before, after), ""]
+    parts += ["## Finding", "", finding(evals, aspects, before, after, details), ""]
     write_atomic(run_dir.report, "\n".join(parts))
     return run_dir.report

@@ -34,6 +34,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from lmcot.training import rl
+from lmcot.training.rewards import weighted_columns
 from lmcot.config import RefineConfig
 
 # (prompts, completions, columns) -> (total reward per completion, {component: rewards})
@@ -190,7 +191,12 @@ def grpo_step(engine: Engine, tokenizer, batch: Sequence[dict], *, reward_fn: Re
             loss, stats = rl.rloo_loss(logps, old_logps, advantages, r.mask, epsilon=cfg.epsilon)
             stats["kl"] = kl_stat
         else:
-            if advantages is None:
+            if advantages is None and cfg.reward_aggregation == "normalize_then_sum":
+                columns = weighted_columns(components, cfg.reward_weights, cfg.aspect_mode)
+                advantages = rl.normalize_then_sum(
+                    torch.tensor([v for _, v in columns.values()], dtype=torch.float32, device=device).T,
+                    torch.tensor([w for w, _ in columns.values()]), k)
+            elif advantages is None:
                 advantages = rl.group_advantages(rewards, k, cfg.algorithm, cfg.scale_rewards)
             loss, stats = rl.grpo_loss(
                 logps, old_logps, advantages, r.mask,
@@ -204,10 +210,12 @@ def grpo_step(engine: Engine, tokenizer, batch: Sequence[dict], *, reward_fn: Re
     rewards = rewards.cpu()
     grouped = rewards.view(-1, k)
     metrics = {f"reward/{name}": sum(v) / len(v) for name, v in components.items()}
+    metrics.update({f"frac_reward_zero_std/{name}": rl.zero_std_fraction(torch.tensor(v), k)
+                    for name, v in components.items()})
     metrics.update(
         reward=rewards.mean().item(),
         reward_std=grouped.std(dim=1).mean().item(),
-        frac_reward_zero_std=(grouped.std(dim=1) < 1e-6).float().mean().item(),
+        frac_reward_zero_std=rl.zero_std_fraction(rewards, k),
         loss=loss.item(),
         **stats,
         completion_tokens=r.mask.sum(dim=1).float().mean().item(),

@@ -304,6 +304,22 @@ def combine(components: Mapping[str, Sequence[float]], weights: Mapping[str, flo
     >>> combine({"task": [1.0], "fluency": [0.4], "coherence": [0.8]}, {"task": 1.0, "quality": 0.5}, "mean")
     [1.3]
     """
+    columns = weighted_columns(components, weights, aspect_mode)
+    n = len(next(iter(components.values())))
+    return [sum(w * values[i] for w, values in columns.values()) for i in range(n)]
+
+
+def weighted_columns(components: Mapping[str, Sequence[float]], weights: Mapping[str, float],
+                     aspect_mode: str = "weighted") -> dict[str, tuple[float, Sequence[float]]]:
+    """name -> (weight, values) of every reward with a non-zero weight: what a total is made of.
+
+    ``aspect_mode="mean"`` derives ``quality`` (the mean of the aspect components present) when it
+    was not computed. The RL loop normalizes these columns one by one before weighting them when
+    ``refine.reward_aggregation`` is ``normalize_then_sum``.
+
+    >>> weighted_columns({"task": [1.0], "fluency": [0.4], "coherence": [0.8]}, {"task": 1.0, "quality": 0.5}, "mean")
+    {'task': (1.0, [1.0]), 'quality': (0.5, [0.6000000000000001])}
+    """
     components = dict(components)
     if aspect_mode == "mean" and "quality" in weights and "quality" not in components:
         present = [components[a] for a in ASPECTS if a in components]
@@ -313,5 +329,4 @@ def combine(components: Mapping[str, Sequence[float]], weights: Mapping[str, flo
     missing = [n for n, w in weights.items() if w != 0 and n not in components]
     if missing:
         raise KeyError(f"no component for weighted rewards {missing}; computed: {sorted(components)}")
-    n = len(next(iter(components.values())))
-    return [sum(w * components[name][i] for name, w in weights.items() if w != 0) for i in range(n)]
+    return {name: (float(w), components[name]) for name, w in weights.items() if w != 0}

@@ -118,6 +118,40 @@ def group_advantages(rewards: torch.Tensor, group_size: int, algorithm: str = "g
     return adv.reshape(-1)
 
 
+def normalize_then_sum(columns: torch.Tensor, weights: torch.Tensor, group_size: int,
+                       eps: float = 1e-4) -> torch.Tensor:
+    """Advantages from ``N x R`` reward columns: each column centred and scaled within its group, then
+    weighted and summed, then the sums normalised over the batch (all ranks pooled).
+
+    TRL 1.16's ``multi_objective_aggregation="normalize_then_sum"``. Why: summing first and scaling by
+    the group std lets a small judged aspect decide the gradient whenever the task reward is the same
+    for a whole group (then it is the only spread left, and group scaling blows it up to unit size).
+    Normalised per reward, a constant column contributes exactly 0, and each reward's weight says how
+    much of the advantage it may be.
+
+    >>> cols = torch.tensor([[1., .50], [1., .52], [0., .50], [1., .52]])
+    >>> adv = normalize_then_sum(cols, torch.tensor([1., .1]), 2)
+    >>> [round(x, 2) for x in adv.tolist()]  # group 1: task constant, only the 0.1-weighted aspect moves
+    [-0.11, 0.11, -1.22, 1.22]
+    """
+    if group_size < 2 or columns.shape[0] % group_size:
+        raise ValueError(f"{columns.shape[0]} rows cannot form groups of {group_size} (need >= 2 per group)")
+    g = columns.float().view(-1, group_size, columns.shape[1])
+    z = (g - g.mean(dim=1, keepdim=True)) / (g.std(dim=1, keepdim=True) + eps)
+    total = (z.view(-1, columns.shape[1]) * weights.to(z)).sum(dim=1)
+    mean, std = _global_mean_std(total)
+    return (total - mean) / (std + eps)
+
+
+def zero_std_fraction(values: torch.Tensor, group_size: int) -> float:
+    """Share of groups whose values are all equal (no learning signal from that reward in that group).
+
+    >>> zero_std_fraction(torch.tensor([1., 1., 0., 1.]), 2)
+    0.5
+    """
+    return (values.float().view(-1, group_size).std(dim=1) < 1e-6).float().mean().item()
+
+
 def completion_mask(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 for the tokens of each row up to and including its first ``eos_token_id``, 0 after.
 
