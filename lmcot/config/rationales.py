@@ -17,6 +17,10 @@ class RationalesConfig:
     """Rationales drawn per training question (sampled at ``generation.temperature`` when > 1)."""
     filter: str = "em"
     """Keep a rationale when the teacher's answer from it is right: ``em`` or ``f1`` >= ``f1_threshold``."""
+    require_faithful: bool = False
+    """Also drop a rationale that names someone or something (or a number) its context never states
+    (:mod:`lmcot.training.faithfulness`), even when its answer is right: a lucky answer from an
+    invented name teaches the small LM to invent names. Reason ``unfaithful`` in the summary."""
     judged_answer: str = "teacher"
     """Which answer the filter scores: ``teacher`` (the answer the teacher's own CoT ends with) or
     ``from_rationale`` (the large LM answers again from the rationale alone with the

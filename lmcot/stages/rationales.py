@@ -112,7 +112,7 @@ def _stats(cfg: Config, run_dir: RunDir, store: ShardStore, expected: set, gen_w
         wall_s=sum(r["wall_s"] for r in runs),
         teacher=cfg.large.name_or_path, backend=cfg.large.backend,
         samples_per_question=rc.samples_per_question, filter=rc.filter,
-        f1_threshold=rc.f1_threshold if rc.filter == "f1" else None,
+        f1_threshold=rc.f1_threshold if rc.filter == "f1" else None, require_faithful=rc.require_faithful,
         runs=runs,
     )
     return stats

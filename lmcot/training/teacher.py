@@ -15,10 +15,16 @@ milliseconds and the Ray Data stage (``lmcot.stages.rationales``) is only plumbi
   parsable answer is ``kept=False`` with a ``reason``, never an error (unless the
   filter keeps everything: ``filter: f1`` with ``f1_threshold: 0``).
 - :class:`ShardStore` owns ``RUN/rationales/``: it reads the (dataset, id, sample)
-  keys already written, writes parquet shards atomically (temporary name, then
-  rename), drops any row whose key is already on disk, and takes a lock so two runs
+  keys already written, writes parquet shards through :mod:`lmcot.runs.shards` (atomic,
+  fsynced), drops any row whose key is already on disk, and takes a lock so two runs
   never write the same directory. A killed run loses at most the rows it had not
-  flushed yet; a rerun generates exactly those.
+  flushed yet; a rerun generates exactly those. File names come from :class:`RunDir`.
+- :func:`teacher_manifest` is what existing rows must share with a rerun's before it may
+  add to them. It is not the stage identity (:func:`lmcot.stages.rationales.stage_identity`)
+  under another name: that one says whether the stage is done, and changes with the
+  dataset list or the filter, which keep every row on disk valid (a rerun adds the missing
+  rows, :func:`refilter` re-decides the rest); this one changes only with what would make
+  old and new rows disagree (teacher, context, decoding), and then refuses to mix them.
 """
 
 from __future__ import annotations
@@ -26,22 +32,22 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lmcot.config import Config, DataConfig, RationalesConfig
 from lmcot.datasets.context import build_context
 from lmcot.datasets.data import Example, parse_records, to_official_json
 from lmcot.evaluation.metrics import answer_metrics, gold_answers
+from lmcot.training.faithfulness import is_faithful
 from lmcot.prompting.prompts import (ANSWER_CUE, answer_from_rationale_prompt, parse_answer, split_rationale,
                            teacher_rationale_prompt)
+from lmcot.runs.rundir import RunDir, write_json
+from lmcot.runs.shards import next_shard_index, read_shard, read_shards, shard_paths, write_shard
 
 if TYPE_CHECKING:
     from lmcot.models.generation import Generator
@@ -75,9 +81,6 @@ REASONS = ("empty_output", "no_answer", "wrong_answer", "low_f1")
 """What is wrong with a row's answer: no text at all, no answer cue (both set even when
 ``f1_threshold: 0`` keeps the row), EM = 0 (``em`` filter), F1 below the threshold. Empty for a
 kept row with an answer."""
-
-SHARD_PREFIX = "part-"
-MANIFEST = "manifest.json"
 
 
 # -- input rows --------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def teacher_prompt(row: dict, data: DataConfig, tokenizer=None) -> tuple[str, st
 
 
 # -- parsing and scoring -----------------------------------------------------------------
-def judge_output(text: str, golds: Sequence[str], rc: RationalesConfig) -> dict:
+def judge_output(text: str, golds: Sequence[str], rc: RationalesConfig, context: str = "") -> dict:
     """Rationale, teacher answer, EM/F1 against the gold answers, and whether the filter keeps it.
 
     >>> from lmcot.config import RationalesConfig
@@ -138,16 +141,18 @@ def judge_output(text: str, golds: Sequence[str], rc: RationalesConfig) -> dict:
         kept, reason = keeps(0.0, 0.0, unanswered, rc)
         return dict(rationale=rationale, teacher_answer="", em=0.0, f1=0.0, kept=kept, reason=reason)
     scores = answer_metrics(answer, list(golds))
-    kept, reason = keeps(scores["em"], scores["f1"], "", rc)
+    kept, reason = keeps(scores["em"], scores["f1"], "", rc, faithful=is_faithful(rationale, context))
     return dict(rationale=rationale, teacher_answer=answer, em=scores["em"], f1=scores["f1"], kept=kept, reason=reason)
 
 
 UNANSWERED = ("no_answer", "empty_output")
 
 
-def keeps(em: float, f1: float, unanswered: str, rc: RationalesConfig) -> tuple[bool, str]:
+def keeps(em: float, f1: float, unanswered: str, rc: RationalesConfig, faithful: bool = True) -> tuple[bool, str]:
     """The filter alone: (kept, reason) of a scored row. An unanswered row (``no_answer`` or
-    ``empty_output``) scores 0, which only ``filter: f1`` with ``f1_threshold: 0`` accepts.
+    ``empty_output``) scores 0, which only ``filter: f1`` with ``f1_threshold: 0`` accepts. With
+    ``require_faithful``, a right answer from a rationale naming what its context never states is
+    dropped too (reason ``unfaithful``; :mod:`lmcot.training.faithfulness`).
 
     >>> from lmcot.config import RationalesConfig
     >>> keeps(0.0, 0.5, "", RationalesConfig(filter="f1", f1_threshold=0.4))
@@ -161,6 +166,8 @@ def keeps(em: float, f1: float, unanswered: str, rc: RationalesConfig) -> tuple[
         kept, reason = em == 1.0, "wrong_answer"
     else:
         kept, reason = f1 >= rc.f1_threshold, "low_f1"
+    if kept and rc.require_faithful and not faithful:
+        kept, reason = False, "unfaithful"
     return bool(kept), "" if kept else reason
 
 
@@ -171,19 +178,18 @@ def refilter(root: Path, rc: RationalesConfig) -> int:
     generated instead of keeping the old decisions. Returns the rows whose decision changed."""
     changed = 0
     for path in shard_paths(root):
-        table = pq.read_table(path)
-        cols = {name: table[name].to_pylist() for name in ("em", "f1", "reason", "kept")}
-        decisions = [keeps(em, f1, reason if reason in UNANSWERED else "", rc)
-                     for em, f1, reason in zip(cols["em"], cols["f1"], cols["reason"])]
+        table = read_shard(path)
+        cols = {name: table[name].to_pylist() for name in ("em", "f1", "reason", "kept", "rationale", "context")}
+        decisions = [keeps(em, f1, reason if reason in UNANSWERED else "", rc, faithful=is_faithful(rat, ctx))
+                     for em, f1, reason, rat, ctx in zip(cols["em"], cols["f1"], cols["reason"], cols["rationale"],
+                                                         cols["context"])]
         if [d[0] for d in decisions] == cols["kept"] and [d[1] for d in decisions] == cols["reason"]:
             continue
         changed += sum(d[0] != k for d, k in zip(decisions, cols["kept"]))
         table = table.set_column(table.schema.get_field_index("kept"), "kept", pa.array([d[0] for d in decisions]))
         table = table.set_column(table.schema.get_field_index("reason"), "reason",
                                  pa.array([d[1] for d in decisions], pa.string()))
-        tmp = path.parent / f".{path.name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_shard(path, table)
     return changed
 
 
@@ -230,7 +236,7 @@ def generate_rows(generator: Generator, rows: Sequence[dict], cfg: Config, token
                 out.append({
                     "dataset": row["dataset"], "id": row["id"], "sample": int(sample), "question": row["question"],
                     "context": context, "output": text, "gold_answer": row["golds"][0],
-                    **judge_output(text, row["golds"], rc),
+                    **judge_output(text, row["golds"], rc, context),
                     "prompt_tokens": int(g.prompt_tokens), "completion_tokens": int(tokens), "teacher": teacher,
                 })
     if rc.judged_answer == "from_rationale":
@@ -252,7 +258,7 @@ def rejudge_from_rationale(generator: Generator, rows: list[dict], golds: dict, 
     )
     for r, g in zip(todo, answers):
         r.update(judge_output(f"{r['rationale']} {ANSWER_CUE} {parse_answer(g.texts[0])}",
-                              golds[(r["dataset"], r["id"])], cfg.rationales))
+                              golds[(r["dataset"], r["id"])], cfg.rationales, r["context"]))
         r["prompt_tokens"] += int(g.prompt_tokens)
         r["completion_tokens"] += int(g.completion_tokens)
 
@@ -274,9 +280,6 @@ def teacher_manifest(cfg: Config) -> dict:
 
 
 # -- shards --------------------------------------------------------------------------------
-_SHARD_RE = re.compile(rf"^{SHARD_PREFIX}(\d+)\.parquet$")
-
-
 @dataclass
 class ShardStore:
     """The parquet shards of ``RUN/rationales/``: resume keys, atomic exactly-once writes, a writer lock.
@@ -301,7 +304,7 @@ class ShardStore:
     # lifecycle
     def __enter__(self) -> "ShardStore":
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / ".lock", "w")
+        self._lock = open(RunDir.writer_lock(self.root), "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -309,7 +312,7 @@ class ShardStore:
             self._lock = None
             raise RuntimeError(f"{self.root} is being written by another generate-rationales run; "
                                "wait for it to finish or use another --run-dir") from None
-        for tmp in self.root.glob(f".{SHARD_PREFIX}*.tmp"):
+        for tmp in self.root.glob(f".{RunDir.SHARD_PREFIX}*.tmp"):
             tmp.unlink()  # a shard a killed run never finished: its rows are regenerated
         self.written = read_keys(self.root)
         return self
@@ -321,7 +324,7 @@ class ShardStore:
 
     def check_manifest(self, manifest: dict) -> None:
         """Refuse to mix rationales from another teacher or prompt setting into existing shards."""
-        path = self.root / MANIFEST
+        path = RunDir.shard_manifest(self.root)
         if path.is_file() and self.written:
             old = json.loads(path.read_text())
             diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
@@ -329,8 +332,6 @@ class ShardStore:
                 changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
                 raise ValueError(f"{self.root} holds rationales written with other settings ({changes}); "
                                  "use a new --run-dir, or delete that directory to regenerate")
-        from lmcot.runs.rundir import write_json
-
         write_json(path, manifest)
 
     # writing
@@ -357,13 +358,7 @@ class ShardStore:
             self._buffer = []
 
     def _write(self, rows: list[dict]) -> Path:
-        index = next_shard_index(self.root)
-        final = self.root / f"{SHARD_PREFIX}{index:06d}.parquet"
-        tmp = self.root / f".{final.name}.tmp"
-        pq.write_table(rows_to_table(rows), tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        final = write_shard(RunDir.shard(self.root, next_shard_index(self.root)), rows_to_table(rows))
         self.written.update((r["dataset"], r["id"], int(r["sample"])) for r in rows)
         self.new_rows += len(rows)
         self.new_shards += 1
@@ -372,41 +367,23 @@ class ShardStore:
         return final
 
 
-def shard_paths(root: Path) -> list[Path]:
-    """The finished shards under ``root``, in write order."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if _SHARD_RE.match(p.name))
-
-
-def next_shard_index(root: Path) -> int:
-    """One past the highest shard number present (0 for an empty directory)."""
-    indices = [int(_SHARD_RE.match(p.name).group(1)) for p in shard_paths(root)]
-    return max(indices, default=-1) + 1
-
-
 def read_keys(root: Path) -> set[Key]:
     """The (dataset, id, sample) keys of every finished shard."""
-    keys: set[Key] = set()
-    for path in shard_paths(root):
-        t = pq.read_table(path, columns=["dataset", "id", "sample"])
-        keys.update(zip(t["dataset"].to_pylist(), t["id"].to_pylist(), t["sample"].to_pylist()))
-    return keys
+    t = read_rationales(root, ["dataset", "id", "sample"])
+    return set(zip(t["dataset"].to_pylist(), t["id"].to_pylist(), t["sample"].to_pylist()))
 
 
 def read_rationales(root: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """Every shard as one table (empty with :data:`SCHEMA` when none exists)."""
-    paths = shard_paths(root)
-    if not paths:
-        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(list(columns))
-    return pa.concat_tables([pq.read_table(p, columns=list(columns) if columns else None) for p in paths])
+    return read_shards(root, columns, required=columns or (), empty=SCHEMA)
 
 
 def summarize(root: Path) -> dict:
     """Totals over all shards: rows, kept, kept ratio, EM/F1, reasons and tokens, overall and per dataset."""
-    t = read_rationales(root, ["dataset", "kept", "reason", "em", "f1", "prompt_tokens", "completion_tokens"])
+    t = read_rationales(root, ["dataset", "kept", "reason", "em", "f1", "prompt_tokens", "completion_tokens",
+                               "rationale", "context"])
     cols = {name: t[name].to_pylist() for name in t.column_names}
+    faithful = [is_faithful(r, c) for r, c in zip(cols.pop("rationale"), cols.pop("context"))]
 
     def block(idx: list[int]) -> dict:
         n = len(idx)
@@ -417,6 +394,8 @@ def summarize(root: Path) -> dict:
                 reasons[cols["reason"][i]] = reasons.get(cols["reason"][i], 0) + 1
         return {
             "rows": n, "kept": kept, "kept_ratio": kept / n if n else 0.0,
+            "faithful_ratio": sum(faithful[i] for i in idx) / n if n else 0.0,
+            "kept_faithful_ratio": sum(faithful[i] for i in idx if cols["kept"][i]) / kept if kept else 0.0,
             "em": sum(cols["em"][i] for i in idx) / n if n else 0.0,
             "f1": sum(cols["f1"][i] for i in idx) / n if n else 0.0,
             "reasons": dict(sorted(reasons.items())),
