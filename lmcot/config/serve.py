@@ -33,13 +33,14 @@ class DeploymentSpec:
     ``max_ongoing_requests``; more are answered 503 with ``Retry-After`` at once instead of queueing
     without bound. -1: no bound."""
     max_batch_size: int = 8
-    """Requests merged into one model call by ``@serve.batch`` (model deployments only). A model
-    replica works on up to 4 merged batches at once (their chunks take turns on the model), so
-    keep ``max_ongoing_requests`` >= 4 x ``max_batch_size``."""
+    """Most requests merged into one model call by the replica's work queue (model deployments only)."""
     batch_wait_timeout_s: float = 0.002
-    """How long a partial batch waits for more requests before it runs. Keep it well below one
+    """How long an idle model waits for more requests before it runs a batch. Keep it well below one
     model call: it is added to every call at low load, while under load requests queue during
     the running call and the next batch fills anyway."""
+    health_check_period_s: float = 10.0
+    """Seconds between Serve's health checks of a replica: how soon a lost replica is replaced, so
+    also the ``Retry-After`` of the 503 that a lost replica's clients get."""
     autoscaling: bool = False
     """Scale replicas between ``min_replicas`` and ``max_replicas`` on ongoing requests."""
     min_replicas: int = 1
@@ -69,6 +70,8 @@ class DeploymentSpec:
             )
         if self.target_ongoing_requests <= 0:
             raise ValueError(f"target_ongoing_requests must be > 0, got {self.target_ongoing_requests}")
+        if self.health_check_period_s <= 0:
+            raise ValueError(f"health_check_period_s must be > 0, got {self.health_check_period_s}")
 
     def deployment_options(self, placement: dict[str, float] | None = None) -> dict:
         """Keyword arguments for ``Deployment.options`` (replicas, actor resources, autoscaling).
@@ -86,7 +89,8 @@ class DeploymentSpec:
         if placement:
             actor["resources"] = dict(placement)
         options: dict = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests,
-                         "max_queued_requests": self.max_queued_requests}
+                         "max_queued_requests": self.max_queued_requests,
+                         "health_check_period_s": self.health_check_period_s}
         if self.autoscaling:
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replicas,
@@ -143,6 +147,16 @@ class ServeConfig:
     with other requests' calls, so a short request waits for about one such call, and a
     cancelled request stops after the call that is running. Larger: more throughput per call on
     a GPU; smaller: shorter waits for short requests."""
+    queue_aging_s: float = 2.0
+    """Seconds a full-size model call (``max_chunk_tokens``) concedes to a tiny one in a model
+    replica's queue; past them it goes before every call that arrived after it. This bounds the
+    wait of large requests under a stream of small ones (``lmcot.serving.work_queue``)."""
+    body_read_timeout_s: float = 10.0
+    """Seconds a client has to send its whole request body; past them 408. Slow clients cannot hold
+    the ingress's request slots for longer."""
+    max_slow_body_readers: int = 8
+    """Requests per ingress replica whose bodies may take longer than half a second to arrive at
+    once; more are answered 408 at once, so slow clients leave slots for everyone else."""
     ingress: DeploymentSpec = field(
         default_factory=lambda: DeploymentSpec(num_cpus=0.1, max_ongoing_requests=64, max_batch_size=1)
     )
@@ -163,11 +177,14 @@ class ServeConfig:
             raise ValueError(f"adaptive_round_size must be >= 2 (a single sample is greedy), got {self.adaptive_round_size}")
         for name in ("max_question_chars", "max_context_chars", "max_paragraphs", "max_body_bytes",
                      "max_new_tokens", "max_prompts", "max_top_logprobs", "max_request_tokens",
-                     "max_chunk_tokens"):
+                     "max_chunk_tokens", "max_slow_body_readers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "body_read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.queue_aging_s < 0:
+            raise ValueError(f"queue_aging_s must be >= 0, got {self.queue_aging_s}")
         if self.auth_token_env and not self.auth_token_env.replace("_", "").isalnum():
             raise ValueError(
                 f"auth_token_env={self.auth_token_env!r} must be an environment variable name "

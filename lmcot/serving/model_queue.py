@@ -19,7 +19,7 @@ from lmcot.prompting.fitting import PromptTooLong
 from lmcot.serving.work_queue import QueueLimits, WorkQueue
 
 
-class ContextLengthExceeded(ValueError):
+class ContextLengthExceeded(PromptTooLong):
     """A prompt longer than the model reads: ``tokens`` needed, ``limit`` allowed (OpenAI's ``context_length_exceeded``)."""
 
     def __init__(self, message: str, limit: int, tokens: int):

@@ -9,9 +9,10 @@ Batching happens at two levels:
 
 - a worker sends all completions of its step in one call per reward kind (the
   :class:`~lmcot.training.rewards.RewardJudge` memoises per batch);
-- each actor merges the calls that arrive from different workers within
-  ``judge_batch_wait_ms`` (and all that queue while a forward pass runs) into one
-  batched forward pass, then hands every caller its slice.
+- each actor puts every call in its :class:`~lmcot.serving.model_queue.QueuedModel`, the same
+  work queue Serve's model replicas use: calls from different workers with equal settings that
+  arrive within ``judge_batch_wait_ms`` (and all that queue while a forward pass runs) share one
+  forward pass of at most ``judge_batch_size`` rows, and a call that fails fails alone.
 
 :class:`JudgeClient` is what the workers hold: a picklable
 :class:`~lmcot.models.generation.Generator` that splits a call over the actors of the pool
@@ -21,57 +22,18 @@ the step instead of hanging the run.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Sequence
 
 import ray
 
 from lmcot.config import GenerationConfig, ModelSpec
+from lmcot.serving.model_queue import QueuedModel
+from lmcot.serving.work_queue import QueueLimits
 
 log = logging.getLogger(__name__)
-
-
-class _Batcher:
-    """Merges concurrent requests for one operation into batched calls of ``fn(items) -> results``."""
-
-    def __init__(self, fn, wait_s: float, lock: asyncio.Lock):
-        self.fn, self.wait_s, self.lock = fn, wait_s, lock
-        self.pending: list[tuple[list, asyncio.Future]] = []
-        self.task: asyncio.Task | None = None
-        self.calls = 0
-        self.items = 0
-
-    async def submit(self, items: list):
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((list(items), future))
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._drain())
-        return await future
-
-    async def _drain(self):
-        await asyncio.sleep(self.wait_s)  # let calls from other workers arrive
-        while self.pending:
-            batch, self.pending = self.pending, []
-            flat = [x for items, _ in batch for x in items]
-            try:
-                # in a thread, so new calls queue up (and join the next batch) while this one runs;
-                # the lock keeps one forward pass at a time on the model
-                async with self.lock:
-                    results = await asyncio.to_thread(self.fn, flat)
-            except Exception as exc:  # every caller of this batch gets the error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.calls += 1
-            self.items += len(flat)
-            start = 0
-            for items, future in batch:
-                if not future.done():
-                    future.set_result(results[start : start + len(items)])
-                start += len(items)
+MAX_JUDGE_TOKENS = 4096
+"""New tokens per row a judge batch allows for: above any answer or rationale length a reward asks for."""
 
 
 @ray.remote
@@ -84,50 +46,28 @@ class JudgeActor:
 
         spec_ = build(ModelSpec, spec)
         gen = build(GenerationConfig, {**generation, "batch_size": batch_size})
-        self.generator = make_generator(spec_, gen)
-        self.wait_s = batch_wait_ms / 1000.0
-        self.busy_seconds = 0.0
-        self.lock: asyncio.Lock | None = None  # created in the actor's event loop
-        self.score: _Batcher | None = None
-        self.generators: dict[tuple, _Batcher] = {}
-
-    def _timed(self, fn):
-        def run(items):
-            start = time.perf_counter()
-            try:
-                return fn(items)
-            finally:
-                self.busy_seconds += time.perf_counter() - start
-        return run
+        # Rows cap a forward pass; new tokens do not (a judge step's calls are all short).
+        limits = QueueLimits(max_rows=batch_size, max_cost=batch_size * MAX_JUDGE_TOKENS,
+                             gather_s=batch_wait_ms / 1000.0)
+        self.model = QueuedModel(make_generator(spec_, gen), limits, name="lmcot-judge")
 
     async def ready(self) -> bool:
         return True
 
-    def _batcher(self, fn) -> _Batcher:
-        if self.lock is None:
-            self.lock = asyncio.Lock()
-        return _Batcher(self._timed(fn), self.wait_s, self.lock)
-
     async def score_yes_no(self, prompts: list[str]) -> list[float]:
-        if self.score is None:
-            self.score = self._batcher(self.generator.score_yes_no)
-        return await self.score.submit(prompts)
+        return await self.model.score_yes_no(prompts)
 
     async def generate(self, prompts: list[str], max_new_tokens: int, n: int = 1, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None) -> list:
-        key = (max_new_tokens, n, temperature, top_p, seed)
-        if key not in self.generators:
-            def fn(items, _key=key):
-                return self.generator.generate(items, max_new_tokens=_key[0], n=_key[1], temperature=_key[2],
-                                               top_p=_key[3], seed=_key[4])
-            self.generators[key] = self._batcher(fn)
-        return await self.generators[key].submit(prompts)
+        return await self.model.generate(prompts, max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+                                         top_p=top_p, seed=seed)
 
     async def stats(self) -> dict:
-        """Forward batches run and prompts served (both operations), and seconds spent in the model."""
-        batchers = [b for b in (self.score, *self.generators.values()) if b is not None]
-        return {"batches": sum(b.calls for b in batchers), "prompts": sum(b.items for b in batchers),
-                "busy_seconds": self.busy_seconds}
+        """Forward batches run (``merged_batches``: those shared by several calls), calls and prompts
+        served, and seconds spent in the model."""
+        s = self.model.stats()
+        return {"batches": s["batches"], "merged_batches": s["merged_batches"], "calls": s["jobs"],
+                "prompts": s["items"], "busy_seconds": s["busy_seconds"]}
 
 
 def start_judges(spec: ModelSpec, generation: GenerationConfig, *, num_actors: int, num_cpus: float,

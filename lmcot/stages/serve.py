@@ -3,8 +3,8 @@
 Three deployments, each with its own replicas and resources (``serve.*`` config):
 
 - ``Rationalizer``: the small LM. A request's k rationales are one sampled call
-  (``n=k``), and ``@serve.batch`` merges concurrent requests into one model call.
-- ``Answerer``: the large LM. ``@serve.batch`` merges the answer prompts of concurrent
+  (``n=k``), and the replica's work queue merges concurrent requests into one model call.
+- ``Answerer``: the large LM. Its work queue merges the answer prompts of concurrent
   requests; it also runs the OpenAI-compatible ``/openai/v1/completions`` and
   ``/openai/v1/chat/completions`` (with ``logprobs`` for yes/no judging), so other
   tools, lmcot's own ``backend: openai`` included, can use the large LM as a black box.
@@ -19,16 +19,20 @@ One bad client cannot hurt the others:
 - *Admission.* Sampling settings the model cannot sample with (a temperature of 1e-40)
   are refused with a 4xx naming the field; each request's worst-case cost (prompts x
   samples x new tokens) is checked against ``serve.max_request_tokens`` before it runs;
+  a prompt over the model's input limit is counted with the model's own fitter in the
+  replica before any queueing and answered 400 ``context_length_exceeded`` naming the field;
   every deployment bounds its queue (``max_queued_requests``) and answers 503 with
   ``Retry-After`` when it is full.
-- *Isolation.* A merged batch that fails is retried caller by caller
-  (:func:`lmcot.stages.serve_worker.generate_batch`), so only the request that caused it fails.
-- *Fair turns and cancellation.* Model work runs on one thread per replica in chunks of
-  one model batch (:class:`lmcot.stages.serve_worker.ModelWorker`), so short requests are served between the chunks
-  of long ones; a request whose client timed out or went away is cancelled in the model
-  replica and its remaining chunks are dropped.
-- *Clean failures.* Every error is JSON in one shape with a request id and no internals
-  (``lmcot.stages.serve_http``); a lost replica answers 503 with ``Retry-After``.
+- *One work queue per model replica* (:mod:`lmcot.serving.work_queue`, via
+  :mod:`lmcot.stages.serve_worker`): concurrent requests share model calls; long requests run in
+  pieces, so short ones wait for about one piece; a piece's wait is bounded (``serve.queue_aging_s``),
+  so large allowed requests are answered too; a merged call that fails is retried caller by
+  caller, and a request whose client timed out or went away leaves the queue, so only the request
+  that caused a failure or timeout gets it.
+- *Clean failures.* Every error is JSON in one shape with a request id and no internals, and the
+  same id is in the log line that explains it, in the ingress and the model replicas
+  (``lmcot.stages.serve_http``); a lost replica answers 503 with ``Retry-After`` (the health-check
+  period). Hostile headers and slow bodies are handled at the edge (``lmcot.serving.edges``).
 
 The OpenAI routes live on the ingress (one application, one copy of the large LM,
 one auth and limit policy) and forward to the Answerer's ``complete`` method.
@@ -41,8 +45,10 @@ annotations`` here: Serve reads ``build_app``'s parameter annotation to parse it
 """
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -52,26 +58,25 @@ from fastapi import Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from pydantic import BaseModel, ConfigDict
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from lmcot.inference import method as methods
 from lmcot.config import Config, ConfigError, from_dict, resolve_config_path, to_dict
 from lmcot.config.loader import apply_overrides, overlay, read_yaml
 from lmcot.models.factory import make_generator
-from lmcot.models.generation import Generation, HFGenerator
+from lmcot.models.generation import Generation
 from lmcot.inference.method import Question, majority_vote, run_method, vote_is_settled
 from lmcot.models.loading import context_tokenizer
 from lmcot.stages import serve_http as http
-from lmcot.stages.serve_worker import GenerateCall, ModelWorker, Ticket, call_batched, generate_batch
+from lmcot.serving.edges import SlowReaders, printable
+from lmcot.prompting.fitting import PromptTooLong
+from lmcot.serving.model_queue import QueuedModel
+from lmcot.stages import serve_worker as worker
+from lmcot.stages.serve_worker import GenerateCall
 
 log = logging.getLogger(__name__)
 OPENAI_PREFIX = http.OPENAI_PREFIX
-
-
-def _configure_batching(batched_method, spec) -> None:
-    batched_method.set_max_batch_size(spec.max_batch_size)
-    batched_method.set_batch_wait_timeout_s(spec.batch_wait_timeout_s)
 
 
 class HandleGenerator:
@@ -105,145 +110,78 @@ class HandleGenerator:
                     raise TimeoutError
                 try:
                     return response.result(timeout_s=min(remaining, self.POLL_S))
-                except TimeoutError:
+                except TimeoutError as exc:
+                    if isinstance(exc, RayTaskError):  # the replica's own timeout, not the poll's
+                        raise
                     continue
         except (TimeoutError, asyncio.CancelledError):
             response.cancel()
             raise
 
-    def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
+    def _remaining(self) -> float:
         if self.cancelled.is_set():
             raise asyncio.CancelledError
-        call = GenerateCall(tuple(prompts), max_new_tokens, n, temperature, top_p)
+        return max(0.0, self.deadline - time.monotonic())
+
+    def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
+        call = GenerateCall(tuple(prompts), max_new_tokens, n, temperature, top_p, timeout_s=self._remaining())
         return self._wait(self.handle.generate.remote(call))
 
     def score_yes_no(self, prompts):
-        if self.cancelled.is_set():
-            raise asyncio.CancelledError
-        return self._wait(self.handle.score_yes_no.remote(tuple(prompts)))
-
-
-def trim_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """``text`` cut before the first stop sequence, and whether one was found.
-
-    >>> trim_at_stop("Paris. Question: x", ["Question:", "\\n"])
-    ('Paris. ', True)
-    """
-    cuts = [text.find(s) for s in stops if s and s in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def logprob_completions(gen: HFGenerator, prompts: list[str], *, max_new_tokens: int, n: int,
-                        temperature: float, top_p: float, top: int, stops: list[str]) -> dict:
-    """OpenAI completion choices with ``logprobs``, from :meth:`HFGenerator.generate_with_logprobs`."""
-    samples, prompt_tokens = gen.generate_with_logprobs(prompts, max_new_tokens=max_new_tokens, n=n,
-                                                        temperature=temperature, top_p=top_p, top=top)
-    choices = []
-    for s in samples:
-        text, stopped = trim_at_stop(s.text, stops)
-        choices.append({
-            "text": text,
-            "finish_reason": "stop" if stopped or s.ended else "length",
-            "logprobs": {"tokens": s.tokens, "token_logprobs": s.token_logprobs, "top_logprobs": s.top_logprobs},
-        })
-    return {"choices": choices, "prompt_tokens": prompt_tokens,
-            "completion_tokens": sum(s.completion_tokens for s in samples)}
+        return self._wait(self.handle.score_yes_no.remote(tuple(prompts), self._remaining()))
 
 
 # -- model deployments -------------------------------------------------------------------------
-MAX_CONCURRENT_BATCHES = 4
-"""Merged batches a model replica works on at once. Their chunks share the replica's one
-:class:`ModelWorker` thread in turn, so a batch of short requests that forms while a long one
-runs is served between its chunks instead of after it."""
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Rationalizer:
-    """The small LM: k sampled rationales per request, concurrent requests batched into one call."""
+    """The small LM: k sampled rationales per request; concurrent requests share model calls (work queue)."""
 
     def __init__(self, cfg: Config):
-        self.worker = ModelWorker(make_generator(cfg.small, cfg.generation), cfg.generation.batch_size,
-                                  cfg.serve.max_chunk_tokens)
-        _configure_batching(self._generate, cfg.serve.rationalizer)
+        worker.log_to_serve()
+        self.model = QueuedModel(make_generator(cfg.small, cfg.generation),
+                                 worker.queue_limits(cfg, cfg.serve.rationalizer), name="lmcot-small")
 
     async def generate(self, call: GenerateCall) -> list[Generation]:
-        return await call_batched(self._generate, call)
+        return await worker.generate(self.model, call)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
-    async def _generate(self, tickets: list[Ticket]) -> list:
-        return await generate_batch(self.worker, tickets)
+    def stats(self) -> dict:
+        return self.model.stats()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Answerer:
-    """The frozen large LM: batched greedy answers, yes/no scores and OpenAI-style completions."""
+    """The frozen large LM: greedy answers, yes/no scores and OpenAI completions, all through one work queue."""
 
     def __init__(self, cfg: Config):
-        self.worker = ModelWorker(make_generator(cfg.large, cfg.generation), cfg.generation.batch_size,
-                                  cfg.serve.max_chunk_tokens)
-        self.generator = self.worker.generator
-        _configure_batching(self._generate, cfg.serve.answerer)
-        _configure_batching(self.score_yes_no, cfg.serve.answerer)
+        worker.log_to_serve()
+        self.model = QueuedModel(make_generator(cfg.large, cfg.generation),
+                                 worker.queue_limits(cfg, cfg.serve.answerer), name="lmcot-large")
 
     async def generate(self, call: GenerateCall) -> list[Generation]:
-        return await call_batched(self._generate, call)
+        return await worker.generate(self.model, call)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
-    async def _generate(self, tickets: list[Ticket]) -> list:
-        return await generate_batch(self.worker, tickets)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
-    async def score_yes_no(self, prompt_lists: list[tuple[str, ...]]) -> list[list[float]]:
-        flat = [p for prompts in prompt_lists for p in prompts]
-        scores = []
-        size = self.worker.prompts_per_chunk(1, 1)
-        for start in range(0, len(flat), size):
-            chunk = flat[start:start + size]
-            scores += await self.worker.run(len(chunk), self.generator.score_yes_no, chunk)
-        scores = iter(scores)
-        return [[next(scores) for _ in prompts] for prompts in prompt_lists]
+    async def score_yes_no(self, prompts: tuple[str, ...], timeout_s: float | None = None) -> list[float]:
+        return await self.model.score_yes_no(prompts, timeout_s=timeout_s, tag=worker.request_id())
 
     def stats(self) -> dict:
-        """Model chunks run and dropped (cancelled callers) since the replica started."""
-        return self.worker.stats()
+        """Model calls run, requests served and items dropped (callers gone) since the replica started."""
+        return self.model.stats()
 
     async def complete(self, call: dict) -> dict:
         """An OpenAI completion call (see ``serve_http.completion_call``): choices and token counts.
 
-        Without logprobs it joins the batched ``generate`` path; with them it runs its own
-        forward passes that keep every step's logits (:func:`logprob_completions`), one
-        chunk of prompts at a time, so a cancelled request stops at the next chunk.
+        With or without logprobs it is one job of the replica's work queue, so a long request runs
+        in pieces between other requests' calls, and a cancelled one stops after the running piece.
         """
-        prompts, n, stops = call["prompts"], call["n"], call["stop"]
+        prompts, n, stops, max_tokens = call["prompts"], call["n"], call["stop"], call["max_tokens"]
         if call["top_logprobs"] is not None:
-            size = self.worker.prompts_per_chunk(n, call["max_tokens"])
-            starts = range(0, len(prompts), size)
-            result = {"choices": [], "prompt_tokens": 0, "completion_tokens": 0}
-            for done, start in enumerate(starts):
-                try:
-                    part = await self.worker.run(
-                        len(prompts[start:start + size]) * n * call["max_tokens"], logprob_completions, self.generator, prompts[start:start + size],
-                        max_new_tokens=call["max_tokens"], n=n, temperature=call["temperature"],
-                        top_p=call["top_p"], top=call["top_logprobs"], stops=stops,
-                    )
-                except asyncio.CancelledError:
-                    self.worker.dropped += len(starts) - done - 1
-                    raise
-                result["choices"] += part["choices"]
-                result["prompt_tokens"] += part["prompt_tokens"]
-                result["completion_tokens"] += part["completion_tokens"]
-            return result
-        gens = await self.generate(GenerateCall(
-            tuple(prompts), call["max_tokens"], n, call["temperature"], call["top_p"]))
-        choices = []
-        for g in gens:
-            full = g.completion_tokens >= call["max_tokens"] * n
-            for text in g.texts:
-                text, stopped = trim_at_stop(text, stops)
-                choices.append({"text": text, "logprobs": None,
-                                "finish_reason": "length" if full and not stopped else "stop"})
-        return {"choices": choices, "prompt_tokens": sum(g.prompt_tokens for g in gens),
-                "completion_tokens": sum(g.completion_tokens for g in gens)}
+            per_prompt = await self.model.generate_with_logprobs(
+                prompts, max_new_tokens=max_tokens, n=n, temperature=call["temperature"], top_p=call["top_p"],
+                top=call["top_logprobs"], timeout_s=call.get("timeout_s"), tag=worker.request_id())
+            return worker.logprob_choices(per_prompt, stops)
+        gens = await self.generate(GenerateCall(tuple(prompts), max_tokens, n, call["temperature"], call["top_p"],
+                                                timeout_s=call.get("timeout_s")))
+        return worker.text_choices(gens, max_tokens, n, stops)
 
 
 # -- the ingress ---------------------------------------------------------------------------------
@@ -274,23 +212,31 @@ def merge_results(a: methods.MethodResult, b: methods.MethodResult) -> methods.M
     return methods.MethodResult(a.id, answer, votes, a.rationales + b.rationales, answers, usage)
 
 
-def _as_api_error(exc: Exception, timeout_s: float) -> http.ApiError:
-    """Map a failure behind the ingress to a status: 504 timeout, 503 unavailable or full, 500 otherwise.
+def _as_api_error(exc: Exception, timeout_s: float, param: str, retry_after_s: int) -> http.ApiError:
+    """Map a failure behind the ingress to a status: 400 prompt too long (naming ``param``), 504 timeout,
+    503 unavailable or full, 500 otherwise.
 
-    Messages never carry the exception's text (it holds pids, addresses, actor ids); the
-    server log has it, under the request id Serve logs with every line.
+    Messages never carry the exception's text (it holds pids, addresses, actor ids); the server
+    log has it, under the request id in the error body (see ``serve_http.error_response``).
+    A model replica's exception arrives wrapped by Ray (``RayTaskError``, also an instance of its
+    cause), so a replica's ``ContextLengthExceeded`` or queue timeout maps like a local one.
     """
     if isinstance(exc, http.ApiError):
         return exc
-    if isinstance(exc, TimeoutError):
+    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
+    if isinstance(cause or exc, PromptTooLong):
+        return http.context_length_error(cause or exc, param)
+    if isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
         return http.ApiError(504, f"the request took longer than {timeout_s:g}s (serve.request_timeout_s); "
                                   "send a smaller one or retry later", code="timeout")
     if isinstance(exc, _UNAVAILABLE) or (isinstance(exc, RayServeException) and "unavailable" in str(exc).lower()):
         log.warning("model replica unavailable: %s", exc)
-        what = "full" if isinstance(exc, BackPressureError) else "being replaced"
-        return http.ApiError(503, f"a model replica is {what}; retry after the Retry-After delay",
-                             headers={"Retry-After": str(http.RETRY_AFTER_S)}, code="service_unavailable")
-    log.error("request failed", exc_info=exc)
+        if isinstance(exc, BackPressureError):
+            return http.ApiError(503, "a model replica is at capacity; retry after the Retry-After delay",
+                                 headers={"Retry-After": str(http.RETRY_AFTER_S)}, code="service_unavailable")
+        return http.ApiError(503, "a model replica is being replaced; retry after the Retry-After delay",
+                             headers={"Retry-After": str(retry_after_s)}, code="service_unavailable")
+    log.error("request %s failed", worker.request_id() or "-", exc_info=exc)
     return http.ApiError(500, "internal error; the server log has the details under this request's id",
                          code="internal_error")
 
@@ -321,16 +267,21 @@ class Ingress:
     """
 
     def __init__(self, cfg: Config, rationalizer, answerer):
+        worker.log_to_serve()
         self.cfg = cfg
         self.limits = cfg.serve
         self.token = _auth_token(cfg)
         self.rationalizer, self.answerer = rationalizer, answerer
         self.pool = ThreadPoolExecutor(cfg.serve.ingress.max_ongoing_requests, thread_name_prefix="lmcot-ingress")
+        self.slow = SlowReaders(cfg.serve.max_slow_body_readers)
+        # a lost model replica is replaced within its health-check period: the 503's Retry-After
+        self.retry_after_s = math.ceil(max(cfg.serve.answerer.health_check_period_s,
+                                           cfg.serve.rationalizer.health_check_period_s))
         # Contexts are fitted to the large LM's token budget (None: API backends cut by characters).
         self.tokenizer = context_tokenizer(cfg.large) if cfg.data.context_max_tokens > 0 else None
 
     # -- routes ----------------------------------------------------------------------------
-    @api.get("/healthz")
+    @api.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
@@ -352,13 +303,13 @@ class Ingress:
     @api.post("/v1/answer")
     async def answer(self, request: Request) -> dict:
         http.check_bearer(request, self.token)
-        req = http.parse(http.AnswerRequest, await http.read_body(request, self.limits.max_body_bytes), self.limits)
+        req = http.parse(http.AnswerRequest, await http.read_body(request, self.limits, self.slow), self.limits)
         k, method, temperature, adaptive = req.resolved(self.limits, self.cfg.generation.temperature)
         gen = self.cfg.generation
         http.check_budget(self.limits, "k", 422, k=k,
                           new_tokens=gen.rationale_max_new_tokens + gen.answer_max_new_tokens)
         start = time.perf_counter()
-        result = await self._in_thread(self._answer, req, k, method, temperature, adaptive)
+        result = await self._in_thread("question", self._answer, req, k, method, temperature, adaptive)
         return {
             "answer": result.answer, "votes": result.votes, "rationales": result.rationales,
             "answers": result.answers, "method": method, "k": k, "samples": len(result.answers),
@@ -380,24 +331,24 @@ class Ingress:
     @api.post(f"{OPENAI_PREFIX}/completions")
     async def completions(self, request: Request) -> dict:
         http.check_bearer(request, self.token)
-        body = await http.read_body(request, self.limits.max_body_bytes)
+        body = await http.read_body(request, self.limits, self.slow)
         req = http.parse(http.CompletionRequest, body, self.limits, status=400)
         call = self._openai_call(req, req.prompt, req.logprobs)
-        return http.completion_response(self.cfg.large.name_or_path, await self._complete(call))
+        return http.completion_response(self.cfg.large.name_or_path, await self._complete(call, "prompt"))
 
     @api.post(f"{OPENAI_PREFIX}/chat/completions")
     async def chat_completions(self, request: Request) -> dict:
         http.check_bearer(request, self.token)
-        body = await http.read_body(request, self.limits.max_body_bytes)
+        body = await http.read_body(request, self.limits, self.slow)
         req = http.parse(http.ChatCompletionRequest, body, self.limits, status=400)
         top = (req.top_logprobs or 0) if req.logprobs else None
         call = self._openai_call(req, [http.chat_prompt(req.messages)], top)
-        return http.chat_response(self.cfg.large.name_or_path, await self._complete(call))
+        return http.chat_response(self.cfg.large.name_or_path, await self._complete(call, "messages"))
 
     # -- helpers ---------------------------------------------------------------------------
     def _check_model(self, model: str) -> None:
         if model != self.cfg.large.name_or_path:
-            raise http.ApiError(404, f"The model `{model}` does not exist or you do not have access to it; this "
+            raise http.ApiError(404, f"The model `{printable(model)}` does not exist or you do not have access to it; this "
                                      f"server has {self.cfg.large.name_or_path!r} (GET {OPENAI_PREFIX}/models)",
                                 "model", code="model_not_found")
 
@@ -411,8 +362,8 @@ class Ingress:
                           max_tokens=call["max_tokens"])
         return call
 
-    async def _complete(self, call: dict) -> dict:
-        response = self.answerer.complete.remote(call)
+    async def _complete(self, call: dict, param: str) -> dict:
+        response = self.answerer.complete.remote({**call, "timeout_s": self.limits.request_timeout_s})
 
         async def result():
             return await response
@@ -423,21 +374,24 @@ class Ingress:
             if isinstance(exc, (asyncio.TimeoutError, asyncio.CancelledError)):
                 response.cancel()
             if isinstance(exc, Exception):
-                raise _as_api_error(exc, self.limits.request_timeout_s) from None
+                raise _as_api_error(exc, self.limits.request_timeout_s, param, self.retry_after_s) from None
             raise
 
-    async def _in_thread(self, fn, *args):
+    async def _in_thread(self, param: str, fn, *args):
+        """``fn(small, large, *args)`` in the pool, with this request's Serve context (its request id
+        then travels with every model call the thread makes) and the request's deadline."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.limits.request_timeout_s
         small, large = HandleGenerator(self.rationalizer, deadline), HandleGenerator(self.answerer, deadline)
+        context = contextvars.copy_context()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.pool, fn, small, large, *args),
+            return await asyncio.wait_for(loop.run_in_executor(self.pool, context.run, fn, small, large, *args),
                                           self.limits.request_timeout_s)
         except BaseException as exc:  # timeout or client gone: the worker thread stops at its next call
             small.cancel()
             large.cancel()
             if isinstance(exc, Exception):
-                raise _as_api_error(exc, self.limits.request_timeout_s) from None
+                raise _as_api_error(exc, self.limits.request_timeout_s, param, self.retry_after_s) from None
             raise
 
     def _answer(self, small: HandleGenerator, large: HandleGenerator, req, k: int, method: str, temperature: float,

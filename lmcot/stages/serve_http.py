@@ -15,16 +15,19 @@ convention) and 400 on ``/openai/v1`` (what the OpenAI API answers, so ``openai`
 raise ``BadRequestError``). Errors Ray Serve's proxy answers itself (a queue full, the
 ingress replica lost mid-request) get the same shape from :func:`proxy_middlewares`.
 
-Bodies are read by hand (streamed, capped at ``serve.max_body_bytes``) and parsed with
-pydantic in strict mode, so a string where a number belongs, malformed JSON or an
-oversized body are 4xx, never a 500.
+Bodies are read by hand (streamed, capped at ``serve.max_body_bytes``, within
+``serve.body_read_timeout_s``, few slow ones at once) and parsed with pydantic in strict mode, so a
+string where a number belongs, malformed JSON, an oversized or trickled body are 4xx, never a 500.
+Hostile header bytes and request ids are cleaned before anything reads them
+(:mod:`lmcot.serving.edges`), and every error is logged with its request id: 4xx at INFO, 503/504
+at WARNING, 500 with its traceback at ERROR.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -36,6 +39,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmcot.config import ServeConfig
+from lmcot.serving import edges
+from lmcot.prompting.fitting import PromptTooLong
+from lmcot.serving.model_queue import ContextLengthExceeded
+from lmcot.serving.proxy import (REPLACED_RETRY_AFTER_S, RETRY_AFTER_S, JsonErrorsMiddleware, error_body,  # noqa: F401
+                                 error_type)
 from lmcot.datasets.context import build_context
 from lmcot.datasets.data import Example, Paragraph
 
@@ -44,10 +52,6 @@ OPENAI_PREFIX = "/openai/v1"
 MIN_TEMPERATURE = 1e-3
 """Smallest non-zero sampling temperature accepted. Below it ``logits / T`` overflows to inf,
 the sampling distribution becomes NaN and the model call fails; 0 means greedy."""
-RETRY_AFTER_S = 1
-"""``Retry-After`` of every 503: a replica is being replaced, or a queue is full."""
-
-
 class ApiError(Exception):
     """A request the service refuses: HTTP ``status`` with a message naming ``param``.
 
@@ -60,34 +64,21 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.headers, self.code = status, message, param, headers, code
 
 
-def error_type(status: int) -> str:
-    """OpenAI's ``error.type`` for a status.
-
-    >>> [error_type(s) for s in (400, 401, 429, 500, 503)]
-    ['invalid_request_error', 'invalid_request_error', 'rate_limit_error', 'server_error', 'server_error']
-    """
-    if status == 429:
-        return "rate_limit_error"
-    return "invalid_request_error" if status < 500 else "server_error"
-
-
 def request_id_of(headers) -> str:
-    """The request id Serve's proxy put in ``x-request-id`` (the client's own, if it sent one), or a new one."""
+    """The request id in ``x-request-id``: the client's own if valid, else the one :class:`JsonErrorsMiddleware`
+    put there (so body, header and log agree); a new one only where no middleware ran."""
     rid = headers.get("x-request-id") or ""
-    return rid[:128] if rid.isprintable() and rid else uuid.uuid4().hex
-
-
-def error_body(message: str, param: str | None, status: int, code: str | None = None, request_id: str = "") -> dict:
-    """The one error shape (see the module docstring)."""
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code,
-                      "request_id": request_id}}
+    return rid if edges.valid_request_id(rid.encode("latin-1", "replace")) else uuid.uuid4().hex
 
 
 def error_response(request: Request, status: int, message: str, param: str | None = None,
                    code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    # Serve's proxy sets the X-Request-ID response header to the same id.
-    return JSONResponse(error_body(message, param, status, code, request_id_of(request.headers)),
-                        status_code=status, headers=headers)
+    """The error in the one shape, logged under its request id (Serve's proxy sets the same id as
+    the X-Request-ID response header)."""
+    rid = request_id_of(request.headers)
+    level = logging.INFO if status < 500 else logging.ERROR if status == 500 else logging.WARNING
+    log.log(level, "request %s: %d %s (%s %s)", rid, status, message, request.method, edges.printable(request.url.path))
+    return JSONResponse(error_body(message, param, status, code, rid), status_code=status, headers=headers)
 
 
 def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
@@ -97,9 +88,10 @@ def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
 def _http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own errors (unknown route, wrong method) in the one shape, worded as OpenAI words them."""
     if exc.status_code in (404, 405):
-        message = f"Invalid URL ({request.method} {request.url.path})"
+        path = edges.printable(request.url.path)
+        message = f"Invalid URL ({request.method} {path})"
         if exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
+            message = f"{request.method} is not allowed on {path}"
         return error_response(request, exc.status_code, message, None, "unknown_url", exc.headers)
     return error_response(request, exc.status_code, str(exc.detail), None, None, exc.headers)
 
@@ -112,8 +104,8 @@ def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """Anything unexpected: logged with its traceback under the request id, answered without internals."""
     rid = request_id_of(request.headers)
     log.error("request %s failed: %s", rid, exc, exc_info=exc)
-    return error_response(request, 500, f"internal error while serving request {rid}; it is in the server log "
-                                        "under this id", None, "internal_error")
+    return JSONResponse(error_body(f"internal error while serving request {rid}; it is in the server log under "
+                                   "this id", None, 500, "internal_error", rid), status_code=500)
 
 
 def validation_status(path: str) -> int:
@@ -141,70 +133,6 @@ def new_api() -> FastAPI:
 
 
 # -- errors Serve's proxy answers itself ---------------------------------------------------------
-class JsonErrorsMiddleware:
-    """ASGI middleware for Serve's HTTP proxy: its own error answers in the one JSON shape.
-
-    The proxy answers some requests without the application: 503 when a deployment's
-    queue is full (``max_queued_requests``), 408 past its own timeout, and nothing at all
-    (uvicorn then sends a plain-text 500) when the ingress replica dies mid-request. This
-    middleware turns a non-JSON error into the JSON shape and a response that never
-    started into 503 with ``Retry-After``, so clients retry a lost replica instead of
-    reading "Internal Server Error". Application answers (always JSON) pass through.
-    """
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        state = {"started": False, "held": None}
-
-        async def guarded_send(message):
-            if message["type"] == "http.response.start":
-                headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
-                if message["status"] >= 400 and "json" not in headers.get("content-type", ""):
-                    state["held"] = message  # replace its body below
-                    return
-                state["started"] = True
-                return await send(message)
-            if state["held"] is not None:
-                if not message.get("more_body", False):
-                    held, state["held"] = state["held"], None
-                    await _send_error(send, scope, held["status"], _proxy_message(held["status"]))
-                    state["started"] = True
-                return None
-            return await send(message)
-
-        try:
-            await self.app(scope, receive, guarded_send)
-        except Exception:  # noqa: BLE001 - the proxy lost the request: answer for it
-            log.warning("request lost in the proxy", exc_info=True)
-        if not state["started"]:
-            await _send_error(send, scope, 503, _proxy_message(503))
-
-
-def _proxy_message(status: int) -> str:
-    if status == 408:
-        return "the request took longer than the proxy allows; retry with a smaller request"
-    if status in (429, 503):
-        return "the service is at capacity or a replica is being replaced; retry after the Retry-After delay"
-    return "the replica serving this request stopped; retry after the Retry-After delay"
-
-
-async def _send_error(send, scope, status: int, message: str) -> None:
-    status = 503 if status >= 500 else status
-    headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-    rid = request_id_of(headers)
-    body = json.dumps(error_body(message, None, status, "service_unavailable" if status == 503 else None, rid)).encode()
-    out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-           (b"x-request-id", rid.encode())]  # sent past Serve's own request-id middleware: set it here
-    if status in (429, 503):
-        out.append((b"retry-after", str(RETRY_AFTER_S).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": body})
-
-
 def proxy_middlewares() -> list:
     """Serve's HTTP proxy callback: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=lmcot.stages.serve_http:proxy_middlewares``.
 
@@ -230,19 +158,38 @@ def check_bearer(request: Request, token: str) -> None:
                        "authorization", {"WWW-Authenticate": "Bearer"}, code="invalid_api_key")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refused with 413 as soon as it exceeds ``max_bytes`` (declared or streamed)."""
-    too_big = ApiError(413, f"request body exceeds {max_bytes} bytes (serve.max_body_bytes)", "body")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(request: Request, limits: ServeConfig, slow: edges.SlowReaders) -> bytes:
+    """The raw body (:func:`lmcot.serving.edges.read_body`): 413 over ``serve.max_body_bytes``, 408 when
+    it does not arrive within ``serve.body_read_timeout_s`` or arrives slowly while too many others do."""
+    try:
+        return await edges.read_body(request.stream(), max_bytes=limits.max_body_bytes,
+                                     timeout_s=limits.body_read_timeout_s, slow=slow,
+                                     declared=request.headers.get("content-length", ""))
+    except edges.BodyRefused as exc:
+        raise ApiError(exc.status, exc.message, "body", code="timeout" if exc.status == 408 else None) from None
+
+
+def context_length_error(exc: PromptTooLong, param: str) -> ApiError:
+    """OpenAI's 400 ``context_length_exceeded`` for a prompt over the model's input limit, naming ``param``
+    (a :class:`ContextLengthExceeded` says the limit and the count)."""
+    if isinstance(exc, ContextLengthExceeded):
+        message = f"{exc.message} (limit {exc.limit} tokens, got {exc.tokens})"
+    else:
+        message = f"the prompt is longer than the model's input limit: {exc}"
+    return ApiError(400, f"{param}: {message}", param, code="context_length_exceeded")
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*|dict\[.*|function-.*|json-or-python.*|"
+                        r"lax-or-strict.*|literal\[.*|[A-Z]\w*)$")
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as the request's field path, without union member tags.
+
+    >>> field_path(("prompt", "list[str]", 0)), field_path(("messages", 0, "content", "str"))
+    ('prompt.0', 'messages.0.content')
+    """
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p))) or "body"
 
 
 def parse(model: type[BaseModel], body: bytes, limits: ServeConfig, status: int = 422):
@@ -257,11 +204,14 @@ def parse(model: type[BaseModel], body: bytes, limits: ServeConfig, status: int 
         raise
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        fields = [".".join(str(p) for p in e["loc"]) or "body" for e in errors]
-        first = errors[0]["msg"].removeprefix("Value error, ")
-        more = sorted(set(fields[1:]) - {fields[0]})
-        message = f"{fields[0]}: {first}" + (f" (also invalid: {', '.join(more)})" if more else "")
-        raise ApiError(status, message, fields[0]) from None
+        fields = [field_path(e["loc"]) for e in errors]
+        # a union field reports each member's errors: name the deepest one under the first field
+        i = max((j for j, f in enumerate(fields) if f == fields[0] or f.startswith(fields[0] + ".")),
+                key=lambda j: fields[j].count("."))
+        first = errors[i]["msg"].removeprefix("Value error, ")
+        more = sorted(set(fields) - {fields[i], fields[0]})
+        message = f"{fields[i]}: {first}" + (f" (also invalid: {', '.join(more)})" if more else "")
+        raise ApiError(status, message, fields[i]) from None
 
 
 def _limits(info: ValidationInfo) -> ServeConfig:
@@ -484,10 +434,23 @@ class CompletionRequest(_OpenAIRequest):
         return v
 
 
+class TextPart(BaseModel):
+    """One part of a multi-part message content, as the ``openai`` client sends it; only text is served."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
+    """A chat message; ``content`` is a string or a list of text parts (joined with newlines)."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
 
 
 class ChatCompletionRequest(_OpenAIRequest):
@@ -518,7 +481,7 @@ class ChatCompletionRequest(_OpenAIRequest):
         limit = _limits(info).max_context_chars
         if not v:
             raise ValueError("must hold at least one message")
-        if sum(len(m.content) for m in v) > limit:
+        if sum(len(m.text()) for m in v) > limit:
             raise ValueError(f"are longer than {limit} characters together (serve.max_context_chars)")
         return v
 
@@ -530,8 +493,8 @@ def chat_prompt(messages: list[ChatMessage]) -> str:
     'Is it? Answer yes or no.'
     """
     if len(messages) == 1 and messages[0].role == "user":
-        return messages[0].content
-    lines = [f"{m.role.capitalize()}: {m.content}" for m in messages]
+        return messages[0].text()
+    lines = [f"{m.role.capitalize()}: {m.text()}" for m in messages]
     return "\n\n".join(lines + ["Assistant:"])
 
 

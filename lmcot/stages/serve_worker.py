@@ -1,23 +1,28 @@
-"""A model replica's work: one thread, chunks of one model batch, fair turns, one failure per caller.
+"""A model replica's side of the serve graph: the calls it receives, its work queue, its request ids.
 
-Serve's ``@serve.batch`` merges concurrent callers' :class:`GenerateCall` s into one list;
-:func:`generate_batch` runs it on the replica's :class:`ModelWorker` in chunks, so a short
-request waits for about one chunk of a long one, a chunk that fails is retried caller by
-caller, and the chunks of a caller who gave up (:func:`call_batched` marks its
-:class:`Ticket`) are dropped. Plain asyncio and one thread: no Ray here, so it is tested
-without a cluster.
+Each model replica (``Rationalizer``, ``Answerer``) holds one
+:class:`~lmcot.serving.model_queue.QueuedModel`: every request it serves, ``/v1/answer`` calls,
+OpenAI completions with or without logprobs and yes/no scores alike, goes through that one queue,
+which merges concurrent requests of equal settings into model calls, serves long requests in pieces
+so short ones wait for about one piece, answers every admitted request within its timeout, and keeps
+a merged call's failure with the request that caused it (see :mod:`lmcot.serving.work_queue`).
+No ``@serve.batch``: the queue merges callers itself, across operations and settings.
+
+The request id Serve's proxy gave the HTTP request travels with every call to a model replica
+(the ingress keeps Serve's request context in its worker threads), so the queue's log lines about a
+request carry the id its error body shows.
 """
 
-import asyncio
-import functools
-import threading
-import time
+from __future__ import annotations
+
+import logging
 from dataclasses import dataclass
 
-from lmcot.models.generation import Generation
+from lmcot.config import Config
+from lmcot.config.serve import DeploymentSpec
+from lmcot.serving.work_queue import QueueLimits
 
 
-# -- calls between deployments ---------------------------------------------------------------
 @dataclass(frozen=True)
 class GenerateCall:
     """One caller's prompts and decoding settings; calls with equal settings share a model call."""
@@ -27,156 +32,99 @@ class GenerateCall:
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-
-    def settings(self) -> tuple:
-        return (self.max_new_tokens, self.n, self.temperature, self.top_p)
-
-
-@dataclass
-class Ticket:
-    """A call inside a model replica; ``cancelled`` is set when its caller gave up (timeout, disconnect)."""
-
-    call: GenerateCall
-    cancelled: bool = False
+    timeout_s: float | None = None
+    """Seconds the caller still waits; past them the call leaves the model queue with a TimeoutError."""
 
 
-@dataclass
-class _Job:
-    cost: int
-    since: float
-    fn: object
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+def queue_limits(cfg: Config, spec: DeploymentSpec) -> QueueLimits:
+    """A model deployment's queue: a batch is one ``generation.batch_size`` of rows and at most
+    ``serve.max_chunk_tokens`` rows x new tokens, merging up to the deployment's ``max_batch_size`` requests."""
+    return QueueLimits(max_rows=cfg.generation.batch_size, max_cost=cfg.serve.max_chunk_tokens,
+                       max_callers=spec.max_batch_size, gather_s=spec.batch_wait_timeout_s,
+                       aging_s=cfg.serve.queue_aging_s)
 
 
-def _settle(future: asyncio.Future, ok: bool, out) -> None:
-    if not future.cancelled():
-        future.set_result(out) if ok else future.set_exception(out)
-
-
-class ModelWorker:
-    """A replica's model and the one thread that runs it, one chunk of work at a time.
-
-    Work is handed over in chunks of at most ``chunk_rows`` rows and ``chunk_tokens`` rows x
-    new tokens (:meth:`prompts_per_chunk`), so a long request queues one chunk at a time.
-    When the thread is free it takes the waiting chunk with the least cost (rows x new
-    tokens) per second waited, plus one: a short request that arrives while long ones run
-    waits for about one chunk, and a long chunk's turn still comes as it ages. A chunk whose
-    caller was cancelled before its turn is dropped.
-    """
-
-    def __init__(self, generator, chunk_rows: int, chunk_tokens: int):
-        self.generator = generator
-        self.chunk_rows = chunk_rows
-        """Most rows (prompts x samples) per chunk: one batch of the generator (``generation.batch_size``)."""
-        self.chunk_tokens = chunk_tokens
-        """Most rows x new tokens per chunk (``serve.max_chunk_tokens``)."""
-        self.done = 0
-        """Chunks run."""
-        self.dropped = 0
-        """Chunks never run because their caller was cancelled."""
-        self._pending: list[_Job] = []
-        self._ready = threading.Condition()
-        threading.Thread(target=self._loop, name="lmcot-model", daemon=True).start()
-
-    def prompts_per_chunk(self, n: int, max_new_tokens: int) -> int:
-        """Prompts of ``n`` samples each that one chunk holds (at least one).
-
-        >>> w = ModelWorker(None, chunk_rows=16, chunk_tokens=2048)
-        >>> w.prompts_per_chunk(1, 8), w.prompts_per_chunk(4, 256), w.prompts_per_chunk(8, 4096)
-        (16, 2, 1)
-        """
-        rows = min(self.chunk_rows, self.chunk_tokens // max(1, max_new_tokens))
-        return max(1, rows // max(1, n))
-
-    async def run(self, cost: int, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` on the model thread when its turn comes; ``cost``: rows x new tokens."""
-        loop = asyncio.get_running_loop()
-        job = _Job(cost, time.monotonic(), functools.partial(fn, *args, **kwargs), loop.create_future(), loop)
-        with self._ready:
-            self._pending.append(job)
-            self._ready.notify()
-        return await job.future
-
-    def _loop(self) -> None:
-        while True:
-            with self._ready:
-                while not self._pending:
-                    self._ready.wait()
-                now = time.monotonic()
-                job = min(self._pending, key=lambda j: j.cost / (1.0 + now - j.since))  # ties: first come
-                self._pending.remove(job)
-            if job.future.cancelled():
-                self.dropped += 1
-                continue
-            try:
-                out, ok = job.fn(), True
-            except Exception as exc:  # noqa: BLE001 - handed to the caller
-                out, ok = exc, False
-            self.done += 1
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, out)
-
-    def stats(self) -> dict:
-        return {"chunks_done": self.done, "chunks_dropped": self.dropped}
-
-
-async def generate_batch(worker: ModelWorker, tickets: list[Ticket]) -> list:
-    """Run a ``@serve.batch`` of calls: per decoding setting, in chunks (:meth:`ModelWorker.prompts_per_chunk`).
-
-    Returns, per ticket, its generations, or the exception that failed it. A chunk that
-    fails is retried caller by caller, so one request the model cannot serve fails alone
-    and the requests merged with it still get their answers. Smaller calls go first within
-    a setting, and chunks of cancelled calls are skipped.
-    """
-    results: list = [[None] * len(t.call.prompts) for t in tickets]
-    failed: dict[int, BaseException] = {}
-    groups: dict[tuple, list[int]] = {}
-    for i, ticket in enumerate(tickets):
-        groups.setdefault(ticket.call.settings(), []).append(i)
-    for (max_new_tokens, n, temperature, top_p), members in groups.items():
-        members.sort(key=lambda i: len(tickets[i].call.prompts))
-        items = [(i, j) for i in members for j in range(len(tickets[i].call.prompts))]
-        size = worker.prompts_per_chunk(n, max_new_tokens)
-
-        async def run(chunk: list[tuple[int, int]]) -> None:
-            prompts = [tickets[i].call.prompts[j] for i, j in chunk]
-            outs = await worker.run(len(prompts) * n * max_new_tokens, worker.generator.generate, prompts,
-                                    max_new_tokens=max_new_tokens, n=n,
-                                    temperature=temperature, top_p=top_p)
-            for (i, j), out in zip(chunk, outs):
-                results[i][j] = out
-
-        for start in range(0, len(items), size):
-            chunk = [(i, j) for i, j in items[start:start + size] if i not in failed and not tickets[i].cancelled]
-            if not chunk:
-                worker.dropped += any(tickets[i].cancelled for i, _ in items[start:start + size])
-                continue
-            try:
-                await run(chunk)
-            except Exception as exc:  # noqa: BLE001 - isolate the caller that caused it
-                owners = sorted({i for i, _ in chunk})
-                if len(owners) == 1:
-                    failed[owners[0]] = exc
-                    continue
-                for owner in owners:
-                    try:
-                        await run([(i, j) for i, j in chunk if i == owner])
-                    except Exception as own:  # noqa: BLE001
-                        failed[owner] = own
-    for i, ticket in enumerate(tickets):
-        if ticket.cancelled and i not in failed:
-            failed[i] = asyncio.CancelledError()
-    return [failed.get(i, out) for i, out in enumerate(results)]
-
-
-async def call_batched(batched_method, call: GenerateCall) -> list[Generation]:
-    """One call through a ``@serve.batch`` method of tickets: marks it cancelled if its caller gives up."""
-    ticket = Ticket(call)
+def request_id() -> str:
+    """The id of the HTTP request this replica call serves ('' outside a request)."""
     try:
-        out = await batched_method(ticket)
-    except asyncio.CancelledError:
-        ticket.cancelled = True
-        raise
-    if isinstance(out, BaseException):
-        raise out
-    return out
+        from ray.serve import context
+
+        return context._get_serve_request_context().request_id or ""
+    except Exception:  # noqa: BLE001 - an id is for the logs only
+        return ""
+
+
+def log_to_serve() -> None:
+    """Send lmcot's log lines in this replica to Serve's replica log, at Serve's level and with its
+    request fields, so a request id leads to the lines about that request (``lmcot.*`` loggers
+    otherwise reach only the worker's stderr, and not below WARNING)."""
+    serve_logger, ours = logging.getLogger("ray.serve"), logging.getLogger("lmcot")
+    if serve_logger.handlers:
+        ours.handlers = list(serve_logger.handlers)
+        ours.setLevel(serve_logger.level)
+        ours.propagate = False
+
+
+async def generate(model, call: GenerateCall) -> list:
+    """``call`` through the replica's :class:`~lmcot.serving.model_queue.QueuedModel`."""
+    return await model.generate(call.prompts, max_new_tokens=call.max_new_tokens, n=call.n,
+                                temperature=call.temperature, top_p=call.top_p, timeout_s=call.timeout_s,
+                                tag=request_id())
+
+
+# -- OpenAI choices ------------------------------------------------------------------------------
+def trim_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """``text`` cut before the first stop sequence, and whether one was found.
+
+    >>> trim_at_stop("Paris. Question: x", ["Question:", "\\n"])
+    ('Paris. ', True)
+    """
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def tokens_before(text: str, tokens: list[str], end: int) -> int:
+    """How many of ``tokens`` (the pieces of ``text``, spaces possibly dropped) start before ``text[end]``.
+
+    >>> tokens_before("Paris. Question: x", ["Paris", ".", "Question", ":", "x"], 7)
+    2
+    """
+    pos, keep = 0, 0
+    for name in tokens:
+        at = text.find(name, pos) if name else -1
+        start = pos if at < 0 else at
+        if start >= end:
+            break
+        keep += 1
+        pos = start + len(name) if at >= 0 else pos
+    return keep
+
+
+def logprob_choices(per_prompt: list, stops: list[str]) -> dict:
+    """OpenAI choices from :meth:`QueuedModel.generate_with_logprobs`: text and tokens cut at the first stop."""
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for samples, tokens in per_prompt:
+        prompt_tokens += tokens
+        for s in samples:
+            completion_tokens += s.completion_tokens
+            text, stopped = trim_at_stop(s.text, stops)
+            keep = tokens_before(s.text, s.tokens, len(text)) if stopped else len(s.tokens)
+            choices.append({
+                "text": text,
+                "finish_reason": "stop" if stopped or s.ended else "length",
+                "logprobs": {"tokens": s.tokens[:keep], "token_logprobs": s.token_logprobs[:keep],
+                             "top_logprobs": s.top_logprobs[:keep]},
+            })
+    return {"choices": choices, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+
+
+def text_choices(gens: list, max_tokens: int, n: int, stops: list[str]) -> dict:
+    """OpenAI choices from plain generations (no logprobs), each cut at the first stop."""
+    choices = []
+    for g in gens:
+        full = g.completion_tokens >= max_tokens * n
+        for text in g.texts:
+            text, stopped = trim_at_stop(text, stops)
+            choices.append({"text": text, "logprobs": None, "finish_reason": "length" if full and not stopped else "stop"})
+    return {"choices": choices, "prompt_tokens": sum(g.prompt_tokens for g in gens),
+            "completion_tokens": sum(g.completion_tokens for g in gens)}
