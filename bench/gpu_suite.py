@@ -1,445 +1,397 @@
-"""GPU figures for docs/benchmarks.md: lmcot's generation and judging paths, and training throughput/MFU.
+"""The GPU check in one command: every hot path of lmcot at paper shapes, each figure beside the card's limit.
 
-Run on one CUDA GPU, no hub, no Ray and (for the generation suite) no DeepSpeed needed; models
-are random-init from the published configs shipped in ``lmcot/known_models/`` (so the numbers
-measure the compute paths, not quality):
+    python bench/gpu_suite.py --all [--budget-s 450] [--out DIR]   # one card, under 8 minutes
+    python bench/gpu_suite.py --all --smoke                        # the same code on CPU, tiny sizes (make test)
+    python bench/gpu_suite.py --only distill                       # one measurement, in this process
 
-    python bench/gpu_suite.py --suite generation [--quick]   # issue 12 items 1-2: eager vs fast paths
-    python bench/gpu_suite.py --smoke                        # the same code on CPU, tiny sizes (a test runs it)
-    python bench/gpu_suite.py [--quick]                      # everything, training included
+Why one command: a GPU is lent here for minutes, on a machine with torch and transformers but without
+Ray, DeepSpeed or TRL. Nothing below imports those: models are random-init from the published configs
+shipped in ``lmcot/known_models/`` (the figures measure compute paths, not quality), with lmcot's tiny
+tokenizers, and nothing touches the hub. Each measurement is lmcot's own code:
 
-Generation suite (through ``lmcot.models.generation.HFGenerator``, the code every stage uses; each
-measurement in its own process, one warm-up call that compiles, then a timed call):
+- ``gen_xxl``: FLAN-T5-XXL-sized large LM, 32 rows x 1,024-token prompts x 128 new tokens, through
+  :class:`lmcot.models.generation.HFGenerator`: eager vs the ``paper`` preset's fast path (static cache,
+  prompt buckets, compiled decoding);
+- ``gen_large_k5``: FLAN-T5-Large-sized small LM, k = 5 sampled rationales per prompt, eager vs fast path;
+- ``judge_xxl``: ``score_yes_no`` (P(yes)) over 1,024-token prompts, eager vs compiled;
+- ``distill``: the distill stage's own step (:class:`lmcot.training.sft_step.SFTStep`: its collator, loss
+  and optimizer) on a T5-Large-sized model at the preset's micro-batch and source/target lengths, eager,
+  with gradient checkpointing, and with checkpointing + compile;
+- ``refine``: one seq2seq GRPO step at the preset's shapes (:func:`lmcot.training.grpo_seq2seq.grpo_step`:
+  rollouts, the XXL-sized judge scoring the preset's rewards through :func:`lmcot.training.rewards.score_batch`,
+  loss and backward), policy, reference and judge on one card.
 
-- ``gen_xxl``: FLAN-T5-XXL-sized answers/teacher rationales, 32 rows of 1024-token prompts,
-  128 new tokens, greedy: eager (today's path) vs static cache + compiled decoding.
-- ``gen_large_k5``: FLAN-T5-Large-sized rationales, k=5 samples per prompt: eager at 32 rows
-  (``batch_size // n`` = 6 prompts, today's preset) vs static + compile at 160 rows under a
-  token budget.
-- ``judge_xxl``: ``score_yes_no`` on FLAN-T5-XXL-sized, 64 prompts of 1024 tokens, batches of 32:
-  eager vs compiled encoder (with ``--attn`` to pick sdpa/eager/flex_attention).
+Limits: decoding against the time to read the decoder's weights and KV caches once per step at the card's
+HBM bandwidth plus the prefill's FLOPs at peak bf16 (``x_floor``, 1.0 is the limit); judging and training
+as MFU; the refinement step against the sum of its parts' limits. Every row carries the peak memory the
+card reserved and ``lmcot plan``'s estimate (:mod:`lmcot.planning.memory`) for the same shape.
 
-Each figure is printed with its ratio to the card's limit: decoding against the time to read
-the decoder weights and the KV caches once per step at the card's HBM bandwidth plus the
-prefill FLOPs at peak bf16 (``x floor``: 1.0 is the limit); judging as MFU (encoder FLOPs,
-attention included, over peak bf16). A markdown table closes the run.
-
-Training suite (kept from before):
-- ``distill_zero2``: FLAN-T5-Large-sized seq2seq (783M parameters) trained with DeepSpeed
-  ZeRO-2 in bf16 through ``deepspeed.initialize`` (one rank): samples/s, tokens/s, MFU.
-- ``hf_trainer_step``: the same model and batch through a plain torch bf16 autocast loop, as
-  the reference the DeepSpeed path is compared with.
-- ``generate_t5_large`` / ``generate_causal_0p5b``: plain HF ``generate`` of a T5-Large-sized and a
-  Qwen2.5-0.5B-sized model in bf16 (new tokens per second), outside lmcot (the 2026-11-26 figures).
+Budget: the benches run one process each (one cannot starve the next of memory), in priority order; each
+gets what is left of ``--budget-s`` as its timeout and one whose expected cost no longer fits is skipped
+with a row saying so. Output: one JSON line per figure on stdout (and ``DIR/results.jsonl``), then a
+markdown table (``DIR/table.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import (card_name, decode_floor_s, known_model, param_counts, peak_flops,  # noqa: E402
+                          prefill_flops, seq2seq_train_flops)
+
+XXL, LARGE = "google/flan-t5-xxl", "google/flan-t5-large"
+BENCHES = ("gen_xxl", "judge_xxl", "gen_large_k5", "distill", "refine")
+EXPECTED_S = {"gen_xxl": 110, "judge_xxl": 70, "gen_large_k5": 90, "distill": 120, "refine": 120}
+"""Expected seconds per bench on an H200 (compile warm-ups of 40-70 s each included): a bench whose
+expectation exceeds what is left of the budget is skipped, so the run ends in time."""
+WORDS = ["river", "castle", "founded", "album", "director", "born", "capital", "season", "team", "novel"]
 
 
-def peak_flops() -> float:
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16.items() if k in name), 989e12)
+# -- helpers ----------------------------------------------------------------------------------------------
+def preset(smoke: bool):
+    """The config whose shapes are measured: ``paper`` (FLAN-T5 on GPUs), shrunk for the smoke run."""
+    from lmcot.config import load_config
+
+    if not smoke:
+        return load_config("paper")
+    return load_config("paper", ["small.max_input_tokens=64", "large.max_input_tokens=64",
+                                 "generation.rationale_max_new_tokens=4", "generation.answer_max_new_tokens=2",
+                                 "generation.batch_size=8", "generation.max_batch_tokens=0",
+                                 "generation.compile=false", "generation.length_buckets=[32,64]",
+                                 "distill.per_device_batch_size=2", "distill.max_source_tokens=48",
+                                 "distill.max_target_tokens=8", "refine.num_generations=2"])
 
 
-def hbm_bandwidth() -> float:
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in HBM_BYTES_PER_S.items() if k in name), 3.35e12)
-
-
-def t5_large():
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    cfg = T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24,
-                   num_heads=16, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5ForConditionalGeneration(cfg)
-
-
-def qwen_0p5b():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                      num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=4096)
-    return Qwen2ForCausalLM(cfg)
-
-
-def seq2seq_flops_per_sample(model, src: int, tgt: int) -> float:
-    """6 * params * tokens, encoder params on source tokens, decoder + head on target tokens."""
-    enc = sum(p.numel() for p in model.encoder.parameters()) - model.shared.weight.numel()
-    dec = sum(p.numel() for p in model.decoder.parameters()) - model.shared.weight.numel()
-    head = model.lm_head.weight.numel()
-    return 6.0 * (enc * src + (dec + head) * tgt)
-
-
-def batch(bs: int, src: int, tgt: int, vocab: int):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(2, vocab, (bs, src), device="cuda", generator=g)
-    labels = torch.randint(2, vocab, (bs, tgt), device="cuda", generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-
-def timed_steps(step, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def bench_deepspeed(bs, src, tgt, steps):
-    import deepspeed
-
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511")
-    deepspeed.init_distributed(dist_backend="nccl")
-    model = t5_large()
-    model.gradient_checkpointing_enable() if os.environ.get("LMCOT_BENCH_CKPT") else None
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    config = {"train_micro_batch_size_per_gpu": bs, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True},
-              "bf16": {"enabled": True}, "gradient_clipping": 1.0, "zero_allow_untested_optimizer": True,
-              "steps_per_print": 10**9}
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
-    data = batch(bs, src, tgt, model.config.vocab_size)
-
-    def step():
-        loss = engine(**data).loss
-        engine.backward(loss)
-        engine.step()
-
-    seconds = timed_steps(step, 3, steps)
-    flops = seq2seq_flops_per_sample(model, src, tgt) * bs * steps
-    result = {"bench": "distill_zero2", "model": "t5-large-sized (random init)", "params_m": round(
-        sum(p.numel() for p in model.parameters()) / 1e6), "batch": bs, "src_len": src, "tgt_len": tgt,
-        "samples_per_s": round(bs * steps / seconds, 1), "tokens_per_s": round(bs * (src + tgt) * steps / seconds),
-        "mfu": round(flops / seconds / peak_flops(), 3)}
-    del engine, model, opt
-    torch.cuda.empty_cache()
-    return result
-
-
-def bench_plain(bs, src, tgt, steps):
-    model = t5_large().cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    data = batch(bs, src, tgt, model.config.vocab_size)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**data).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    seconds = timed_steps(step, 3, steps)
-    flops = seq2seq_flops_per_sample(model, src, tgt) * bs * steps
-    result = {"bench": "plain_torch_autocast", "batch": bs, "samples_per_s": round(bs * steps / seconds, 1),
-              "mfu": round(flops / seconds / peak_flops(), 3)}
-    del model, opt
-    torch.cuda.empty_cache()
-    return result
-
-
-@torch.inference_mode()
-def bench_generate(name, build, bs, src, new_tokens):
-    model = build().to("cuda", dtype=torch.bfloat16).eval()
-    vocab = model.config.vocab_size
-    ids = torch.randint(2, vocab, (bs, src), device="cuda")
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    model.generate(**kwargs)  # warm-up
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    model.generate(**kwargs)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    del model
-    torch.cuda.empty_cache()
-    return {"bench": name, "batch": bs, "prompt_len": src, "new_tokens": new_tokens,
-            "new_tokens_per_s": round(bs * new_tokens / seconds), "seconds": round(seconds, 2)}
-
-
-# -- generation suite: lmcot's HFGenerator, eager vs static cache + compile -----------------------------
-
-SMOKE = dict(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4)
-"""--smoke: the real configs shrunk to CPU size (same families, vocabularies and conventions)."""
-
-
-def known_model(name: str, smoke: bool = False):
-    """A random-init model of a published config in lmcot/known_models, with lmcot's tiny tokenizer
-    of the same family (its 2,048 ids fit the real vocabularies), as a LoadedModel."""
-    from importlib import resources
-
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    from lmcot.models.loading import LoadedModel, load_tokenizer, resolve_model_path
-
-    entry = json.loads((resources.files("lmcot") / "known_models" / (name.replace("/", "--") + ".json")).read_text())
-    fields = dict(entry["config"])
-    family = "seq2seq" if fields.get("is_encoder_decoder") else "causal"
-    if smoke:
-        fields.update(SMOKE if family == "seq2seq" else dict(hidden_size=64, intermediate_size=128,
-                                                             num_hidden_layers=2, num_attention_heads=4,
-                                                             num_key_value_heads=2))
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-    with torch.device(device):
-        model = cls.from_config(config, dtype=dtype).eval()
-    tiny = resolve_model_path("tiny:t5-large" if family == "seq2seq" else "tiny:causal-large")
-    tokenizer = load_tokenizer(tiny, family)
-    return LoadedModel(model=model, tokenizer=tokenizer, family=family, path=name, device=device)
-
-
-def prompts_of(generator, count: int, tokens: int, seed: int = 0) -> list[str]:
-    """``count`` distinct prompts of at most ``tokens`` tokens as the model receives them (fitted counts)."""
-    import random
-
-    rng = random.Random(seed)
-    words = ["river", "castle", "founded", "album", "director", "born", "capital", "season", "team", "novel"]
-    out = []
-    for _ in range(count):
-        text = " ".join(rng.choice(words) for _ in range(tokens * 2))
-        lo, hi = 0, len(text.split())
-        while lo < hi:  # longest prefix of words that fits the target
-            mid = (lo + hi + 1) // 2
-            if generator.fitter.count(generator.fitter.format(" ".join(text.split()[:mid]))) <= tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        out.append(" ".join(text.split()[:lo]))
-    return out
-
-
-def param_counts(model) -> dict:
-    """Parameters read per decoding step and run per prefill token (embedding lookups excluded)."""
-    total = sum(p.numel() for p in model.parameters())
-    embed = model.get_input_embeddings().weight.numel()
-    if model.config.is_encoder_decoder:
-        enc = sum(p.numel() for p in model.encoder.parameters()) - embed
-        dec = sum(p.numel() for p in model.decoder.parameters()) - embed + model.lm_head.weight.numel()
-        return {"total": total, "prefill": enc, "decode": dec}
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    return {"total": total, "prefill": total - (0 if tied else embed), "decode": total - (0 if tied else embed)}
-
-
-def attn_width(config) -> tuple[int, int]:
-    """(layers, heads x head_dim) of the prefill's self-attention, (kv layers, kv width) for the cache."""
-    if config.is_encoder_decoder:
-        return config.num_layers, config.num_heads * config.d_kv
-    head = config.hidden_size // config.num_attention_heads
-    return config.num_hidden_layers, config.num_attention_heads * head
-
-
-def prefill_flops(model, rows: int, prompt: int) -> float:
-    """2 x params x tokens + attention (QK^T and AV: 4 x prompt^2 x width per layer) for ``rows`` prompts."""
-    layers, width = attn_width(model.config)
-    return rows * (2.0 * param_counts(model)["prefill"] * prompt + 4.0 * layers * prompt * prompt * width)
-
-
-def decode_floor_s(model, rows: int, prompt: int, new: int) -> float:
-    """The card's limit for ``new`` decoding steps: read the decoder weights and the KV caches once per
-    step at HBM bandwidth (bf16), plus the prefill at peak bf16."""
-    cfg = model.config
-    if cfg.is_encoder_decoder:  # cross-attention cache (prompt) + self-attention cache (~new/2 on average)
-        kv = rows * cfg.num_decoder_layers * 2 * cfg.num_heads * cfg.d_kv * (prompt + new / 2)
-    else:
-        head = cfg.hidden_size // cfg.num_attention_heads
-        kv = rows * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head * (prompt + new / 2)
-    per_step = 2.0 * (param_counts(model)["decode"] + kv) / hbm_bandwidth()
-    return new * per_step + prefill_flops(model, rows, prompt) / peak_flops()
-
-
-def _sync():
+def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def _timed(fn) -> tuple[float, object]:
-    _sync()
+def timed(fn) -> tuple[float, object]:
+    sync()
     start = time.perf_counter()
     out = fn()
-    _sync()
+    sync()
     return time.perf_counter() - start, out
 
 
-def _generator(lm, name: str, limit: int, **config):
-    from lmcot.config import GenerationConfig, ModelSpec
+def reset_peak():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory(row: dict, estimate_bytes: int) -> dict:
+    """The card's reserved peak (CUDA context excluded) beside ``lmcot plan``'s estimate, in GiB."""
+    from lmcot.planning.memory import GIB
+
+    row["plan_gib"] = round(estimate_bytes / GIB, 1)
+    if torch.cuda.is_available():
+        row["peak_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 1)
+        row["plan_over_peak"] = round(estimate_bytes / max(torch.cuda.max_memory_reserved(), 1), 2)
+    return row
+
+
+def shape_of(lm):
+    from lmcot.planning.memory import Shape
+
+    return Shape.from_config(lm.model.config, lm.family)
+
+
+def text_of(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def prompts_of(fitter, count: int, tokens: int, seed: int = 0) -> list[str]:
+    """``count`` distinct prompts of at most ``tokens`` tokens as the model receives them (fitted counts)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        words = text_of(rng, tokens * 2).split()
+        lo, hi = 0, len(words)
+        while lo < hi:  # the longest prefix that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fitter.count(fitter.format(" ".join(words[:mid]))) <= tokens else (lo, mid - 1)
+        out.append(" ".join(words[:lo]))
+    return out
+
+
+def generator(lm, limit: int, gen):
+    from lmcot.config import ModelSpec
     from lmcot.models.generation import HFGenerator
 
-    return HFGenerator(ModelSpec(name, max_input_tokens=limit), loaded=lm, config=GenerationConfig(**config))
+    return HFGenerator(ModelSpec(lm.path, max_input_tokens=limit), loaded=lm, config=gen)
 
 
-def bench_lmcot_generate(bench, model_name, *, prompts, prompt_len, new, n, modes, smoke=False):
-    """``HFGenerator.generate`` per mode (a dict of GenerationConfig fields): warm-up (compiles) + timed call."""
-    lm = known_model(model_name, smoke)
+def modes_of(gen, smoke: bool, **fast_overrides) -> dict:
+    """``eager`` (no static cache, no compile) and the preset's fast path (compile off in the smoke run)."""
+    import dataclasses
+
+    eager = dataclasses.replace(gen, static_cache=False, compile=False)
+    fast = dataclasses.replace(gen, **fast_overrides)
+    return {"eager": eager, ("static" if smoke else "static+compile"): fast}
+
+
+# -- generation and judging -------------------------------------------------------------------------------
+def bench_generate(bench, name, *, prompts, prompt_len, new, n, smoke, eager_rows=None):
+    """``HFGenerator.generate`` per mode: a warm-up (the full call where it compiles), then a timed call."""
+    from lmcot.planning.memory import generation_bytes
+    from lmcot.planning.plan import generator_rows
+
+    cfg = preset(smoke)
+    lm = known_model(name, smoke)
     lm.model.generation_config.min_new_tokens = new  # every row decodes ``new`` tokens (random weights stop anywhere)
     lm.model.generation_config.suppress_tokens = [lm.tokenizer.pad_token_id]
     sampling = dict(temperature=0.7, seed=0) if n > 1 else {}
     rows = []
-    for label, fields in modes.items():
-        gen = _generator(lm, model_name, prompt_len + 64, **fields)
-        texts = prompts_of(gen, prompts, prompt_len)
-        call = lambda: gen.generate(texts, max_new_tokens=new, n=n, **sampling)  # noqa: E731
-        warm, _ = _timed(call)
-        seconds, out = _timed(call)
-        made = sum(g.completion_tokens for g in out)
-        fitted = max(g.prompt_tokens for g in out)
-        row = {"bench": bench, "mode": label, "model": model_name, "prompts": prompts, "n": n,
-               "batch_rows": gen.batch_size, "max_batch_tokens": gen.config.max_batch_tokens, "prompt_len": fitted,
-               "new_tokens": new, "seconds": round(seconds, 3), "first_call_s": round(warm, 1),
-               "new_tokens_per_s": round(made / seconds, 1)}
-        if torch.cuda.is_available() and not smoke:
-            floor = decode_floor_s(lm.model, prompts * n, fitted, new)
-            row["x_floor"] = round(seconds / floor, 2)
-        rows.append(row)
-        del gen
+    for label, gen in modes_of(cfg.generation, smoke).items():
+        if label == "eager" and eager_rows:
+            import dataclasses
+
+            gen = dataclasses.replace(gen, batch_size=eager_rows, max_batch_tokens=0)
+        g = generator(lm, prompt_len, gen)
+        texts = prompts_of(g.fitter, prompts, prompt_len)
+        reset_peak()
+        warm_texts = texts if gen.compile or gen.static_cache else texts[: max(1, g.batch_size // n)]
+        warm, _ = timed(lambda: g.generate(warm_texts, max_new_tokens=new, n=n, **sampling))
+        seconds, out = timed(lambda: g.generate(texts, max_new_tokens=new, n=n, **sampling))
+        fitted = max(o.prompt_tokens for o in out)
+        batch = generator_rows(gen, gen.batch_size, fitted, new)
+        row = {"bench": bench, "mode": label, "model": name, "prompts": prompts, "n": n, "batch_rows": batch,
+               "prompt_len": fitted, "new_tokens": new, "seconds": round(seconds, 3), "first_call_s": round(warm, 1),
+               "new_tokens_per_s": round(sum(o.completion_tokens for o in out) / seconds, 1)}
+        if torch.cuda.is_available():
+            row["x_floor"] = round(seconds / decode_floor_s(lm.model, prompts * n, fitted, new), 2)
+        rows.append(memory(row, generation_bytes(shape_of(lm), rows=batch, prompt=fitted, new_tokens=new)))
     return rows
 
 
-def bench_lmcot_judge(bench, model_name, *, prompts, prompt_len, modes, smoke=False):
-    """``HFGenerator.score_yes_no`` per mode, with the largest P(yes) difference from the first mode."""
-    lm = known_model(model_name, smoke)
+def bench_judge(bench, name, *, prompts, prompt_len, smoke):
+    """``HFGenerator.score_yes_no`` per mode, with the largest P(yes) difference from eager."""
+    from lmcot.planning.memory import generation_bytes
+
+    cfg = preset(smoke)
+    lm = known_model(name, smoke)
     rows, reference = [], None
-    for label, fields in modes.items():
-        attn = fields.pop("attn", None)
-        if attn:
-            lm.model.set_attn_implementation(attn)
-        gen = _generator(lm, model_name, prompt_len + 64, **fields)
-        texts = prompts_of(gen, prompts, prompt_len)
-        warm, _ = _timed(lambda: gen.score_yes_no(texts))
-        seconds, scores = _timed(lambda: gen.score_yes_no(texts))
+    for label, gen in modes_of(cfg.generation, smoke, batch_size=32 if not smoke else 4).items():
+        g = generator(lm, prompt_len, gen)
+        texts = prompts_of(g.fitter, prompts, prompt_len)
+        reset_peak()
+        warm, _ = timed(lambda: g.score_yes_no(texts))
+        seconds, scores = timed(lambda: g.score_yes_no(texts))
         reference = reference or scores
-        row = {"bench": bench, "mode": label, "model": model_name, "prompts": prompts, "batch_rows": gen.batch_size,
+        row = {"bench": bench, "mode": label, "model": name, "prompts": prompts, "batch_rows": g.batch_size,
                "prompt_len": prompt_len, "seconds": round(seconds, 3), "first_call_s": round(warm, 1),
                "prompts_per_s": round(prompts / seconds, 2),
                "max_abs_diff_p_yes": round(max(abs(a - b) for a, b in zip(reference, scores)), 6)}
-        if torch.cuda.is_available() and not smoke:
+        if torch.cuda.is_available():
             row["mfu"] = round(prefill_flops(lm.model, prompts, prompt_len) / seconds / peak_flops(), 3)
+        rows.append(memory(row, generation_bytes(shape_of(lm), rows=min(g.batch_size, prompts), prompt=prompt_len,
+                                                 new_tokens=1)))
+    return rows
+
+
+# -- distillation -----------------------------------------------------------------------------------------
+def bench_distill(smoke: bool):
+    """The distill stage's step (collator, loss, optimizer of :mod:`lmcot.training.sft_step`) at the preset's
+    micro-batch, source and target lengths: eager, gradient checkpointing, checkpointing + compile."""
+    from lmcot.planning.memory import training_bytes
+    from lmcot.training.sft_step import SFTStep
+
+    dc = preset(smoke).distill
+    warmups, steps = (1, 1) if smoke else (2, 5)
+    batch, source, target = dc.per_device_batch_size, dc.max_source_tokens, dc.max_target_tokens
+    rng = random.Random(0)
+    variants = {"eager": (False, False), "checkpointing": (True, False)}
+    if not smoke:  # compiling a training step on 2 CPU cores takes minutes
+        variants["checkpointing+compile"] = (True, True)
+    rows = []
+    for label, (ckpt, compiled) in variants.items():
+        row = {"bench": "distill", "mode": label, "model": LARGE, "batch_rows": batch, "prompt_len": source,
+               "target_len": target}
+        try:
+            reset_peak()
+            lm = known_model(LARGE, smoke, dtype=torch.float32)  # fp32 weights under bf16 autocast, as the trainer
+            vocab = len(lm.tokenizer)
+            data = [{"input_ids": [rng.randrange(2, vocab) for _ in range(source - 1)] + [1],
+                     "labels": [rng.randrange(2, vocab) for _ in range(target - 1)] + [1]} for _ in range(batch)]
+            step = SFTStep(lm.model, lm.tokenizer, lm.family, learning_rate=dc.learning_rate,
+                           bf16=torch.cuda.is_available(), gradient_checkpointing=ckpt, compile=compiled)
+            warm, _ = timed(lambda: [step(data) for _ in range(warmups)])
+            seconds, losses = timed(lambda: [step(data) for _ in range(steps)])
+            row.update(seconds_per_step=round(seconds / steps, 4), first_call_s=round(warm, 1),
+                       samples_per_s=round(batch * steps / seconds, 2), loss=round(losses[-1], 4))
+            if torch.cuda.is_available():
+                row["mfu"] = round(seq2seq_train_flops(lm.model, batch, source, target) * steps / seconds
+                                   / peak_flops(), 3)
+            memory(row, training_bytes(shape_of(lm), batch=batch, source=source, target=target, zero_stage=0,
+                                       world=1, bf16=True, checkpointing=ckpt))
+            del step, lm
+        except Exception as exc:  # one failed variant must not hide the others
+            row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         rows.append(row)
     return rows
 
 
-def generation_benches(quick: bool, attn: str, smoke: bool) -> dict:
-    """The measurements of the generation suite at the GPU presets' shapes (or CPU smoke shapes)."""
-    xxl, large = "google/flan-t5-xxl", "google/flan-t5-large"
-    fast = dict(static_cache=True, compile=not smoke, length_buckets=(256, 512, 768, 1024))
-    if smoke:  # tiny sizes on CPU: the static-cache path without compile (compiling on 2 cores takes minutes)
-        return {
-            "gen_xxl": lambda: bench_lmcot_generate(
-                "gen_xxl", xxl, prompts=4, prompt_len=48, new=4, n=1, smoke=True,
-                modes={"eager": dict(batch_size=4), "static": dict(batch_size=4, static_cache=True)}),
-            "gen_large_k5": lambda: bench_lmcot_generate(
-                "gen_large_k5", large, prompts=4, prompt_len=48, new=4, n=2, smoke=True,
-                modes={"eager": dict(batch_size=4), "static": dict(batch_size=8, static_cache=True)}),
-            "judge_xxl": lambda: bench_lmcot_judge(
-                "judge_xxl", xxl, prompts=4, prompt_len=48, smoke=True,
-                modes={"eager": dict(batch_size=4), "static": dict(batch_size=4, static_cache=True)}),
-        }
-    new = 64 if quick else 128
-    return {
-        "gen_xxl": lambda: bench_lmcot_generate(
-            "gen_xxl", xxl, prompts=32, prompt_len=1024, new=new, n=1,
-            modes={"eager": dict(batch_size=32), "static+compile": dict(batch_size=32, **fast)}),
-        "gen_large_k5": lambda: bench_lmcot_generate(
-            "gen_large_k5", large, prompts=32, prompt_len=1024, new=new, n=5,
-            modes={"eager, 32 rows": dict(batch_size=32),
-                   "static+compile, 160 rows": dict(batch_size=160, max_batch_tokens=160 * (1024 + new), **fast)}),
-        "judge_xxl": lambda: bench_lmcot_judge(
-            "judge_xxl", xxl, prompts=64, prompt_len=1024,
-            modes={"eager": dict(batch_size=32), f"compile ({attn})": dict(batch_size=32, attn=attn, **fast)}),
+# -- refinement -------------------------------------------------------------------------------------------
+def bench_refine(smoke: bool):
+    """One seq2seq GRPO step at the preset's shapes: a warm-up step (compiles the judge), then a timed one."""
+    from lmcot.planning.memory import generation_bytes, training_bytes
+    from lmcot.prompting.prompts import ASPECTS
+    from lmcot.prompting.roles import ROLES
+    from lmcot.training.grpo_seq2seq import PlainEngine, grpo_step
+    from lmcot.training.rewards import RewardJudge, reward_plan, score_batch
+
+    cfg = preset(smoke)
+    rc, gen = cfg.refine, cfg.generation
+    new = rc.max_new_tokens or gen.rationale_max_new_tokens
+    policy = known_model(LARGE, smoke)
+    reference = known_model(LARGE, smoke) if rc.beta > 0 else None
+    judge_lm = known_model(XXL, smoke)
+    policy.model.generation_config.min_new_tokens = new  # full-length rollouts, as a trained policy writes
+    small = generator(policy, cfg.small.max_input_tokens, gen)  # the small LM's fitter: prompts as served
+    judge_gen = generator(judge_lm, cfg.large.max_input_tokens, gen)
+    plan, aspects = reward_plan(rc.reward_weights, rc.aspect_mode, rc.quality_aspects)
+    judge = RewardJudge(judge_gen, aspects=aspects, answer_max_new_tokens=ROLES["answer"].reserve(gen))
+    rng = random.Random(0)
+    limit = cfg.small.max_input_tokens
+    rows = []
+    for i in range(2 * rc.prompts_per_step):
+        question, context = f"Who founded the {WORDS[i % len(WORDS)]}?", text_of(rng, 2 * limit)
+        prompt = small.fitter.fit(ROLES["small"].build(question, context), ROLES["small"].reserve(gen)).text
+        rows.append({"prompt": prompt, "question": question, "context": context, "answer": "castle"})
+
+    def reward_fn(prompts, completions, columns):
+        return score_batch(prompts, completions, plan=plan, aspect_mode=rc.aspect_mode, judge=judge,
+                           task_metric=rc.task_metric, **columns)
+
+    engine = PlainEngine(policy.model, rc.learning_rate)  # the model's own dtype: bf16 on the card
+    reset_peak()
+    step = lambda batch: grpo_step(engine, policy.tokenizer, batch, reward_fn=reward_fn, cfg=rc,  # noqa: E731
+                                   max_new_tokens=new, ref_model=reference.model if reference else None,
+                                   max_prompt_tokens=limit)
+    warm, _ = timed(lambda: step(rows[: rc.prompts_per_step]))
+    seconds, m = timed(lambda: step(rows[rc.prompts_per_step:]))
+    rollouts, source = int(m["rollouts"]), limit
+    row = {"bench": "refine", "mode": "grpo step", "model": f"{LARGE} policy, {XXL} judge", "batch_rows": rollouts,
+           "prompt_len": source, "new_tokens": new, "seconds": round(seconds, 3), "first_call_s": round(warm, 1),
+           "rollouts_per_s": round(rollouts / seconds, 2), "sample_s": round(m["sample_seconds"], 3),
+           "reward_s": round(m["reward_seconds"], 3), "judge_calls": judge.calls, "loss": round(m["loss"], 4)}
+    if torch.cuda.is_available():
+        judged = rollouts * max(1, len([a for a in aspects if a in ASPECTS]))
+        passes = 3 * rc.num_iterations + (reference is not None) + (rc.num_iterations > 1)
+        floor = (decode_floor_s(policy.model, rollouts, source, new)
+                 + decode_floor_s(judge_lm.model, rollouts, cfg.large.max_input_tokens, gen.answer_max_new_tokens)
+                 + prefill_flops(judge_lm.model, judged, cfg.large.max_input_tokens) / peak_flops()
+                 + passes / 3 * seq2seq_train_flops(policy.model, rollouts, source, new) / peak_flops())
+        row["x_floor"] = round(seconds / floor, 2)
+    shape = shape_of(policy)
+    estimate = (training_bytes(shape, batch=rollouts, source=source, target=new, zero_stage=0, world=1, bf16=True,
+                               checkpointing=False, master_weights=False)
+                + shape.params * 2 * (reference is not None)
+                + generation_bytes(shape_of(judge_lm), rows=rc.judge_batch_size, prompt=cfg.large.max_input_tokens,
+                                   new_tokens=1))
+    return [memory(row, estimate)]
+
+
+# -- driver -----------------------------------------------------------------------------------------------
+def run_bench(name: str, smoke: bool) -> list[dict]:
+    """One bench in this process: its rows, or one row naming the error (the others go on)."""
+    runs = {
+        "gen_xxl": lambda: bench_generate("gen_xxl", XXL, prompts=2 if smoke else 32, prompt_len=48 if smoke else 1024,
+                                          new=3 if smoke else 128, n=1, smoke=smoke),
+        "gen_large_k5": lambda: bench_generate("gen_large_k5", LARGE, prompts=2 if smoke else 32,
+                                               prompt_len=48 if smoke else 1024, new=3 if smoke else 128, n=5,
+                                               smoke=smoke, eager_rows=5 if smoke else 32),
+        "judge_xxl": lambda: bench_judge("judge_xxl", XXL, prompts=4 if smoke else 64, prompt_len=48 if smoke else 1024,
+                                         smoke=smoke),
+        "distill": lambda: bench_distill(smoke),
+        "refine": lambda: bench_refine(smoke),
     }
-
-
-def markdown(rows: list[dict]) -> str:
-    """The generation suite's rows as the table docs/benchmarks.md records."""
-    lines = ["| bench | mode | rows/batch | prompt | result | vs first mode | limit | first call s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    first: dict[str, float] = {}
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['bench']} | error | | | {r['error'][:80]} | | | |")
-            continue
-        key, unit = ("new_tokens_per_s", "new tok/s") if "new_tokens_per_s" in r else ("prompts_per_s", "prompts/s")
-        base = first.setdefault(r["bench"], r[key])
-        limit = (f"{r['x_floor']}x floor" if "x_floor" in r else f"MFU {100 * r['mfu']:.0f} %" if "mfu" in r else "-")
-        if "max_abs_diff_p_yes" in r:
-            limit += f"; P(yes) diff {r['max_abs_diff_p_yes']:.1e}"
-        lines.append(f"| {r['bench']} | {r['mode']} | {r['batch_rows']} | {r['prompt_len']} | {r[key]:,} {unit} | "
-                     f"{r[key] / base:.2f}x | {limit} | {r['first_call_s']} |")
-    return "\n".join(lines)
-
-
-BENCHES = {
-    "generate_t5_large": lambda steps, bs: bench_generate("generate_t5_large", t5_large, 64, 512, 64),
-    "generate_causal_0p5b": lambda steps, bs: bench_generate("generate_causal_0p5b", qwen_0p5b, 64, 512, 64),
-    "plain": lambda steps, bs: bench_plain(bs, 512, 128, steps),
-    "deepspeed": lambda steps, bs: bench_deepspeed(bs, 512, 128, steps),
-}
-
-
-def run_one(name: str, args) -> list[dict]:
-    """One measurement in this process: its rows, or one row naming the error (the others go on)."""
-    gen = generation_benches(args.quick, args.attn, args.smoke)
     try:
-        if name in gen:
-            return gen[name]()
-        return [BENCHES[name](5 if args.quick else 15, args.batch)]
-    except Exception as exc:  # report and go on: one failed path must not hide the others
+        return runs[name]()
+    except Exception as exc:
         return [{"bench": name, "error": f"{type(exc).__name__}: {exc}"[:400]}]
 
 
-def main(argv=None):
-    import subprocess
-    import sys
+def markdown(rows: list[dict]) -> str:
+    """The rows as the table docs/benchmarks.md records: each figure beside its limit and the plan's memory."""
+    lines = ["| bench | mode | rows | prompt | result | limit | peak / plan GiB | first call s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    units = [("new_tokens_per_s", "new tok/s"), ("prompts_per_s", "prompts/s"), ("samples_per_s", "samples/s"),
+             ("rollouts_per_s", "rollouts/s")]
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['bench']} | {r.get('mode', '')} | | | {r.get('error') or r['skipped']} | | | |")
+            continue
+        key, unit = next((k, u) for k, u in units if k in r)
+        limit = (f"{r['x_floor']}x floor" if "x_floor" in r else f"MFU {100 * r['mfu']:.1f} %" if "mfu" in r else "-")
+        if "max_abs_diff_p_yes" in r:
+            limit += f"; P(yes) diff {r['max_abs_diff_p_yes']:.1e}"
+        lines.append(f"| {r['bench']} | {r['mode']} | {r['batch_rows']} | {r['prompt_len']} | {r[key]:,} {unit} | "
+                     f"{limit} | {r.get('peak_gib', '-')} / {r['plan_gib']} | {r['first_call_s']} |")
+    return "\n".join(lines)
 
-    names = ["gen_xxl", "gen_large_k5", "judge_xxl", *BENCHES]
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer steps / 64 new tokens instead of 128")
-    parser.add_argument("--suite", choices=["generation", "training", "all"], default="all")
-    parser.add_argument("--only", choices=names, help="run one measurement in this process")
-    parser.add_argument("--smoke", action="store_true", help="generation suite on CPU at tiny sizes, in-process")
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flex_attention"],
-                        help="attention implementation of the compiled judge")
-    parser.add_argument("--batch", type=int, default=8, help="training micro-batch (samples of 512+128 tokens)")
+
+def emit(rows: list[dict], out: Path | None) -> None:
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    if out:
+        with open(out / "results.jsonl", "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--all", action="store_true", help="every bench (the default when --only is not given)")
+    parser.add_argument("--only", choices=BENCHES, help="one bench, in this process")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, one process, seconds")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="wall-clock limit of the whole run")
+    parser.add_argument("--out", type=Path, help="folder for results.jsonl and table.md")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
     if args.only:
-        for row in run_one(args.only, args):
-            print(json.dumps(row), flush=True)
-        return
-    if args.smoke:  # CPU, one process: the generation suite's code paths at tiny sizes
-        rows = [row for name in ("gen_xxl", "gen_large_k5", "judge_xxl") for row in run_one(name, args)]
-        for row in rows:
-            print(json.dumps(row), flush=True)
-        print(markdown(rows))
+        rows = run_bench(args.only, args.smoke)
+        emit(rows, None)
         return rows
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "peak_bf16_tflops": peak_flops() / 1e12, "hbm_tb_s": hbm_bandwidth() / 1e12}), flush=True)
-    chosen = {"generation": names[:3], "training": list(BENCHES), "all": names}[args.suite]
+    head = {"bench": "card", "device": card_name(), "torch": torch.__version__, "budget_s": args.budget_s}
+    if torch.cuda.is_available():
+        head.update(peak_bf16_tflops=peak_flops() / 1e12, memory_gib=round(
+            torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
+    emit([head], args.out)
     rows = []
-    for name in chosen:  # one process each, so memory of one cannot starve the next
-        extra = (["--quick"] if args.quick else []) + ["--attn", args.attn, "--batch", str(args.batch)]
-        done = subprocess.run([sys.executable, __file__, "--only", name, *extra], check=False,
-                              stdout=subprocess.PIPE, text=True)
-        for line in done.stdout.splitlines():
-            print(line, flush=True)
-            if line.startswith("{") and name in names[:3]:
-                rows.append(json.loads(line))
-    if rows:
-        print(markdown(rows))
+    for name in BENCHES:
+        left = args.budget_s - (time.perf_counter() - started)
+        if args.smoke:  # in-process: seconds on CPU
+            got = run_bench(name, smoke=True)
+        elif left < EXPECTED_S[name]:
+            got = [{"bench": name, "skipped": f"budget: {left:.0f} s left, about {EXPECTED_S[name]} s needed"}]
+        else:  # one process each, so the memory of one cannot starve the next
+            try:
+                done = subprocess.run([sys.executable, __file__, "--only", name], stdout=subprocess.PIPE, text=True,
+                                      timeout=left, check=False)
+                got = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+                got = got or [{"bench": name, "error": f"exit {done.returncode} without a result"}]
+            except subprocess.TimeoutExpired:
+                got = [{"bench": name, "error": f"stopped at the budget ({args.budget_s:.0f} s)"}]
+        emit(got, args.out)
+        rows += got
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        (args.out / "table.md").write_text(f"card: {head['device']}\n\n{table}\n")
+    print(f"wall: {time.perf_counter() - started:.0f} s", flush=True)
     return rows
 
 

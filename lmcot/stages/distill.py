@@ -44,6 +44,7 @@ from transformers import TrainerCallback
 
 from lmcot.config import Config, identity, to_dict
 from lmcot.runs.rundir import RunDir
+from lmcot.training.sft_step import OPTIMIZER_ARGS, DecoderInputs, global_token_loss, sft_collator  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,6 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer
 
     from lmcot.models.loading import load_tokenizer, resolve_model_path
-    from lmcot.training.sft_data import CompletionCollator
     from lmcot.stages.train_common import auto_model_class, hf_training_args
 
     family = config["family"]
@@ -184,7 +184,7 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
         **common, num_train_epochs=dc.epochs, max_steps=dc.max_steps or -1, warmup_steps=dc.warmup_steps,
         save_steps=dc.save_steps, logging_steps=dc.logging_steps,
         eval_strategy="steps" if has_val else "no", eval_steps=dc.eval_steps,
-        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
+        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True, **OPTIMIZER_ARGS,
     )
     # After the arguments: with ZeRO-3 in them, from_pretrained partitions the weights as it loads.
     model = auto_model_class(family).from_pretrained(path, revision=config.get("revision") or None,
@@ -192,14 +192,11 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
     sampler = RationaleSampler(tokenizer, data.get("samples", []), family=family,
                                max_new_tokens=dc.max_target_tokens, synced=dc.scaling.zero_stage == 3 and zero)
     trainer_cls = Seq2SeqTrainer if family == "seq2seq" else Trainer
-    multiple = 8 if dc.scaling.use_gpu else 1
-    collator = CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple)
-    seq2seq = {}
-    if family == "seq2seq":
-        # T5 averages its loss over its own batch's tokens; computed here instead, over the tokens of the
-        # global batch (see the module doc), so that 1 or N workers take the same step.
-        collator = DecoderInputs(collator, model)
-        seq2seq = {"compute_loss_func": global_token_loss}
+    # The collator, loss and optimizer settings come from lmcot.training.sft_step, which bench/gpu_suite.py
+    # times without Ray or DeepSpeed. T5 averages its loss over its own batch's tokens; computed there
+    # instead, over the tokens of the global batch (see the module doc), so that 1 or N workers take the same step.
+    collator = sft_collator(tokenizer, model, family, use_gpu=dc.scaling.use_gpu)
+    seq2seq = {"compute_loss_func": global_token_loss} if family == "seq2seq" else {}
     trainer = trainer_cls(
         model=model, args=args, train_dataset=data["train"], eval_dataset=data["val"] if has_val else None,
         data_collator=collator, processing_class=tokenizer, callbacks=[sampler], **seq2seq,
@@ -207,40 +204,6 @@ def build_trainer(config: dict, dc, data: dict, *, zero: bool = True):
     if family == "seq2seq":
         trainer.model_accepts_loss_kwargs = False  # the loss above gets the token count, T5's forward need not
     return trainer, sampler
-
-
-class DecoderInputs:
-    """A collator's batch plus the seq2seq model's decoder inputs (its labels shifted right), so
-    that the model is called without labels and :func:`global_token_loss` computes the loss."""
-
-    def __init__(self, collate, model):
-        self.collate, self.model = collate, model
-
-    def __call__(self, rows):
-        batch = self.collate(rows)
-        labels = batch["labels"].masked_fill(batch["labels"] == -100, self.model.config.pad_token_id)
-        batch["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-        return batch
-
-
-def global_token_loss(outputs, labels, num_items_in_batch=None):
-    """Summed token cross-entropy over ``num_items_in_batch`` (the global batch's target tokens,
-    counted by the HF trainer over all ranks and accumulation steps); the batch's own token
-    mean when that count is not given (evaluation).
-
-    >>> import torch
-    >>> from types import SimpleNamespace
-    >>> out = SimpleNamespace(logits=torch.zeros(1, 2, 4))
-    >>> round(global_token_loss(out, torch.tensor([[1, -100]]), num_items_in_batch=2).item(), 4)  # ln(4) / 2
-    0.6931
-    """
-    import torch.nn.functional as F
-
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=-100,
-                            reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
-    return total / count
 
 
 class RationaleSampler(TrainerCallback):

@@ -218,14 +218,14 @@ def test_attention_implementation_is_chosen_by_config():
 
 def test_gpu_suite_smoke_runs_lmcots_generator_paths_on_cpu(capsys, load_script):
     """bench/gpu_suite.py --smoke: the GPU script's generation and judging code at tiny sizes, no Ray."""
-    suite = load_script("bench/gpu_suite.py")
-    rows = suite.main(["--smoke"])
+    suite = load_script("bench/gpu_suite.py")  # training and refinement: tests/test_gpu_suite.py
+    rows = [row for name in ("gen_xxl", "gen_large_k5", "judge_xxl") for row in suite.run_bench(name, smoke=True)]
     assert not [r for r in rows if "error" in r], rows
     assert {(r["bench"], r["mode"]) for r in rows} == {(b, m) for b in ("gen_xxl", "gen_large_k5", "judge_xxl")
                                                       for m in ("eager", "static")}
     assert all(r["new_tokens_per_s"] > 0 for r in rows if r["bench"] != "judge_xxl")
     assert all(r["max_abs_diff_p_yes"] < 1e-3 for r in rows if r["bench"] == "judge_xxl")
-    assert "| judge_xxl | static |" in capsys.readouterr().out
+    assert "| judge_xxl | static |" in suite.markdown(rows)
 
 
 def test_logprobs_list_ordinary_tokens_with_their_likeliest_alternatives(generator):
