@@ -64,10 +64,10 @@ def test_calls_from_different_callers_share_one_model_call():
     assert q.stats()["merged_batches"] == 1 and q.stats()["batches"] == 3
 
 
-def test_one_callers_failure_stays_its_own():
+def test_one_callers_failure_stays_its_own(caplog):
     model, q = queue()
     held(model, q)
-    good, bad, also_good = q.submit("g", ["a"]), q.submit("g", ["bad"]), q.submit("g", ["c", "d"])
+    good, bad, also_good = q.submit("g", ["a"]), q.submit("g", ["bad"], tag="req-7"), q.submit("g", ["c", "d"])
     model.gate.set()
     assert good.result(10) == ["g:a"] and also_good.result(10) == ["g:c", "g:d"]
     with pytest.raises(RuntimeError, match="inf or nan"):
@@ -75,6 +75,9 @@ def test_one_callers_failure_stays_its_own():
     assert sorted(model.calls[1]) == ["a", "bad", "c", "d"]  # merged first, then retried caller by caller
     assert sorted(map(tuple, model.calls[2:])) == [("a",), ("bad",), ("c", "d")]
     assert q.stats()["failed_jobs"] == 1
+    # the log line that explains the failure carries the failing caller's request id, and only its
+    assert [r.getMessage() for r in caplog.records if "failed in the model" in r.getMessage()] == [
+        "lmcot-model: request req-7 failed in the model: RuntimeError: probability tensor contains inf or nan"]
 
 
 def test_a_timeout_or_a_caller_gone_stays_with_that_caller():
