@@ -2,11 +2,18 @@
 
 Stage commands share ``--config CONFIG --run-dir RUN [--set section.field=value ...]``;
 the ``jobs/*.py`` scripts that ``ray job submit`` runs are thin calls into this module.
+
+Output. A command's result is the only thing it prints on stdout (JSON with ``--json``, and
+for stage commands and ``score``), so a script can parse it; logs, progress bars and whatever
+a library prints go to stderr (:func:`results_only_on_stdout`). Every import is made inside
+the command that needs it, and ``plan`` and ``prompts`` (which read configs and tokenizers)
+run with DeepSpeed and Ray marked absent (:func:`without_training_libraries`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -47,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--gold", required=True, help="official-format dataset JSON")
     score.add_argument("--predictions", required=True, help='official prediction JSON {"answer": {id: text}}')
     score.add_argument("--aliases", default=None, help="2Wiki id_aliases.json for alias-aware scoring")
+    compare = sub.add_parser("compare", help="paired comparison of two evaluations (B - A, 95% interval, verdict)")
+    compare.add_argument("a", help="evaluation folder RUN/eval/<label>/ (or its predictions.json): the baseline")
+    compare.add_argument("b", help="evaluation folder (or predictions.json) compared against A")
+    compare.add_argument("--gold", default=None, help="official-format dev JSON: score both prediction files here")
+    compare.add_argument("--format", dest="fmt", choices=["hotpotqa", "2wiki"], default="hotpotqa",
+                         help="layout of --gold [hotpotqa]")
+    compare.add_argument("--aliases", default=None, help="2Wiki id_aliases.json for alias-aware scoring (with --gold)")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     plan = sub.add_parser("plan", help="check a config's GPU memory and prompt budgets before running it")
     plan.add_argument("--config", default="tiny", help="preset name or YAML path [tiny]")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -106,22 +121,51 @@ def run_stage(command: str, args) -> object:
     return module.run(cfg, run_dir)
 
 
+TRAINING_LIBRARIES = ("deepspeed", "ray")
+
+
+def without_training_libraries() -> None:
+    """Mark DeepSpeed and Ray absent in this process (unless already imported).
+
+    ``plan`` and ``prompts`` never use them, but building a tiny model on a cold cache calls
+    transformers' ``save_pretrained``, which asks accelerate whether the model is wrapped in a
+    DeepSpeed engine, which imports DeepSpeed (seconds, and a warning on stdout) when it is
+    installed. A ``None`` in ``sys.modules`` makes ``importlib.util.find_spec`` report the
+    package missing, so such probes skip it, and a real import of it fails loudly instead.
+    """
+    for name in TRAINING_LIBRARIES:
+        sys.modules.setdefault(name, None)
+
+
+@contextlib.contextmanager
+def results_only_on_stdout():
+    """While a command works, whatever is printed goes to stderr; yields the real stdout for
+    the result. (DeepSpeed's logger, for one, writes its warnings to stdout; a logger created
+    inside this block keeps writing to stderr afterwards.)"""
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield out
+
+
 def inspect_config(args) -> int:
     """``lmcot plan`` (exit 1 when something cannot fit) and ``lmcot prompts``."""
     from lmcot.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    if args.command == "prompts":
-        from lmcot.prompting.listing import list_prompts, render_listing
+    without_training_libraries()
+    with results_only_on_stdout() as out:
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "prompts":
+            from lmcot.prompting.listing import list_prompts, render_listing
 
-        records = list_prompts(cfg, method=args.method, limit=args.limit)
-        print(json.dumps(records, indent=1) if args.json else render_listing(records))
-        return 0
-    from lmcot.planning.plan import DEFAULT_GPU_GB, make_plan, render_plan
+            records = list_prompts(cfg, method=args.method, limit=args.limit)
+            text, code = (json.dumps(records, indent=1) if args.json else render_listing(records)), 0
+        else:
+            from lmcot.planning.plan import DEFAULT_GPU_GB, make_plan, render_plan
 
-    plan = make_plan(cfg, args.gpu_memory_gb or DEFAULT_GPU_GB)
-    print(json.dumps(plan, indent=1) if args.json else render_plan(plan))
-    return 1 if plan["problems"] else 0
+            plan = make_plan(cfg, args.gpu_memory_gb or DEFAULT_GPU_GB)
+            text, code = (json.dumps(plan, indent=1) if args.json else render_plan(plan)), 1 if plan["problems"] else 0
+    print(text, file=out)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,19 +177,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             from lmcot.evaluation.metrics import score_files
 
-            print(json.dumps(score_files(args.gold, args.predictions, args.aliases)))
+            with results_only_on_stdout() as out:
+                scores = score_files(args.gold, args.predictions, args.aliases)
+            print(json.dumps(scores), file=out)
+            return 0
+        if args.command == "compare":
+            from lmcot.evaluation.compare import compare
+
+            result = compare(args.a, args.b, gold=args.gold, fmt=args.fmt, aliases=args.aliases)
+            print(json.dumps(result, indent=2) if args.json else
+                  "\n".join(v["summary"] for v in result.values() if isinstance(v, dict)))
             return 0
         if args.command == "make-tiny-models":
             from lmcot.models.loading import tiny_cache_dir
             from lmcot.models.tiny import make_tiny_models
 
             target, versioned = (args.dir, False) if args.dir else (tiny_cache_dir(), True)
-            for name, path in make_tiny_models(target, versioned=versioned).items():
-                print(f"{name}: {path}")
+            with results_only_on_stdout() as out:
+                made = make_tiny_models(target, versioned=versioned)
+            for name, path in made.items():
+                print(f"{name}: {path}", file=out)
             return 0
         if args.command in ("plan", "prompts"):
             return inspect_config(args)
-        result = run_stage(args.command, args)
+        with results_only_on_stdout():
+            result = run_stage(args.command, args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         # Our own errors already name the field and the fix: show them without a traceback.
         print(f"lmcot {args.command}: error: {exc}", file=sys.stderr)

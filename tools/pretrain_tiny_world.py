@@ -664,6 +664,8 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     from lmcot.evaluation.evaluator import prepare_questions
     from lmcot.models.generation import HFGenerator
     from lmcot.evaluation.metrics import answer_metrics, load_aliases
+    from lmcot.evaluation.statistics import fmt_interval, paired
+    from lmcot.tinyworld import seeds
 
     import tempfile
 
@@ -672,9 +674,10 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     data_dir = world_gen.OUT_DIR
     if world_seed is not None:  # a world no model has seen, generated as the shipped one (only the seed differs)
         data_dir = Path(tempfile.mkdtemp(prefix=f"tiny-world-{world_seed}-"))
-        for name, text in world_gen.generate(seed=world_seed).items():
+        shape = seeds.EVAL_WORLD_SHAPE if world_seed in seeds.TUNING + seeds.EVALUATION else {}
+        for name, text in world_gen.generate(seed=world_seed, **shape).items():
             (data_dir / name).write_text(text, encoding="utf-8")
-    world, _ = world_gen.generate_world(**({} if world_seed is None else dict(seed=world_seed)))
+    world, _ = world_gen.generate_world(**({} if world_seed is None else dict(seed=world_seed, **shape)))
     aliases = load_aliases(data_dir / "2wiki_synthetic_id_aliases.json")
     out = {}
     for ds, fmt in (("hotpotqa", "hotpotqa"), ("2wiki", "2wiki")):
@@ -683,12 +686,19 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
         runs = {"standard": method.standard(qs, large, gen), "cot": method.cot(qs, large, gen),
                 "gold_rationale": method.gold_rationale(qs, large, gen),
                 "empty_rationale": method.empty_rationale(qs, large, gen)}
+        per_q = {}
         for row, results in runs.items():
             scores = [answer_metrics(r.answer, [e.answer] + aliases.get(e.answer_id, [])) for e, r in
                       zip(examples, results)]
+            per_q[row] = {e.id: s["f1"] for e, s in zip(examples, scores)}
             out[f"{ds}/{row}"] = {k: round(100 * sum(s[k] for s in scores) / len(scores), 1) for k in ("em", "f1")}
             print(f"{ds:9s} {row:16s} EM {out[f'{ds}/{row}']['em']:5.1f}  F1 {out[f'{ds}/{row}']['f1']:5.1f}   "
                   f"e.g. {results[0].answer!r} (gold {examples[0].answer!r})", flush=True)
+        for a, b in (("empty_rationale", "gold_rationale"), ("standard", "gold_rationale"), ("standard", "cot")):
+            pr = paired(per_q[a], per_q[b])
+            out[f"{ds}/{b}-{a}"] = pr.as_dict()
+            print(f"{ds:9s} {b} - {a}: {fmt_interval(pr.delta, pr.low, pr.high)} F1, {pr.wins} wins / "
+                  f"{pr.losses} losses, {pr.verdict}", flush=True)
         out.update(judge_separation(large, world, examples[:judge_limit], qs, ds))
     return out
 

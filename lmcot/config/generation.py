@@ -26,6 +26,9 @@ class GenerationConfig:
     """Nucleus sampling mass when sampling."""
     seed: int = 0
     """Seed for sampling, so a rerun draws the same rationales."""
+    sc_include_greedy: bool = False
+    """Self-consistency of LM-guided CoT: the greedy rationale is one of the k (plus k - 1 sampled),
+    so a vote starts from the single-rationale answer and sampling can only add to it."""
     max_batch_tokens: int = 0
     """Token budget of one batch: rows x (padded prompt tokens + new tokens) stays under it, so short
     prompts fill a batch with more rows than long ones (up to ``batch_size``); a prompt whose samples

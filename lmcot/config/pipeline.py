@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+ROW_LABELS = ("standard", "cot", "lm_guided-distilled", "lm_guided-refined")
+"""The method rows of the report (``lmcot.stages.pipeline.ROWS``), by label."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """``lmcot run``: rationales -> distill -> (search) -> refine -> evaluations -> report."""
@@ -13,10 +17,14 @@ class PipelineConfig:
     """k of the self-consistency rows of the report (each method is also run with k = 1)."""
     judge_rationales: bool = True
     """Score the rationales each model writes on the eight aspects (large-LM judge) for the report."""
+    self_consistency_rows: tuple[str, ...] = ("standard", "cot", "lm_guided-distilled", "lm_guided-refined")
+    """Rows also evaluated with self-consistency at k = ``self_consistency`` (each k-sample row costs
+    about k single rows). The Claims table needs ``lm_guided-refined``."""
     reference_rows: bool = True
-    """Add the reference rows ``lm_guided-undistilled`` (the small LM before training),
-    ``gold-rationale`` (the large LM answering from the gold supporting facts: an oracle upper
-    bound) and ``empty-rationale`` (answering from nothing: the floor), each at k = 1."""
+    """Add the reference rows ``gold-rationale`` (the large LM answering from the gold supporting facts:
+    an oracle upper bound) and ``empty-rationale`` (answering from nothing: the floor), each at k = 1.
+    There is no row for the small LM before distillation: an untrained small LM writes no rationale
+    (the tiny one wrote "" or two words on all 80 shipped questions), so it only repeated the empty row."""
 
     report_note: str = ""
     """One line the report prints under its title: what the run's data and models are evidence of
@@ -25,3 +33,6 @@ class PipelineConfig:
     def __post_init__(self):
         if self.self_consistency < 2:
             raise ValueError("self_consistency must be >= 2 (k = 1 rows are always run)")
+        unknown = [r for r in self.self_consistency_rows if r not in ROW_LABELS]
+        if unknown:
+            raise ValueError(f"self_consistency_rows names unknown rows {unknown}; valid: {', '.join(ROW_LABELS)}")

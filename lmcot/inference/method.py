@@ -17,13 +17,14 @@ so each model sees one batched call per step however many questions and samples 
 from __future__ import annotations
 
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from lmcot.prompting import prompts
 from lmcot.prompting.roles import ROLES
 from lmcot.config import GenerationConfig
-from lmcot.models.generation import Generator, Usage
+from lmcot.models.generation import Generation, Generator, Usage
 from lmcot.evaluation.metrics import normalize_answer
 
 
@@ -139,13 +140,26 @@ def cot(questions: Sequence[Question], large: Generator, gen: GenerationConfig, 
 def lm_guided(
     questions: Sequence[Question], small: Generator, large: Generator, gen: GenerationConfig, k: int = 1
 ) -> list[MethodResult]:
-    """The small LM writes k rationales per question; the large LM answers each greedily; vote."""
-    rationale_gens = small.generate(
-        [ROLES["small"].build(q.question, q.context) for q in questions],
-        max_new_tokens=ROLES["small"].reserve(gen), **_sampling(gen, k),
-    )
+    """The small LM writes k rationales per question; the large LM answers each greedily; vote.
+
+    With ``generation.sc_include_greedy`` (and k > 1) the first rationale is the greedy one and
+    k - 1 are sampled."""
+    prompts_ = [ROLES["small"].build(q.question, q.context) for q in questions]
+    budget = ROLES["small"].reserve(gen)
+    greedy = gen.sc_include_greedy and k > 1
+    rationale_gens = small.generate(prompts_, max_new_tokens=budget, **_sampling(gen, k - 1 if greedy else k))
+    if greedy:
+        first = small.generate(prompts_, max_new_tokens=budget)
+        rationale_gens = [merge_generations(a, b) for a, b in zip(first, rationale_gens)]
     rationales = [list(g.texts) for g in rationale_gens]
     return answer_rationales(questions, rationales, large, gen, rationale_gens)
+
+
+def merge_generations(first: Generation, rest: Generation) -> Generation:
+    """One prompt's completions from two calls, ``first``'s first; the prompt is counted once (one
+    prefill, as the usage of ``n`` samples counts it) and both calls' completion tokens."""
+    return dataclasses.replace(first, texts=tuple(first.texts) + tuple(rest.texts),
+                               completion_tokens=first.completion_tokens + rest.completion_tokens)
 
 
 def answer_rationales(questions, rationales, large: Generator, gen: GenerationConfig, rationale_gens=None):

@@ -14,24 +14,25 @@ CPUs, judge resources, retries) reruns nothing. A step that died wrote no record
 runs again and resumes from its own checkpoints.
 
 The report compares standard prompting, CoT prompting and LM-guided CoT with the
-distilled and the refined small LM, each with and without self-consistency, against three
-reference rows: LM-guided CoT with the small LM before any training (what distillation
-must beat), and the large LM answering from the gold supporting facts (an oracle upper
-bound) or from an empty rationale (the floor).
+distilled and the refined small LM (those of ``pipeline.self_consistency_rows`` also with
+self-consistency) against two reference rows: the large LM answering from the gold
+supporting facts (an oracle upper bound) or from an empty rationale (the floor). Its Claims
+table compares them paired on the same questions (:mod:`lmcot.evaluation.claims`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 from dataclasses import replace
 from pathlib import Path
 
-from lmcot.config import Config, identity, load_config
+from lmcot.config import Config, load_config
+from lmcot.config.pipeline import ROW_LABELS
 from lmcot.evaluation.report import write_report
 from lmcot.runs.rundir import RunDir, finished, record_finished
 from lmcot.stages.cluster import ensure_ray
+from lmcot.stages.evaluate import UNTRAINED, eval_identity  # one identity for `lmcot eval` and the report rows
 
 log = logging.getLogger("lmcot.pipeline")
 
@@ -40,31 +41,23 @@ def _stage(module: str):
     return importlib.import_module(f"lmcot.stages.{module}")
 
 
-UNTRAINED = "base"
-"""The small-LM stage of the ``lm_guided-undistilled`` row: ``small`` as configured."""
+ROWS = (("standard", "standard", None), ("cot", "cot", None),
+        ("lm_guided-distilled", "lm_guided", "distill"), ("lm_guided-refined", "lm_guided", "refine"))
+"""(label, method, training stage of the small LM) of the report's method rows."""
+assert tuple(label for label, *_ in ROWS) == ROW_LABELS
 
 
 def eval_plan(cfg: Config, run_dir: RunDir) -> list[tuple[str, str, int, str | None]]:
-    """(label, method, k, training stage of the small LM) of every evaluation in the report."""
+    """(label, method, k, training stage of the small LM) of every evaluation in the report: each row
+    at k = 1, the rows of ``pipeline.self_consistency_rows`` also at k, then the reference rows."""
     k = cfg.pipeline.self_consistency
-    rows = (("standard", "standard", None), ("cot", "cot", None),
-            ("lm_guided-distilled", "lm_guided", "distill"), ("lm_guided-refined", "lm_guided", "refine"))
-    plan = [(label + (f"-sc{kk}" if kk > 1 else ""), method, kk, stage)
-            for label, method, stage in rows for kk in (1, k)]
-    references = [("lm_guided-undistilled", "lm_guided", 1, UNTRAINED),
-                  ("gold-rationale", "gold_rationale", 1, None), ("empty-rationale", "empty_rationale", 1, None)]
+    plan = []
+    for label, method, stage in ROWS:
+        plan.append((label, method, 1, stage))
+        if label in cfg.pipeline.self_consistency_rows:
+            plan.append((f"{label}-sc{k}", method, k, stage))
+    references = [("gold-rationale", "gold_rationale", 1, None), ("empty-rationale", "empty_rationale", 1, None)]
     return plan + (references if cfg.pipeline.reference_rows else [])
-
-
-def eval_identity(ecfg: Config, run_dir: RunDir, stage: str | None, judge: bool) -> str:
-    """An evaluation's identity: what it reads, its small LM known by the trained model's identity
-    (not by its path, so a moved run directory reruns nothing)."""
-    inputs = ecfg.sections("data", "large", "generation", "eval") | {"judge": judge}
-    if stage == UNTRAINED:
-        inputs["small"] = ecfg.small
-    elif stage is not None:
-        inputs["small"] = dataclasses.replace(ecfg.small, name_or_path=run_dir.model_identity(stage))
-    return identity(inputs)
 
 
 class _Steps:

@@ -110,3 +110,24 @@ def test_gold_rationale_needs_labels_and_one_sample():
         method.run_method("gold_rationale", unlabelled, small=None, large=ScriptedLM(["x"]), gen=GEN)
     with pytest.raises(ValueError, match="self_consistency to 1"):
         method.run_method("empty_rationale", QS, small=None, large=ScriptedLM(["x"]), gen=GEN, k=3)
+
+
+class GreedyAwareLM(ScriptedLM):
+    """Greedy calls write ``greedy``; sampled ones the scripted outputs."""
+
+    def generate(self, prompts_, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None):
+        if temperature == 0.0:
+            self.calls.append((list(prompts_), n))
+            return [Generation(texts=("greedy",), prompt_tokens=len(p.split()), completion_tokens=1) for p in prompts_]
+        return super().generate(prompts_, max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_p=top_p)
+
+
+def test_self_consistency_can_start_from_the_greedy_rationale():
+    small, large = GreedyAwareLM(["s1", "s2"]), ScriptedLM(["Tokyo"])
+    gen = GenerationConfig(sc_include_greedy=True)
+    r = method.lm_guided(QS, small, large, gen, k=3)[0]
+    assert r.rationales == ["greedy", "s1", "s2"], "greedy first, then k - 1 samples"
+    assert sorted(n for _, n in small.calls) == [1, 2]
+    assert r.usage["small"].calls == 1 and r.usage["small"].completion_tokens == 1 + 4
+    plain = method.lm_guided(QS, GreedyAwareLM(["s1", "s2"]), large, GenerationConfig(), k=3)[0]
+    assert plain.rationales == ["s1", "s2", "s1"]

@@ -301,3 +301,16 @@ def test_two_ranks_normalise_by_the_global_batch(tmp_path):
     whole_rewards = torch.tensor([0.0, 1.0, 2.0, 6.0, 10.0, 30.0, 5.0, 5.0])
     assert torch.allclose(torch.cat([r0["rloo"], r1["rloo"]]), rl.rloo_advantages(whole_rewards, 2, normalize=True))
     assert torch.allclose(torch.cat([r0["batch"], r1["batch"]]), rl.group_advantages(whole_rewards, 2, scale="batch"))
+
+
+def test_normalize_then_sum_lets_no_small_reward_decide_a_group_whose_task_reward_is_flat():
+    """Group 1: the task reward is the same for both samples, a 0.1-weighted aspect differs by noise.
+    Summed first and group-scaled, that noise becomes a full unit advantage; normalised per reward, it
+    stays a tenth of the task reward's say."""
+    task = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    aspect = torch.tensor([0.50, 0.52, 0.50, 0.50])
+    summed = rl.group_advantages(task + 0.1 * aspect, 2, scale="group")
+    assert abs(summed[0].item()) > 0.6, "sum_then_normalize: noise gets as large an advantage as the task"
+    adv = rl.normalize_then_sum(torch.stack([task, aspect], dim=1), torch.tensor([1.0, 0.1]), 2)
+    assert abs(adv[1] - adv[0]).item() < 0.25 * abs(adv[3] - adv[2]).item()
+    assert rl.zero_std_fraction(task, 2) == 0.5 and rl.zero_std_fraction(aspect, 2) == 0.5

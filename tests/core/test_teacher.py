@@ -280,3 +280,16 @@ def test_vllm_backend_without_vllm_is_a_clear_error():
         pytest.skip("vLLM is installed here; the GPU tests cover it")
     with pytest.raises(ImportError, match="backend=vllm needs vLLM.*backend: hf"):
         make_generator(ModelSpec("tiny:causal-large", backend="vllm"))
+
+
+def test_require_faithful_drops_a_right_answer_from_an_invented_name():
+    from lmcot.config import RationalesConfig
+    from lmcot.training.teacher import judge_output
+
+    context = "Lisbra Tides: The band was formed in 1961 by Ethfenelle Tesberfen."
+    lucky = "The band was formed in 1961 by Ulselo Ulbra. So the answer is: Lisbra Tides."
+    faithful = "The band was formed in 1961 by Ethfenelle Tesberfen. So the answer is: Lisbra Tides."
+    strict, loose = RationalesConfig(require_faithful=True), RationalesConfig()
+    assert judge_output(lucky, ["Lisbra Tides"], loose, context)["kept"]
+    assert (judge_output(lucky, ["Lisbra Tides"], strict, context)["reason"]) == "unfaithful"
+    assert judge_output(faithful, ["Lisbra Tides"], strict, context)["kept"]
