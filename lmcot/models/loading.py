@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lmcot.config import ModelSpec
+from lmcot.runs.rundir import RunDir
 
 
 class ModelLoadError(ValueError):
@@ -87,7 +88,7 @@ def detect_family(path: str, declared: str = "auto", revision: str = "") -> str:
     )
 
     local = Path(path)
-    if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+    if (path.startswith((".", "/", "~")) or local.exists()) and not RunDir.has_model(local):
         raise ModelLoadError(
             f"model path {path!r} has no config.json: expected a folder written by save_pretrained "
             "(or a hub id such as google/flan-t5-large)"

@@ -5,15 +5,19 @@ never guesses where another one wrote and a renamed file is renamed for its read
 No other module spells a run-directory file name.
 
     RUN/config.yaml                     the resolved config of the last command
-    RUN/rationales/                     teacher rationales (parquet shards, stats.json)
+    RUN/rationales/                     teacher rationales: part-NNNNNN.parquet shards, manifest.json
+                                        (the settings the rows were written with), .lock, stats.json
     RUN/<stage>/step.json               the stage's identity and summary once it finished
     RUN/distill/model/                  distilled small LM (save_pretrained + lmcot_model.json)
-    RUN/distill/checkpoints/            Ray Train checkpoints
+    RUN/distill/checkpoints/            Ray Train checkpoints: <run>/checkpoint-NNNNNN/, each an HF
+                                        checkpoint (config.json, trainer_state.json; seq2seq refinement
+                                        adds its DeepSpeed state under deepspeed/)
     RUN/distill/metrics.jsonl           the trainer's log: loss, eval_loss, learning rate per step
     RUN/refine/model/                   RL-refined small LM
     RUN/refine/metrics.jsonl            per step: rewards, KL, loss, throughput
     RUN/refine/curves.png               the refinement curves
     RUN/search/                         Ray Tune storage, trials, best_reward_weights.yaml
+    RUN/search/trials/<trial>/round-<r>/  one search round: a run directory of its own
     RUN/eval/<label>/                   predictions.json, metrics.json, aspects.json, report.md
     RUN/report.md, RUN/report/*.png     the paper-style report
 
@@ -34,6 +38,8 @@ from pathlib import Path
 
 MODEL_META = "lmcot_model.json"
 """What lmcot knows about an exported model (family, identity, base model), inside its folder."""
+MODEL_CONFIG = "config.json"
+"""The transformers config every saved model folder (and HF checkpoint) holds: "a model is here"."""
 TRAINING_STAGES = ("distill", "refine")
 
 
@@ -65,6 +71,33 @@ class RunDir:
     def rationale_stats(self) -> Path:
         return self.rationales / "stats.json"
 
+    SHARD_PREFIX = "part-"
+    SHARD_SUFFIX = ".parquet"
+
+    @staticmethod
+    def shard(folder: Path, index: int) -> Path:
+        """``folder/part-NNNNNN.parquet``: shard number ``index`` of a shard folder."""
+        return Path(folder) / f"{RunDir.SHARD_PREFIX}{index:06d}{RunDir.SHARD_SUFFIX}"
+
+    @staticmethod
+    def shard_index(path: Path) -> int | None:
+        """The number of a finished shard file, None for any other file (temporary ones included)."""
+        name = Path(path).name
+        digits = name[len(RunDir.SHARD_PREFIX):-len(RunDir.SHARD_SUFFIX)]
+        if name.startswith(RunDir.SHARD_PREFIX) and name.endswith(RunDir.SHARD_SUFFIX) and digits.isdigit():
+            return int(digits)
+        return None
+
+    @staticmethod
+    def shard_manifest(folder: Path) -> Path:
+        """The settings a shard folder's rows were written with (a rerun may only add alike rows)."""
+        return Path(folder) / "manifest.json"
+
+    @staticmethod
+    def writer_lock(folder: Path) -> Path:
+        """The lock file one writer of a folder holds (two runs never write the same shards)."""
+        return Path(folder) / ".lock"
+
     # -- the training stages ------------------------------------------------------------------
     def stage(self, name: str) -> Path:
         """``RUN/distill`` or ``RUN/refine``."""
@@ -88,6 +121,36 @@ class RunDir:
     TRAINER_STATE = "trainer_state.json"
     """The step and log history inside a training checkpoint (the HF trainer's file; refinement's
     seq2seq loop writes one too)."""
+
+    @staticmethod
+    def local_checkpoint(output_dir: Path, step: int) -> Path:
+        """``output_dir/checkpoint-N``: where a worker writes the checkpoint of step N before it is
+        reported (the HF trainer's own name for it, which refinement's seq2seq loop follows)."""
+        return Path(output_dir) / f"checkpoint-{step}"
+
+    @staticmethod
+    def reported_checkpoint_name(step: int) -> str:
+        """The folder Ray Train stores step N's checkpoint in, under ``checkpoints(stage)/<run>/``
+        (zero-padded, so the folders sort by step)."""
+        return f"checkpoint-{step:06d}"
+
+    @staticmethod
+    def deepspeed_state(checkpoint: Path) -> Path:
+        """The DeepSpeed engine state (per-rank shards) inside a seq2seq refinement checkpoint."""
+        return Path(checkpoint) / "deepspeed"
+
+    @staticmethod
+    def trainer_state(checkpoint: Path) -> Path:
+        return Path(checkpoint) / RunDir.TRAINER_STATE
+
+    @staticmethod
+    def has_model(folder: Path) -> bool:
+        """Whether ``folder`` holds a saved model (its ``config.json``): an export, a checkpoint, a copy."""
+        return (Path(folder) / MODEL_CONFIG).is_file()
+
+    @staticmethod
+    def model_config(folder: Path) -> Path:
+        return Path(folder) / MODEL_CONFIG
 
     @staticmethod
     def model_meta(model_dir: Path) -> Path:
@@ -145,6 +208,16 @@ class RunDir:
     def search_trials(self) -> Path:
         """The trials' own run directories."""
         return self.search / "trials"
+
+    @staticmethod
+    def search_trial(trials: Path, trial_id: str) -> Path:
+        """``<trials>/<trial id>/``: one trial's folder (``trials`` is ``search_trials`` of the run)."""
+        return Path(trials) / trial_id
+
+    @staticmethod
+    def trial_round(trial_dir: Path, round_: int) -> "RunDir":
+        """``<trial>/round-<r>/``: the run directory one search round refines and evaluates in."""
+        return RunDir(Path(trial_dir) / f"round-{round_}")
 
     @property
     def search_trials_md(self) -> Path:

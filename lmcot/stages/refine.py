@@ -51,7 +51,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     rc = cfg.refine
     plan, aspects = reward_plan(rc.reward_weights, rc.aspect_mode, rc.quality_aspects)
     model_dir = run_dir.distill_model
-    if not (model_dir / "config.json").is_file():
+    if not RunDir.has_model(model_dir):
         raise FileNotFoundError(
             f"refine starts from the distilled small LM, but {model_dir} holds no model (config.json): "
             f"run `lmcot distill --run-dir {run_dir.root}` first")
@@ -65,7 +65,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     rows = build_rows(cfg, family, tokenizer, rc.max_steps * rc.prompts_per_step * rc.scaling.num_workers,
                       AutoConfig.from_pretrained(str(model_dir)))
     # A model folder without lmcot's record (copied in by hand) is known by its files' time.
-    distilled = run_dir.model_identity("distill") or str((model_dir / "config.json").stat().st_mtime)
+    distilled = run_dir.model_identity("distill") or str(RunDir.model_config(model_dir).stat().st_mtime)
     inputs = cfg.sections("seed", "large", "generation", "data", "refine") | {
         "distilled": distilled, "chat_template": cfg.small.chat_template,
         "max_prompt_tokens": cfg.distill.max_source_tokens}

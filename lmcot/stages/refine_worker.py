@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from lmcot.config import RefineConfig
 from lmcot.evaluation.report import append_jsonl, truncate_jsonl
-from lmcot.runs.rundir import write_atomic
+from lmcot.runs.rundir import RunDir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> No
     from lmcot.training.grpo_seq2seq import train
     from lmcot.models.loading import load_tokenizer
     from lmcot.training.rewards import score_batch
-    from lmcot.stages.train_common import TRAINER_STATE, resume_from
+    from lmcot.stages.train_common import resume_from
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -159,8 +159,8 @@ def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> No
     start, history = 0, []
     with resume_from() as path:
         if path is not None:
-            engine.load_checkpoint(str(Path(path) / "deepspeed"))
-            state = json.loads((Path(path) / TRAINER_STATE).read_text())
+            engine.load_checkpoint(str(RunDir.deepspeed_state(path)))
+            state = json.loads(RunDir.trainer_state(path).read_text())
             start, history = state["global_step"], state["log_history"]
     metrics_path = Path(config["metrics_path"])
     if rank == 0:
@@ -179,7 +179,7 @@ def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> No
                      metrics["reward"], metrics["kl"], metrics["loss"], metrics["rollouts_per_s"],
                      100 * metrics["reward_share"])
         if step % rc.save_steps == 0 or step == rc.max_steps:
-            save_checkpoint(engine, tokenizer, Path(config["output_dir"]) / f"checkpoint-{step}", step, history)
+            save_checkpoint(engine, tokenizer, RunDir.local_checkpoint(config["output_dir"], step), step, history)
 
     train(engine, tokenizer, rows, reward_fn=reward_fn, cfg=rc, max_new_tokens=config["max_new_tokens"],
           ref_model=ref, start_step=start, seed=config["seed"], rank=rank, world_size=world,
@@ -191,13 +191,13 @@ def save_checkpoint(engine, tokenizer, folder: Path, step: int, history: list[di
     :func:`~lmcot.stages.train_common.report_checkpoint` hands the folder to Ray Train."""
     import ray.train
 
-    from lmcot.stages.train_common import TRAINER_STATE, report_checkpoint
+    from lmcot.stages.train_common import report_checkpoint
 
-    engine.save_checkpoint(str(folder / "deepspeed"), tag=f"global_step{step}")
+    engine.save_checkpoint(str(RunDir.deepspeed_state(folder)), tag=f"global_step{step}")
     if ray.train.get_context().get_world_rank() == 0:
         engine.module.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        write_atomic(folder / TRAINER_STATE, json.dumps({"global_step": step, "log_history": history}))
+        write_atomic(RunDir.trainer_state(folder), json.dumps({"global_step": step, "log_history": history}))
     latest = history[-1] if history else {}
     report_checkpoint(folder, step, {"step": step, "reward": latest.get("reward", 0.0),
                                      "resumed_from_step": latest.get("resumed_from_step", 0)})

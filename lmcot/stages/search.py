@@ -50,7 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lmcot.config import Config, EvalConfig, fingerprint_dict, from_dict, identity, to_dict
-from lmcot.runs.rundir import RunDir, write_atomic, write_json
+from lmcot.runs.rundir import RunDir, record_finished, write_atomic, write_json
 from lmcot.training.search_space import (
     TrialResult,
     best_trial,
@@ -76,7 +76,7 @@ def check(cfg: Config, run_dir: RunDir) -> list:
     sc = cfg.search
     dims = parse_space(sc.space, sc.sampler)
     check_space(dims, cfg.refine.reward_weights, cfg.refine.aspect_mode, cfg.refine.quality_aspects)
-    if not (run_dir.distill_model / "config.json").is_file():
+    if not RunDir.has_model(run_dir.distill_model):
         raise FileNotFoundError(
             f"search refines the distilled small LM, but {run_dir.distill_model} holds no model (config.json): "
             f"run `lmcot distill --run-dir {run_dir.root}` first")
@@ -226,7 +226,8 @@ def write_outputs(cfg: Config, run_dir: RunDir, trials: list[TrialResult]) -> Tr
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
-    """Search the reward weights; returns the best trial, its weights and where the reports are."""
+    """Search the reward weights; returns the best trial, its weights and where the reports are,
+    recorded in ``RUN/search/step.json`` with :func:`search_identity` (``lmcot run`` then reuses it)."""
     from lmcot.planning.resources import search_need
     from lmcot.stages.cluster import ensure_ray, require_resources
 
@@ -251,12 +252,14 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
                            f"first error: {errors[0].error if errors else 'none'}")
     log.info("search: best trial %s (F1 %.4f, quality %.4f) weights %s -> %s", best.trial_id, best.f1,
              best.quality or 0.0, best.weights, run_dir.best_reward_weights)
-    return {"best_trial": best.trial_id, "best_reward_weights": best.weights, "f1": best.f1,
-            "quality": best.quality, "trials": len(trials), "errored": len(errors),
-            "stopped_early": sum(t.stopped_early(sc.rounds) for t in trials),
-            "best_config": str(run_dir.best_reward_weights), "trials_md": str(run_dir.search_trials_md),
-            "pareto": str(run_dir.search_pareto), "tune": str(run_dir.search_tune),
-            "wall_s": round(time.time() - started, 1)}
+    summary = {"best_trial": best.trial_id, "best_reward_weights": best.weights, "f1": best.f1,
+               "quality": best.quality, "trials": len(trials), "errored": len(errors),
+               "stopped_early": sum(t.stopped_early(sc.rounds) for t in trials),
+               "best_config": str(run_dir.best_reward_weights), "trials_md": str(run_dir.search_trials_md),
+               "pareto": str(run_dir.search_pareto), "tune": str(run_dir.search_tune),
+               "wall_s": round(time.time() - started, 1)}
+    record_finished(run_dir.step_record(run_dir.search), "search", search_identity(cfg, run_dir), summary)
+    return summary
 
 
 # -- inside each Tune trial ------------------------------------------------------------------
@@ -268,7 +271,7 @@ def trial(config: dict, *, cfg_raw: dict, trials_root: str, distill_model: str) 
     cfg = from_dict(cfg_raw, "search trial")
     sc = cfg.search
     weights = dict(config["weights"])
-    root = Path(trials_root) / tune.get_context().get_trial_id()
+    root = RunDir.search_trial(Path(trials_root), tune.get_context().get_trial_id())
     done = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -285,8 +288,8 @@ def trial(config: dict, *, cfg_raw: dict, trials_root: str, distill_model: str) 
 def round_run_dir(trial_root: Path, r: int, distill_model: Path) -> RunDir:
     """``<trial>/round-<r>/``, its ``distill/model`` linked to where round ``r`` starts from:
     the distilled model for round 1, the previous round's refined model after that."""
-    round_dir = RunDir(trial_root / f"round-{r}")
-    link(round_dir.distill_model, distill_model if r == 1 else RunDir(trial_root / f"round-{r - 1}").refine_model)
+    round_dir = RunDir.trial_round(trial_root, r)
+    link(round_dir.distill_model, distill_model if r == 1 else RunDir.trial_round(trial_root, r - 1).refine_model)
     return round_dir
 
 

@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 CHAOS_ENV = "LMCOT_CHAOS_EXIT_AFTER_CHECKPOINT"
 """Environment variable of the failure drill (see the module doc)."""
-TRAINER_STATE = RunDir.TRAINER_STATE
 
 
 # -- the lifecycle -------------------------------------------------------------------------
@@ -105,7 +104,7 @@ def run_training(cfg: Config, run_dir: RunDir, job: TrainingJob) -> dict:
     record = run_dir.step_record(run_dir.stage(job.stage))
     name = f"{job.stage}-{job.identity[:12]}"
     done = finished(record, job.identity)
-    if done is not None and (run_dir.model(job.stage) / "config.json").is_file():
+    if done is not None and RunDir.has_model(run_dir.model(job.stage)):
         log.info("%s: %s already holds the model of run %s; nothing to do", job.stage, run_dir.model(job.stage), name)
         return {**done, "skipped": True}
 
@@ -183,9 +182,9 @@ def local_output_dir(name: str) -> str:
 def hf_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The folder holding ``config.json`` inside a checkpoint: the folder itself or its one sub-folder that has it."""
     path = Path(path)
-    if (path / "config.json").is_file():
+    if RunDir.has_model(path):
         return path
-    found = sorted(p.parent for p in path.glob("*/config.json"))
+    found = sorted(p for p in path.iterdir() if RunDir.has_model(p)) if path.is_dir() else []
     if len(found) != 1:
         raise FileNotFoundError(f"checkpoint {path} holds no single model folder (config.json); found {found}")
     return found[0]
@@ -194,7 +193,7 @@ def hf_checkpoint_dir(path: str | os.PathLike) -> Path:
 def read_trainer_state(checkpoint: ray.train.Checkpoint) -> dict:
     """The HF ``trainer_state.json`` of a checkpoint (global step, log history), or {} if absent."""
     with checkpoint.as_directory() as d:
-        path = hf_checkpoint_dir(d) / TRAINER_STATE
+        path = RunDir.trainer_state(hf_checkpoint_dir(d))
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -342,7 +341,7 @@ class RayReportCallback(TrainerCallback):
         self._step_time, self._steps = 0.0, 0
         if self.extra_metrics is not None:
             metrics.update(self.extra_metrics())
-        report_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step, metrics)
+        report_checkpoint(RunDir.local_checkpoint(args.output_dir, state.global_step), state.global_step, metrics)
 
 
 def report_checkpoint(folder: Path, step: int, metrics: dict) -> None:
@@ -360,7 +359,7 @@ def report_checkpoint(folder: Path, step: int, metrics: dict) -> None:
     checkpoint = None
     if ctx.get_local_rank() == 0 and Path(folder).is_dir():
         checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}",
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=RunDir.reported_checkpoint_name(step),
                      delete_local_checkpoint_after_upload=checkpoint is not None)
     maybe_chaos_exit(ctx)
 

@@ -47,6 +47,7 @@ IGNORE_INDEX = -100
 
 RATIONALE_COLUMNS = ("dataset", "id", "sample", "question", "context", "rationale", "kept")
 """Columns read from the rationale shards (``dataset``, ``sample`` and ``context`` are optional)."""
+REQUIRED_COLUMNS = ("id", "question", "rationale", "kept")
 
 
 class NoRationalesError(ValueError):
@@ -67,30 +68,22 @@ class SFTPair:
 # -- reading the rationale shards ----------------------------------------------------------
 def read_kept_rows(root: Path) -> list[dict]:
     """The kept rows of every shard under ``root``; raises :class:`NoRationalesError` when there are none."""
-    import pyarrow.parquet as pq
+    from lmcot.runs.shards import ShardError, read_shards, shard_paths
 
     root = Path(root)
-    from lmcot.training.teacher import shard_paths  # the one reader of the shard folder's names
-
-    files = shard_paths(root)
-    if not files:
+    if not shard_paths(root):
         raise NoRationalesError(
             f"no rationale shards in {root}: run `lmcot generate-rationales --run-dir {root.parent}` "
             "(or jobs/generate_rationales.py) before distilling"
         )
-    rows: list[dict] = []
-    total = 0
-    for path in files:
-        present = set(pq.read_schema(path).names)
-        missing = {"id", "question", "rationale", "kept"} - present
-        if missing:
-            raise NoRationalesError(f"{path} lacks the columns {sorted(missing)}: it is not a rationale shard")
-        table = pq.read_table(path, columns=[c for c in RATIONALE_COLUMNS if c in present])
-        total += table.num_rows
-        rows += [r for r in table.to_pylist() if r["kept"] and (r.get("rationale") or "").strip()]
+    try:
+        table = read_shards(root, RATIONALE_COLUMNS, required=REQUIRED_COLUMNS)
+    except ShardError as exc:
+        raise NoRationalesError(str(exc)) from None
+    rows = [r for r in table.to_pylist() if r["kept"] and (r.get("rationale") or "").strip()]
     if not rows:
         raise NoRationalesError(
-            f"{root} holds {total} rationales but none is kept (none led the teacher to the right answer): "
+            f"{root} holds {table.num_rows} rationales but none is kept (none led the teacher to the right answer): "
             "loosen the filter (e.g. --set rationales.filter=f1 --set rationales.f1_threshold=0.3) or draw "
             "more samples (rationales.samples_per_question), then rerun `lmcot generate-rationales`"
         )
