@@ -1,4 +1,4 @@
-"""The core never imports Ray or DeepSpeed: only lmcot/stages/ may (ARCHITECTURE.md)."""
+"""The core never imports Ray or DeepSpeed: only lmcot/stages/ may (docs/architecture.md, the layers)."""
 
 import importlib
 import pkgutil
