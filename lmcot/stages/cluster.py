@@ -3,6 +3,16 @@ checking a resource plan of :mod:`lmcot.planning.resources` against it.
 
 ``ray job submit`` and KubeRay set ``RAY_ADDRESS``; a laptop run without it starts a
 local cluster on loopback sized to the machine, so every stage works both ways.
+
+The local cluster runs without the dashboard, which would cost about 1 GB more on a small
+machine, and with it goes Ray's state API. Ray Train's ``PlacementGroupCleaner`` (a detached
+actor that removes a training run's placement group should its controller die) asks the state
+API once a second whether the controller lives, and without one it logs "Failed to query Ray
+Train Controller actor state" every time: hundreds of lines on the console of a training run.
+On a local cluster that check has nothing to protect (the cluster ends with its driver, and
+the placement groups with it), so :func:`quiet_worker_logs` runs in every worker of the local
+cluster and raises that one logger to ERROR. A remote cluster (KubeRay) runs the dashboard;
+there the check works and its logs are left as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +29,14 @@ log = logging.getLogger(__name__)
 
 FORWARDED_ENV = ("LMCOT_", "HF_", "TRANSFORMERS_", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_")
 """Prefixes of the driver's environment variables that Ray workers and actors get too."""
+QUIETED_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+"""Loggers of Ray's own workers raised to ERROR on the local cluster (see the module doc)."""
+
+
+def quiet_worker_logs() -> None:
+    """The local cluster's ``worker_process_setup_hook``: what it runs in each new worker process."""
+    for name in QUIETED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def forwarded_env() -> dict[str, str]:
@@ -37,7 +55,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         env_vars = forwarded_env()
-        runtime_env = {"env_vars": env_vars} if env_vars else None
+        runtime_env = {"worker_process_setup_hook": f"{__name__}.quiet_worker_logs",
+                       **({"env_vars": env_vars} if env_vars else {})}
         # address="local": always a fresh cluster here, never one a `ray start` left behind.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  object_store_memory=256 * 1024 * 1024)

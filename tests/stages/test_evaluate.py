@@ -82,3 +82,31 @@ def test_missing_resources_fail_locally_and_only_warn_on_a_remote_cluster(ray_cl
         require_resources(need)
     assert "waiting for the cluster to grow" in caplog.text
     require_resources(Need({"CPU": 2}, "fits", "nothing"))  # what the cluster has passes silently
+
+
+def test_the_local_cluster_quiets_only_the_placement_group_cleaners_log(ray_cluster):
+    """Ray Train's cleaner polls the state API every second, which a cluster without the
+    dashboard lacks: its warning would flood a training run's console. Its logger is at ERROR
+    in every worker, a detached actor started by another actor (as the cleaner is) too."""
+    import logging
+
+    from lmcot.stages.cluster import QUIETED_LOGGERS
+
+    @ray_cluster.remote(num_cpus=0)
+    class Levels:
+        def of(self, names):
+            return [logging.getLogger(n).getEffectiveLevel() for n in names]
+
+        def of_a_detached_child(self, names):
+            child = Levels.options(lifetime="detached").remote()
+            try:
+                return ray_cluster.get(child.of.remote(names))
+            finally:
+                ray_cluster.kill(child)
+
+    names = [*QUIETED_LOGGERS, "ray.train.v2._internal.execution.controller.controller"]
+    actor = Levels.remote()
+    for levels in (ray_cluster.get(actor.of.remote(names)), ray_cluster.get(actor.of_a_detached_child.remote(names))):
+        assert levels[:-1] == [logging.ERROR] * len(QUIETED_LOGGERS)
+        assert levels[-1] < logging.ERROR, "the other Ray Train logs still reach the console"
+    ray_cluster.kill(actor)
