@@ -12,17 +12,19 @@ in one run (calls interleaved, so a busy machine slows both sides alike):
 (c) ``--clients`` concurrent clients for ``--seconds`` on 127.0.0.1: throughput, p50, p99,
     errors; goal: 0 errors.
 
-``--contention`` measures instead how a short request fares while long ones run: one client
-sends small chat completions (greedy, 4 tokens) for ``--seconds``, first alone, then while 3
-clients keep maximal requests in flight (``--large-prompts`` x n=4 x 256 tokens with 20
-logprobs, the most the default ``serve.max_request_tokens`` admits). It prints p50/p99 of the
-small requests in both phases and their ratio. ``--src DIR`` deploys the lmcot package found
-in DIR instead of this checkout (replicas get it through ``PYTHONPATH``), so an older version
-can be measured with the same script: ``git archive REV lmcot configs | tar -x -C /tmp/before``.
+``--contention`` measures instead how normal and maximal requests fare together: normal clients
+send small chat completions (greedy, 4 tokens) and 3 clients send maximal ones
+(``--large-prompts`` x n=4 x 256 tokens with 20 logprobs, the most the default
+``serve.max_request_tokens`` admits), for ``--seconds`` in three phases: normal alone, maximal
+alone, both together. It prints p50/p99 of each kind in each phase side by side, and every
+non-200 answer (the goal: every request answered within ``serve.request_timeout_s``, no 5xx).
+``--src DIR`` deploys the lmcot package found in DIR instead of this checkout (replicas get it
+through ``PYTHONPATH``), so an older version can be measured with the same script:
+``git archive REV lmcot configs | tar -x -C /tmp/before``.
 
     python bench/serve_latency.py                       # the full run (~3 min on 2 CPUs)
     python bench/serve_latency.py --clients 8 --seconds 10 --repeats 5   # a quick look
-    python bench/serve_latency.py --contention --seconds 30 [--src /tmp/before]
+    python bench/serve_latency.py --contention --seconds 30 [--src /tmp/before]   # ~2 min
 """
 
 from __future__ import annotations
@@ -144,13 +146,13 @@ def deploy(cfg) -> int:
 
 
 def contention(args) -> dict:
-    """Small-request latency alone, then with 3 maximal requests always in flight (see the module docstring)."""
+    """Normal and maximal requests alone and together (see the module docstring)."""
     import ray
     from ray import serve
 
     import lmcot
 
-    cfg = config_from_args({"config": "tiny", "serve": {"request_timeout_s": 300.0}})
+    cfg = config_from_args({"config": "tiny", "serve": {"request_timeout_s": args.timeout}})
     port = deploy(cfg)
     base = f"http://127.0.0.1:{port}/openai/v1"
     model = cfg.large.name_or_path
@@ -159,45 +161,63 @@ def contention(args) -> dict:
     large = {"model": model, "prompt": [f"Question {i}: who was born first, Alpha or Beta?" for i in range(args.large_prompts)],
              "n": 4, "max_tokens": 256, "temperature": 1.0, "logprobs": 20}
 
-    async def phase(with_large: bool) -> dict:
+    def summary(latencies: list[float], statuses: list) -> dict:
+        ok = sorted(latencies)
+        return {"ok": len(ok), "p50_ms": round(1000 * pct(ok, 0.5)) if ok else None,
+                "p99_ms": round(1000 * pct(ok, 0.99)) if ok else None, "max_ms": round(1000 * ok[-1]) if ok else None,
+                "not_200": {str(s): statuses.count(s) for s in set(statuses)}}
+
+    async def phase(normal: bool, maximal: bool) -> dict:
         stop_at = time.perf_counter() + args.seconds
-        latencies, errors, large_done = [], {}, []
-        async with httpx.AsyncClient(timeout=600) as client:
-            async def small_client():
+        lat = {"normal": [], "maximal": []}
+        bad = {"normal": [], "maximal": []}
+        async with httpx.AsyncClient(timeout=args.timeout + 30) as client:
+            async def loop(kind: str, route: str, body: dict):
                 while time.perf_counter() < stop_at:
                     t0 = time.perf_counter()
-                    r = await client.post(f"{base}/chat/completions", json=small)
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
+                    try:
+                        r = await client.post(f"{base}/{route}", json=body)
+                        status = r.status_code
+                    except httpx.HTTPError as exc:
+                        status = type(exc).__name__
+                    if status == 200:
+                        lat[kind].append(time.perf_counter() - t0)
                     else:
-                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                        bad[kind].append(status)
 
-            async def large_client():
-                while time.perf_counter() < stop_at:
-                    r = await client.post(f"{base}/completions", json=large)
-                    large_done.append(r.status_code)
-
-            tasks = [small_client()] + ([large_client() for _ in range(3)] if with_large else [])
-            if with_large:  # let the long requests start before timing the short ones
-                started = [asyncio.ensure_future(t) for t in tasks[1:]]
-                await asyncio.sleep(2.0)
-                await asyncio.gather(tasks[0], *started)
-            else:
-                await asyncio.gather(*tasks)
-        return {"small_requests": len(latencies), "p50_ms": 1000 * pct(latencies, 0.5),
-                "p99_ms": 1000 * pct(latencies, 0.99), "max_ms": 1000 * max(latencies), "errors": errors,
-                "large_statuses": {str(s): large_done.count(s) for s in set(large_done)}}
+            tasks = ([loop("normal", "chat/completions", small) for _ in range(args.normal_clients)] if normal else [])
+            tasks += [loop("maximal", "completions", large) for _ in range(3)] if maximal else []
+            await asyncio.gather(*tasks)
+        return {kind: summary(lat[kind], bad[kind]) for kind in ("normal", "maximal")
+                if (normal if kind == "normal" else maximal)}
 
     try:
-        asyncio.run(phase(False))  # warm every path
-        alone = asyncio.run(phase(False))
-        loaded = asyncio.run(phase(True))
+        warm = args.seconds
+        args.seconds = 5
+        asyncio.run(phase(True, False))  # warm every path
+        args.seconds = warm
+        normal_alone = asyncio.run(phase(True, False))["normal"]
+        maximal_alone = asyncio.run(phase(False, True))["maximal"]
+        mixed = asyncio.run(phase(True, True))
     finally:
         serve.shutdown()
         ray.shutdown()
-    return {"lmcot": str(Path(lmcot.__file__).parent), "large_request": {k: v for k, v in large.items() if k != "prompt"}
-            | {"prompts": args.large_prompts}, "alone": alone, "with_3_large": loaded,
-            "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
+    return {"lmcot": str(Path(lmcot.__file__).parent), "seconds_per_phase": args.seconds,
+            "request_timeout_s": args.timeout, "normal_clients": args.normal_clients, "maximal_clients": 3,
+            "maximal_request": {k: v for k, v in large.items() if k != "prompt"} | {"prompts": args.large_prompts},
+            "normal": {"alone": normal_alone, "mixed": mixed["normal"]},
+            "maximal": {"alone": maximal_alone, "mixed": mixed["maximal"]}}
+
+
+def print_contention(out: dict) -> None:
+    print("| request | alone p50 / p99 (ok, not 200) | mixed p50 / p99 (ok, not 200) |")
+    print("|---|---|---|")
+    for kind in ("normal", "maximal"):
+        cells = []
+        for when in ("alone", "mixed"):
+            s = out[kind][when]
+            cells.append(f"{s['p50_ms']} / {s['p99_ms']} ms ({s['ok']} ok, {s['not_200'] or 'none'})")
+        print(f"| {kind} | {cells[0]} | {cells[1]} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="duration of (c)")
     p.add_argument("--load-k", type=int, default=3, help="self-consistency k of the (c) requests")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    p.add_argument("--contention", action="store_true", help="small-request latency with 3 maximal requests running")
+    p.add_argument("--contention", action="store_true", help="normal and maximal requests alone and together")
+    p.add_argument("--normal-clients", type=int, default=2, help="clients sending normal requests (--contention)")
+    p.add_argument("--timeout", type=float, default=60.0, help="serve.request_timeout_s (--contention)")
     p.add_argument("--large-prompts", type=int, default=16, help="prompts per maximal request (--contention)")
     p.add_argument("--src", default=None, help="deploy the lmcot package in this directory (--contention)")
     args = p.parse_args(argv)
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         load_start = os.getloadavg()[0]
         out = contention(args) | {"loadavg_1m": [load_start, os.getloadavg()[0]]}
         print(json.dumps(out, indent=1))
+        print_contention(out)
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))
         return 0
