@@ -67,10 +67,19 @@ def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer
     assert all(src.endswith("Answer:") for t, src, _ in large_a if t == "standard")
 
 
-def test_world_seeds_skip_the_reserved_worlds(tool):
-    assert 20240404 not in tool.world_seeds(202, 50_000)  # 202 * 100000 + 40404 would be it
-    assert len(tool.world_seeds(202, 50_000)) == 50_000
+def test_pretraining_cannot_reach_a_held_out_world(tool):
+    """Reserved by range: every held-out purpose (shipped dev, tuning, evaluation) sits at or above the
+    pretraining limit, and no --seed / --worlds reaches it; the two legacy worlds inside are skipped."""
+    from lmcot.tinyworld import seeds
+
     assert not {101, 777} & set(tool.world_seeds(0, 1000))  # the preset's train world, the unseen-world test's
+    held_out = [seeds.SHIPPED_DEV, *seeds.TUNING, *seeds.EVALUATION]
+    assert all(s >= seeds.PRETRAINING_LIMIT for s in held_out)
+    assert max(tool.world_seeds(9, 99_999)) < seeds.PRETRAINING_LIMIT
+    for seed, n in ((10, 1), (0, 100_000), (202, 1)):
+        with pytest.raises(ValueError, match="reserved seeds"):
+            tool.world_seeds(seed, n)
+    assert {seeds.purpose(s) for s in held_out} == {"shipped dev sets (tests)", "tuning", "evaluation"}
 
 
 def test_each_corruption_changes_the_rationale(tool):

@@ -38,10 +38,7 @@ numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain t
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
-import math
 import os
 import random
 import sys
@@ -49,253 +46,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import make_synthetic_data as world_gen  # noqa: E402  (a sibling tool, not a package)
 import torch  # noqa: E402
 
+from lmcot.datasets.context import render_paragraph  # noqa: E402
+from lmcot.datasets.data import Paragraph, parse_records  # noqa: E402
 from lmcot.prompting import prompts  # noqa: E402
-from lmcot.datasets.context import build_context, render_paragraph  # noqa: E402
-from lmcot.datasets.data import Example, Paragraph, parse_records  # noqa: E402
+from lmcot.tinyworld import seeds  # noqa: E402
+from lmcot.tinyworld import synthetic as world_gen  # noqa: E402
+from lmcot.tinyworld.corruption import CORRUPTIONS, JUDGE_CORRUPTION, Corruptor  # noqa: E402,F401
+from lmcot.tinyworld.pairs import (CRITIC_REPEAT, CRITIC_WARMUP, LARGE_TASK_WEIGHTS, MAX_SOURCE,  # noqa: E402
+                                   MAX_TARGET, RATIONALE_TASK_WEIGHTS, READING_TASKS, critic_pairs, large_pairs,
+                                   random_copy_pairs, rationale_pairs, small_pairs, tokenize, training_context,
+                                   weighted)
+from lmcot.tinyworld.training import (SIZES, SMOKE_SIZES, TOKENIZER_WORLDS, build_t5, load_t5, save,  # noqa: E402
+                                      train, world_tokenizer)
 
-SIZES = {
-    "large": dict(d_model=128, d_ff=256, num_layers=3, num_heads=4),
-    "small": dict(d_model=96, d_ff=192, num_layers=2, num_heads=4),
-}
-SMOKE_SIZES = {"large": dict(d_model=32, d_ff=64, num_layers=1, num_heads=2),
-               "small": dict(d_model=16, d_ff=32, num_layers=1, num_heads=2)}
-LARGE_TASK_WEIGHTS = {"copy": 1, "answer_gold_short": 2, "answer_cue_short": 1,
-                      "standard": 2, "cot": 1, "teacher": 0.5, "answer_gold": 1.5, "answer_cue": 0.5,
-                      "answer_empty": 0.5, "judge_yes": 1, "judge_no": 1}
-"""Pairs per question and task. ``copy`` (repeat a paragraph) and the ``_short`` tasks (answer from the
-evidence with no context: ~90-token sources) are short, so most steps are cheap, and they teach what the
-long tasks need first: to copy names from the input (a first run without them never learned to; its
-answers ignored even an explicit ``So the answer is: X.``)."""
-READING_TASKS = ("copy", "answer_gold_short", "answer_cue_short")
-"""The large T5's first phase (``--reading-steps``): short pairs whose targets are in the source,
-on worlds each seen for a few questions only, so the names can only be copied, never recalled.
-Runs that began with the whole mixture learned the worlds by heart instead and never copied."""
-CORRUPTIONS = {  # corruption -> the judge aspects it violates
-    "wrong_entity": ("factuality",), "unrelated": ("relevance",), "shuffled": ("logicality", "coherence"),
-    "contradiction": ("consistency",), "broken": ("fluency", "naturalness", "readability"),
-    "repeated": ("naturalness", "readability"),
-}
-JUDGE_CORRUPTION = {aspect: kind for kind, aspects in CORRUPTIONS.items() for aspect in aspects}
-"""The corruption each aspect is judged against (the last one listed that violates it)."""
-CRITIC_REPEAT = {"judge": 6, "answer_misled": 2}
-CRITIC_WARMUP = 100
-"""Per pass over the mixture (12 pairs a question), the critic phase sees each judge pair 6 times
-and each misled answer twice (26 a question: 2/3 of its pairs), and warms up over 100 steps to
-``--critic-lr``. At 44 % judge pairs the judge had barely moved after 1,500 steps; a probe at 2/3
-separated faithful from corrupted rationales on 5 aspects of 8 in 1,200."""
-JUDGE_ASPECT_WEIGHTS = {"factuality": 3, "consistency": 2}
-"""How often each aspect is drawn for the critic's judge pairs (others: 1). A wrong entity (and a
-contradiction) is the corruption only the context reveals: the probes learned it last or not at all."""
-MAX_SOURCE, MAX_TARGET = 512, 96
-TOKENIZER_WORLDS = 24
-"""Worlds whose text the tokenizer learns from (none of them trained on, none the shipped one)."""
-
-
-# ----------------------------------------------------------------------------- data
-RESERVED_WORLDS = {world_gen.SEED: "the shipped dev sets", 101: "the tiny_world preset's train split",
-                   777: "the unseen-world test"}
-"""Worlds no model is pretrained on (see ``docs/design.md``, Tiny world: three kinds of world, never mixed)."""
-
-
-def world_seeds(seed: int, n: int) -> list[int]:
-    """``n`` world seeds derived from ``seed``, never a reserved world's."""
-    out, i = [], 0
-    while len(out) < n:
-        s = seed * 100_000 + 1 + i
-        i += 1
-        if s not in RESERVED_WORLDS:
-            out.append(s)
-    return out
-
-
-def with_conclusion(rationale: str, answer: str) -> str:
-    return f"{rationale} {prompts.ANSWER_CUE} {answer}.".strip()
-
-
-def training_context(rng: random.Random, ex: Example, tokenizer, max_tokens: int) -> tuple[str, list[str]]:
-    """Gold paragraphs plus 0-2 distractors, shuffled and fitted; every gold title survives the cut.
-
-    Few distractors keep the sequences short: on a shared 2-core machine the step count, not
-    the data, is what limits learning."""
-    gold = set(ex.gold_titles)
-    distract = [p for p in ex.paragraphs if p.title not in gold]
-    rng.shuffle(distract)
-    for k in range(min(rng.choice((0, 0, 1, 2)), len(distract)), -1, -1):
-        paras = [p for p in ex.paragraphs if p.title in gold] + distract[:k]
-        rng.shuffle(paras)
-        ctx = build_context(dataclasses.replace(ex, paragraphs=tuple(paras)), tokenizer=tokenizer,
-                            max_tokens=max_tokens)
-        if all(f"{t}:" in ctx for t in gold):
-            return ctx, [s for p in distract[:k] for s in p.sentences]
-    return ctx, []
-
-
-class Corruptor:
-    """Turns a faithful rationale into one that violates given judge aspects."""
-
-    def __init__(self, world):
-        kinds = {"person": world.people, "city": world.cities, "country": world.countries, "film": world.films,
-                 "company": world.companies, "band": world.bands}
-        self.kind_of = {e.name: k for k, es in kinds.items() for e in es}
-        self.by_kind = {k: [e.name for e in es] for k, es in kinds.items()}
-        self.sentences = [s for sents in world.paragraphs.values() for s in sents]
-
-    def wrong_entity(self, rng, text: str, avoid: str = "") -> str:
-        names = sorted((n for n in self.kind_of if n in text and n != avoid), key=len, reverse=True)
-        if names:
-            name = rng.choice(names[:4])
-            other = rng.choice([n for n in self.by_kind[self.kind_of[name]] if n != name])
-            return text.replace(name, other)
-        words = text.split()
-        years = [i for i, w in enumerate(words) if w.strip(".,)").isdigit()]
-        if years:
-            i = rng.choice(years)
-            words[i] = words[i].replace(words[i].strip(".,)"), str(int(words[i].strip(".,)")) + rng.randint(1, 30)))
-        return " ".join(words)
-
-    def __call__(self, kind: str, rng: random.Random, rationale: str, answer: str, distractors: list[str],
-                 conclude: bool = False, distinct: bool = False) -> str:
-        """The corrupted rationale; with ``conclude`` it ends in the answer cue, as the faithful one
-        it stands against does (else "has a conclusion" alone would tell the two apart).
-
-        With ``distinct``, a corruption that left the rationale as it was (a one-step rationale has
-        no order to shuffle) swaps the halves of its words instead, so a "no" never reads exactly
-        like its "yes". The mixture's judge pairs were built without it, and stay so."""
-        bad = self._corrupt(kind, rng, rationale, answer, distractors, conclude)
-        bad = with_conclusion(bad, answer) if conclude and prompts.ANSWER_CUE not in bad else bad
-        if distinct and bad == (with_conclusion(rationale, answer) if conclude else rationale):
-            words = bad.split()
-            bad = " ".join(words[len(words) // 2:] + words[:len(words) // 2])
-        return bad
-
-    def _corrupt(self, kind, rng, rationale, answer, distractors, conclude) -> str:
-        sents = [s for s in rationale.replace(". ", ".\n").splitlines() if s.strip()]
-        if kind == "wrong_entity":
-            return self.wrong_entity(rng, rationale)
-        if kind == "unrelated":
-            pool = distractors or self.sentences
-            return " ".join(rng.sample(pool, min(len(pool), max(1, len(sents) - 1))))
-        if kind == "shuffled":
-            steps = sents + ([f"{prompts.ANSWER_CUE} {answer}."] if conclude else [])
-            return " ".join(reversed(steps))
-        if kind == "contradiction":
-            if conclude and rng.random() < 0.5:
-                return with_conclusion(rationale, self.wrong_entity(rng, answer) if answer not in ("yes", "no")
-                                       else {"yes": "no", "no": "yes"}[answer])
-            s = rng.choice(sents)
-            return f"{rationale} {self.wrong_entity(rng, s)}"
-        words = rationale.split()
-        if kind == "broken":
-            out = []
-            for w in words:
-                r = rng.random()
-                if r < 0.25:
-                    continue
-                out.append(w[: max(1, len(w) // 2)] if r < 0.45 else w)
-            rng.shuffle(out) if rng.random() < 0.3 else None
-            return " ".join(out)
-        if kind == "repeated":
-            if rng.random() < 0.5:
-                return " ".join(rationale.split()[:6] * 3) + " " + rationale
-            return " ".join(w for w in words for _ in range(3 if rng.random() < 0.35 else 1))
-        raise ValueError(kind)
-
-
-def large_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str], corrupt: Corruptor):
-    """(task, source, target) for every task of the large T5 on one question."""
-    q, a = ex.question, ex.answer
-    rat = ex.evidence
-    concl = with_conclusion(rat, a)
-    out = [("standard", prompts.standard_prompt(q, ctx), a), ("cot", prompts.cot_prompt(q, ctx), concl),
-           ("teacher", prompts.teacher_rationale_prompt(q, ctx), concl),
-           ("answer_gold", prompts.answer_from_rationale_prompt(q, ctx, rat), a),
-           ("answer_cue", prompts.answer_from_rationale_prompt(q, ctx, concl), a),
-           ("answer_empty", prompts.answer_from_rationale_prompt(q, ctx, ""), a)]
-    line = render_paragraph(rng.choice([p for p in ex.paragraphs if p.title in ex.gold_titles]))
-    out += [("copy", line, line), ("answer_gold_short", prompts.answer_from_rationale_prompt(q, "", rat), a),
-            ("answer_cue_short", prompts.answer_from_rationale_prompt(q, "", concl), a)]
-    aspect = rng.choice(list(prompts.ASPECTS))
-    conclude = rng.random() < 0.5  # positives and negatives alike: half end in the answer cue
-    out.append(("judge_yes", prompts.judge_prompt(aspect, q, ctx, concl if conclude else rat), "yes"))
-    kind = rng.choice(list(CORRUPTIONS))
-    bad = corrupt(kind, rng, rat, a, distractors, conclude=conclude)
-    out.append(("judge_no", prompts.judge_prompt(rng.choice(CORRUPTIONS[kind]), q, ctx, bad), "no"))
-    return [(t, str(s), tgt) for t, s, tgt in out]
-
-
-def critic_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str], corrupt: Corruptor,
-                 aspects: int = 2):
-    """The critic phase's pairs for one question: judging rationales, and answering despite a wrong one.
-
-    - For ``aspects`` aspects, the faithful rationale ("yes") and the same rationale with that aspect's
-      corruption ("no"), both ending in the answer cue or neither. Side by side on one question and one
-      aspect, only the corruption tells the two apart. The mixture's unpaired judge pairs (a random
-      aspect for the "yes", another for the "no") taught nothing in 6,065 steps: P(yes) stayed the same
-      for faithful and corrupted rationales.
-    - ``answer_misled``: the evidence with names swapped for others of the world, and the right answer,
-      which only the context holds. A large T5 trained on faithful rationales alone copied whatever
-      name a rationale gave: a small T5's rationale with the right frame and a wrong name cost more
-      F1 than no rationale at all."""
-    misled = corrupt.wrong_entity(rng, ex.evidence)
-    out = [("answer_misled", str(prompts.answer_from_rationale_prompt(ex.question, ctx, misled)), ex.answer)]
-    names, weights = list(prompts.ASPECTS), [JUDGE_ASPECT_WEIGHTS.get(a, 1) for a in prompts.ASPECTS]
-    chosen: list[str] = []
-    while len(chosen) < aspects:
-        aspect = rng.choices(names, weights)[0]
-        chosen += [aspect] if aspect not in chosen else []
-    for aspect in chosen:
-        conclude = rng.random() < 0.5
-        good = with_conclusion(ex.evidence, ex.answer) if conclude else ex.evidence
-        bad = corrupt(JUDGE_CORRUPTION[aspect], rng, ex.evidence, ex.answer, distractors, conclude=conclude,
-                      distinct=True)
-        out += [("judge_pair_yes", str(prompts.judge_prompt(aspect, ex.question, ctx, good)), "yes"),
-                ("judge_pair_no", str(prompts.judge_prompt(aspect, ex.question, ctx, bad)), "no")]
-    return out
-
-
-RATIONALE_TASK_WEIGHTS = {"standard": 1, "cot": 1, "teacher": 1, "answer_reasoned": 2, "answer_gold": 1,
-                          "answer_cue": 0.5, "answer_reasoned_short": 1, "copy": 0.5, "judge_pair_yes": 1,
-                          "judge_pair_no": 1, "answer_misled": 0.5}
-"""Pairs per question and task of the rationale phase (``--rationale-steps``). No ``answer_empty`` (it
-taught the large T5 to answer without a rationale as well as with one) and a quarter of the critic
-phase's ``answer_misled`` (enough to check a rationale's names against the context, not to ignore it);
-CoT, teacher and answer-from-rationale targets state the comparison step
-(:func:`lmcot.tinyworld.reasoning.reasoned_rationale`)."""
-
-
-def rationale_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list[str], corrupt: Corruptor,
-                    world) -> list[tuple[str, str, str]]:
-    """The rationale phase's pairs for one question: reasoning written out, rationales that matter."""
-    from lmcot.tinyworld.reasoning import reasoned_rationale
-
-    q, a = ex.question, ex.answer
-    reasoned = reasoned_rationale(world, ex)
-    concl = with_conclusion(reasoned, a)
-    line = render_paragraph(rng.choice([p for p in ex.paragraphs if p.title in ex.gold_titles]))
-    out = [("standard", prompts.standard_prompt(q, ctx), a), ("cot", prompts.cot_prompt(q, ctx), concl),
-           ("teacher", prompts.teacher_rationale_prompt(q, ctx), concl),
-           ("answer_reasoned", prompts.answer_from_rationale_prompt(q, ctx, reasoned), a),
-           ("answer_gold", prompts.answer_from_rationale_prompt(q, ctx, ex.evidence), a),
-           ("answer_cue", prompts.answer_from_rationale_prompt(q, ctx, concl), a),
-           ("answer_reasoned_short", prompts.answer_from_rationale_prompt(q, "", reasoned), a),
-           ("copy", line, line)]
-    out = [(t, str(s), tgt) for t, s, tgt in out]
-    return out + critic_pairs(rng, ex, ctx, distractors, corrupt)
-
-
-def weighted(rng: random.Random, pairs: list, weights: dict) -> list:
-    """Each task's pairs repeated (whole part of its weight) and subsampled (fractional part)."""
-    mixed = []
-    for task, w in weights.items():
-        items = [x for x in pairs if x[2] == task]
-        mixed += items * int(w) + rng.sample(items, int(len(items) * (w - int(w))))
-    return mixed
+world_seeds = seeds.pretraining_seeds
+"""Pretraining world seeds (:func:`lmcot.tinyworld.seeds.pretraining_seeds`: held-out worlds are out of reach)."""
 
 
 def rationale_phase(args) -> dict:
@@ -344,49 +113,14 @@ def rationale_phase(args) -> dict:
     return summary
 
 
-def small_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str, str, str]]:
-    """Span denoising (``<unk>`` marks each dropped span) and continuation of one paragraph line."""
-    words = paragraph_line.split()
-    src, tgt, i = [], [], 0
-    while i < len(words):
-        if rng.random() < 0.15:
-            n = rng.randint(1, 3)
-            src.append("<unk>")
-            tgt += ["<unk>"] + words[i:i + n]
-            i += n
-        else:
-            src.append(words[i])
-            i += 1
-    cut = rng.randint(2, max(2, len(words) // 2))
-    return [("denoise", " ".join(src), " ".join(tgt) or "<unk>"),
-            ("continue", " ".join(words[:cut]), " ".join(words[cut:]))]
-
-
-def random_copy_pairs(rng: random.Random, tokenizer, n: int) -> list[tuple[list[int], list[int], str]]:
-    """Token ids of ``n`` sequences of 4-24 random (non-special) tokens, each its own target.
-
-    Each T5's first phase: nothing in them can be recalled or guessed, so the only way
-    to lower the loss is to build the copying circuit (T5 has no absolute positions: the
-    decoder must find the source token after the one it just wrote). On random tokens it
-    forms in about 1,500 steps of 0.06 s; on the worlds' text it had not after 3,000."""
-    special = set(tokenizer.all_special_ids)
-    pool = [i for i in range(len(tokenizer)) if i not in special]
-    eos = tokenizer.eos_token_id
-    pairs = []
-    for _ in range(n):
-        ids = [rng.choice(pool) for _ in range(rng.randint(4, 24))] + [eos]
-        pairs.append((ids, ids, "random_copy"))
-    return pairs
-
-
 def build_pairs(args, tokenizer) -> tuple[list, list, list, dict]:
     """All training pairs of both models (the large one's mixture, the small one's, the critic phase's),
     and a record of where they came from."""
     rng, small_rng = random.Random(args.seed), random.Random(args.seed + 3)  # either model's data alone can change
     critic_rng = random.Random(args.seed + 4)  # the critic phase came later: the mixture's data stays as it was
-    seeds = world_seeds(args.seed, args.worlds)
+    worlds = world_seeds(args.seed, args.worlds)
     large, small, critic = [], [], []
-    for s in seeds:
+    for s in worlds:
         world, records = world_gen.generate_world(seed=s, train=args.questions, dev=0)
         corrupt = Corruptor(world)
         for name, recs in records.items():
@@ -399,143 +133,8 @@ def build_pairs(args, tokenizer) -> tuple[list, list, list, dict]:
                 critic += critic_pairs(critic_rng, ex, ctx, distractors, corrupt)
         for title in world.titles:
             small += small_pairs(small_rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
-    return large, small, critic, {"world_seeds": seeds, "questions_per_dataset_and_world": args.questions,
-                          "shipped_world_seed_excluded": world_gen.SEED}
-
-
-def tokenize(tokenizer, pairs):
-    """Token ids of (source, target) pairs; over-long sources are dropped, targets capped."""
-    src = tokenizer([p[1] for p in pairs], truncation=False)["input_ids"]
-    tgt = tokenizer([p[2] for p in pairs], truncation=True, max_length=MAX_TARGET)["input_ids"]
-    keep = [(s, t, p[0]) for s, t, p in zip(src, tgt, pairs) if len(s) <= MAX_SOURCE]
-    return keep
-
-
-def world_tokenizer(seed: int, train_worlds: int):
-    """:func:`lmcot.models.tiny.build_tokenizer`'s tokenizer (same code, FLAN-T5's conventions: ``</s>``
-    appended, pad 0 / eos 1 / unk 2, ``model_max_length`` 512), learned from world-neutral text.
-
-    ``build_tokenizer`` learns its merges from the shipped files, so every name of the shipped
-    dev world becomes one or two tokens of its own (``Dorvelford``): tokens that no other world
-    contains, whose output rows a model trained on other worlds never learns (43 % of the dev
-    answers' tokens occur < 5 times in three training worlds). Learned instead from the prompt
-    templates and the text of many small worlds, names split into syllable pieces shared by
-    every world, the shipped one included.
-    """
-    from lmcot.models import tiny
-
-    corpus = [getattr(prompts, name) for name in ("STANDARD", "COT", "TEACHER_RATIONALE", "SMALL_RATIONALE",
-                                                  "ANSWER_FROM_RATIONALE", "JUDGE")]
-    corpus += [f"{a.definition} {a.question} yes no Yes No" for a in prompts.ASPECTS.values()]
-    for s in world_seeds(seed, train_worlds + TOKENIZER_WORLDS)[train_worlds:]:
-        corpus += list(world_gen.generate(seed=s, train=40, dev=0).values())
-    shipped_corpus = tiny._corpus
-    tiny._corpus = lambda: corpus
-    try:
-        return tiny.build_tokenizer("seq2seq")
-    finally:
-        tiny._corpus = shipped_corpus
-
-
-# ----------------------------------------------------------------------------- models and training
-def build_t5(size: dict, tokenizer, seed: int):
-    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_kv=size["d_model"] // size["num_heads"], feed_forward_proj="gated-gelu",
-        num_decoder_layers=size["num_layers"], tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=0.0, **size,
-    )
-    # Tied input and output embeddings (T5 v1.0's choice; FLAN-T5 unties them): a name of an unseen
-    # world is made of pieces rare in the training worlds, whose untied output rows stay untrained,
-    # so an untied model cannot write them even when it attends to them. Tied, copying a token is
-    # reproducing its embedding, trained or not. Untied runs never copied a name.
-    model = T5ForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, suppress_tokens=[tokenizer.pad_token_id],
-    )
-    return model
-
-
-def batches(rng: random.Random, data: list, batch_size: int):
-    """Endless length-grouped batches: shuffle, sort within windows of 50 batches, shuffle the batches."""
-    while True:
-        idx = list(range(len(data)))
-        rng.shuffle(idx)
-        window = batch_size * 50
-        out = []
-        for w in range(0, len(idx), window):
-            chunk = sorted(idx[w:w + window], key=lambda i: len(data[i][0]))
-            out += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
-        rng.shuffle(out)
-        yield from out
-
-
-def collate(data: list, batch: list[int], pad_id: int) -> dict:
-    src = [data[i][0] for i in batch]
-    tgt = [data[i][1] for i in batch]
-    ls, lt = max(map(len, src)), max(map(len, tgt))
-    ids = torch.tensor([s + [pad_id] * (ls - len(s)) for s in src])
-    labels = torch.tensor([t + [-100] * (lt - len(t)) for t in tgt])
-    return dict(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels)
-
-
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    """Linear warmup, then inverse-square-root decay (T5's schedule): it depends on the step alone,
-    so a run cut by the time budget is reproduced exactly by asking for the steps it took.
-
-    >>> [round(lr_at(s, 1.0, 100), 3) for s in (0, 49, 99, 399, 9999)]
-    [0.01, 0.5, 1.0, 0.5, 0.1]
-    """
-    return lr * min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
-
-
-def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_size: int, seed: int, pad_id: int,
-          log_every: int, name: str, warmup: int = 100, checkpoint=None, checkpoint_every: int = 0) -> dict:
-    """AdamW for ``steps`` steps, or fewer when ``seconds`` > 0 runs out (the steps taken are recorded).
-
-    ``checkpoint(step)`` is called every ``checkpoint_every`` steps, so a long run can be
-    evaluated (and used) before it ends."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    losses, stream, step, start = [], batches(rng, data, batch_size), 0, time.monotonic()
-    model.train()
-    while step < steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr, warmup)
-        loss = model(**collate(data, next(stream), pad_id)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        elapsed = time.monotonic() - start
-        out_of_time = seconds > 0 and elapsed >= seconds
-        if step % log_every == 0 or step == steps or out_of_time:
-            recent = losses[-log_every:]
-            print(f"[{name}] step {step}/{steps} loss {sum(recent) / len(recent):.3f} lr {lr_at(step - 1, lr, warmup):.2e} "
-                  f"{elapsed:.0f}s", flush=True)
-        if out_of_time:
-            break
-        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
-            model.eval()
-            checkpoint(step)
-            model.train()
-    model.eval()
-    tail = losses[-max(1, min(50, len(losses) // 5)):]
-    return {"steps": step, "max_steps": steps, "seconds": round(time.monotonic() - start, 1), "warmup": warmup,
-            "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4),
-            "stopped_by_time": step < steps}
-
-
-def load_t5(folder: Path):
-    from transformers import T5ForConditionalGeneration
-
-    return T5ForConditionalGeneration.from_pretrained(folder)
+    return large, small, critic, {"world_seeds": worlds, "questions_per_dataset_and_world": args.questions,
+                          "shipped_world_seed_excluded": seeds.SHIPPED_DEV}
 
 
 def continued_record(args) -> dict:
@@ -554,24 +153,6 @@ def continued_record(args) -> dict:
     return record
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save(model, tokenizer, out: Path, record: dict) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    record = dict(record, parameters=sum(p.numel() for p in model.parameters()),
-                  sha256={"model.safetensors": sha256(out / "model.safetensors")})
-    (out / "lmcot_tiny_world.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
 def pretrain(args) -> dict:
     torch.set_num_threads(args.threads)
     tokenizer = world_tokenizer(args.seed, args.worlds)
@@ -583,12 +164,7 @@ def pretrain(args) -> dict:
               for _ in range(CRITIC_REPEAT["judge" if x[2].startswith("judge") else x[2]])]
     weights = LARGE_TASK_WEIGHTS
     # task mixture: repeat/subsample each task's pairs by its weight (deterministic)
-    rng = random.Random(args.seed + 1)
-    mixed = []
-    for task, w in weights.items():
-        items = [x for x in large if x[2] == task]
-        whole, part = int(w), w - int(w)
-        mixed += items * whole + rng.sample(items, int(len(items) * part))
+    mixed = weighted(random.Random(args.seed + 1), large, weights)
     print(f"data: {len(mixed)} large pairs, {len(small)} small pairs from worlds {provenance['world_seeds']} "
           f"({time.monotonic() - t0:.0f}s)", flush=True)
     sizes = SMOKE_SIZES if args.smoke else SIZES

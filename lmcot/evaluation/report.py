@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from lmcot.config.evaluation import ORACLE_METHODS
-from lmcot.evaluation.claims import claims_table, interval_table, load_details, sample_table, scores
+from lmcot.evaluation.claims import claims_table, interval_table, load_details, sample_table
+from lmcot.evaluation.claims import scores as question_scores
 from lmcot.evaluation.statistics import HOLDS, REVERSED, fmt_interval, paired
 from lmcot.runs.rundir import RunDir, write_atomic
 
@@ -150,7 +151,7 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
     s_q, s_f1 = sign(d_q, FLAT_QUALITY), sign(d_f1, FLAT_F1)
     interval = ""
     if details and details.get(before) and details.get(after):
-        p = paired(scores(details[before]), scores(details[after]))
+        p = paired(question_scores(details[before]), question_scores(details[after]))
         d_f1, s_f1 = p.delta, {HOLDS: 1, REVERSED: -1}.get(p.verdict, 0)
         interval = f" (paired 95% interval {fmt_interval(p.delta, p.low, p.high)} over {p.n} questions)"
     if s_q == s_f1 == 0:

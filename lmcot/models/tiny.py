@@ -59,11 +59,16 @@ QWEN_CHAT_TEMPLATE = (
 """Qwen2.5-Instruct's chat layout (system turn by default, ``<|im_start|>role ... <|im_end|>``)."""
 
 
-def _corpus() -> list[str]:
-    """Text the tokenizer learns from: the shipped data files and every prompt template."""
+def template_texts() -> list[str]:
+    """Every prompt template and judge aspect's wording: text any lmcot tokenizer should know."""
     texts = [getattr(prompts, name) for name in ("STANDARD", "COT", "TEACHER_RATIONALE", "SMALL_RATIONALE",
                                                   "ANSWER_FROM_RATIONALE", "JUDGE")]
-    texts += [f"{a.definition} {a.question} yes no Yes No" for a in prompts.ASPECTS.values()]
+    return texts + [f"{a.definition} {a.question} yes no Yes No" for a in prompts.ASPECTS.values()]
+
+
+def _corpus() -> list[str]:
+    """Text the tokenizer learns from: the shipped data files and every prompt template."""
+    texts = template_texts()
     data_dir = resources.files("lmcot") / "data"
     for entry in sorted(data_dir.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
@@ -71,8 +76,9 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(family: str):
-    """Train a deterministic byte-level BPE tokenizer and wrap it for transformers."""
+def build_tokenizer(family: str, corpus: list[str] | None = None):
+    """Train a deterministic byte-level BPE tokenizer and wrap it for transformers, on ``corpus`` (default:
+    the shipped data files and the prompt templates)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -85,7 +91,7 @@ def build_tokenizer(family: str):
         vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     if family == "seq2seq":
         # T5 appends </s> to every encoded sequence.
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
