@@ -1,6 +1,7 @@
 """The ``lmcot`` command end to end: eval on the tiny preset, score, and bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,70 @@ def test_malformed_dataset_names_file_record_and_field(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "bad.json" in out.stderr and "r1" in out.stderr and "context" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+_REPORT_IMPORTS = ("import sys; from lmcot.cli import main; code = main(sys.argv[1:]); "
+                   "sys.stderr.write('\\nLOADED ' + ' '.join(sorted({m.split('.')[0] for m, v in sys.modules.items() "
+                   "if v is not None} & {'deepspeed', 'ray'})) + '\\n'); sys.exit(code)")
+
+
+def test_plan_and_prompts_print_only_json_on_a_cold_cache_and_import_no_training_library(tmp_path):
+    """A fresh machine: no tiny model built yet, an empty HF cache. Building the tiny models goes
+    through ``save_pretrained``, which probes for DeepSpeed, whose import warns on stdout."""
+    runs = {}
+    for command in ("prompts", "plan"):
+        cold = tmp_path / command
+        env = {**os.environ, "LMCOT_TINY_DIR": str(cold / "tiny"), "HF_HOME": str(cold / "hf"),
+               "HF_HUB_OFFLINE": "1", "LMCOT_LOG_LEVEL": "INFO"}
+        runs[command] = subprocess.Popen(  # both at once: each builds its own tiny models
+            [sys.executable, "-c", _REPORT_IMPORTS, command, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for command, proc in runs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert (tmp_path / command / "tiny").is_dir(), "the cache was cold: the command built the tiny models"
+        parsed = json.loads(out)  # stdout is the JSON and nothing else
+        assert parsed and isinstance(parsed, list if command == "prompts" else dict)
+        assert err.rstrip().splitlines()[-1] == "LOADED", f"{command} imported {err.splitlines()[-1]}"
+
+
+def test_an_evaluation_run_alone_is_reused_by_the_pipeline(tmp_path, monkeypatch):
+    """``lmcot eval`` records its step; ``lmcot run`` on the same run dir skips that report row
+    (the pipeline runs for real here, with every other stage and evaluation stubbed)."""
+    from types import SimpleNamespace
+
+    from lmcot.config import load_config
+    from lmcot.runs.rundir import RunDir
+    from lmcot.stages import cluster, evaluate, pipeline
+
+    run = tmp_path / "run"
+    assert main(["eval", "--config", "tiny", "--run-dir", str(run), "--method", "standard", "--limit", "2"]) == 0
+    run_dir = RunDir(run)
+    assert json.loads(run_dir.step_record(run_dir.eval_dir("standard")).read_text())["stage"] == "standard"
+
+    for stage in ("distill", "refine"):  # what the stubbed training stages would have exported
+        run_dir.model(stage).mkdir(parents=True)
+        run_dir.model_meta(run_dir.model(stage)).write_text(json.dumps({"identity": stage}))
+    evaluated = []
+
+    class Evaluator:
+        def evaluate(self, ecfg, run_dir, judge):
+            evaluated.append(ecfg.eval.output_label)
+            return {}
+
+        def close(self):
+            pass
+
+    stages = {
+        "rationales": SimpleNamespace(stage_identity=lambda cfg: "r", run=lambda cfg, run_dir: {}),
+        "distill": SimpleNamespace(run=lambda cfg, run_dir: {"skipped": True}),
+        "refine": SimpleNamespace(run=lambda cfg, run_dir: {"skipped": True}),
+        "evaluate": SimpleNamespace(open_evaluator=lambda cfg: Evaluator(), with_small_lm=evaluate.with_small_lm),
+    }
+    monkeypatch.setattr(pipeline, "_stage", stages.__getitem__)
+    monkeypatch.setattr(pipeline, "ensure_ray", lambda: None)
+    monkeypatch.setattr(cluster, "require_resources", lambda need: None)
+    monkeypatch.setattr(pipeline, "write_report", lambda run_dir, **kw: run_dir.report)
+    steps = pipeline.run(load_config("tiny", ["eval.limit=2"]), run_dir)["steps"]
+    assert steps["standard"] == "skipped" and "standard" not in evaluated
+    assert steps["cot"] == "ran" and "cot" in evaluated  # judged in the pipeline: not what `lmcot eval` ran

@@ -80,27 +80,72 @@ def test_preset_names_resolve_to_files():
     assert resolve_config_path("tiny").name == "tiny.yaml"
 
 
-def test_identity_tracks_the_sections_read_minus_run_only_fields():
-    def distill(cfg):
-        return identity(cfg.sections("seed", "small", "distill"))
+# Each stage's identity, asked of the stage itself: (a field of every section it reads, one
+# override per section), and fields it must not depend on (sections it does not read, and
+# run-only fields of those it does). A stage that stops reading a section, or starts hashing a
+# run-only field, fails here.
+STAGE_READS = {
+    "rationales": ({"data": "data.context_max_tokens=200", "large": "large.max_input_tokens=400",
+                    "generation": "generation.top_p=0.5", "rationales": "rationales.f1_threshold=0.5"},
+                   ["seed=1", "small.max_input_tokens=400", "distill.learning_rate=0.1", "eval.limit=1",
+                    "rationales.num_actors=1", "rationales.shard_rows=7", "large.ray_resource=large_lm"]),
+    "distill": ({"seed": "seed=1", "small": "small.max_input_tokens=400", "distill": "distill.learning_rate=0.1"},
+                ["eval.limit=1", "refine.beta=0.1", "search.num_samples=9", "distill.scaling.max_failures=0",
+                 "distill.scaling.cpus_per_worker=2", "distill.scaling.checkpoints_to_keep=5",
+                 "distill.scaling.gradient_checkpointing=true", "small.ray_resource=small_lm"]),
+    "refine": ({"seed": "seed=1", "large": "large.max_input_tokens=400", "generation": "generation.top_p=0.5",
+                "data": "data.context_max_tokens=200", "refine": "refine.beta=0.1"},
+               ["eval.limit=1", "distill.learning_rate=0.1", "rationales.f1_threshold=0.5",
+                "refine.judge_num_cpus=1", "refine.judge_num_gpus=1", "refine.judge_num_actors=3",
+                "refine.judge_batch_size=4", "refine.judge_batch_wait_ms=0", "refine.judge_timeout_s=5",
+                "refine.scaling.max_failures=0", "large.ray_resource=large_lm"]),
+    "search": ({"seed": "seed=1", "small": "small.max_input_tokens=400", "large": "large.max_input_tokens=400",
+                "data": "data.context_max_tokens=200", "generation": "generation.top_p=0.5",
+                "refine": "refine.beta=0.1", "search": "search.num_samples=9"},
+               ["eval.limit=1", "distill.learning_rate=0.1", "rationales.f1_threshold=0.5",
+                "search.max_concurrent_trials=2", "search.trial_cpus=2", "refine.judge_num_actors=3"]),
+    "eval": ({"data": "data.context_max_tokens=200", "large": "large.max_input_tokens=400",
+              "generation": "generation.top_p=0.5", "eval": "eval.limit=1", "small": "small.max_input_tokens=400"},
+             ["seed=1", "refine.beta=0.1", "distill.learning_rate=0.1", "rationales.f1_threshold=0.5",
+              "eval.on_cluster=true", "eval.num_cpus=2", "large.ray_resource=large_lm"]),
+}
 
-    base = distill(load_config("tiny"))
-    assert distill(load_config("tiny", ["eval.limit=1"])) == base  # a section it does not read
-    assert distill(load_config("tiny", ["distill.learning_rate=0.1"])) != base
-    assert distill(load_config("tiny", ["distill.scaling.num_workers=1"])) != base  # the global batch changes
-    run_only = ["distill.scaling.max_failures=0", "distill.scaling.cpus_per_worker=2",
-                "distill.scaling.checkpoints_to_keep=5", "distill.scaling.gradient_checkpointing=true",
-                "small.ray_resource=small_lm"]
-    assert distill(load_config("tiny", run_only)) == base
 
-    def refine(cfg):
-        return identity(cfg.sections("seed", "large", "generation", "data", "refine"))
+@pytest.fixture(scope="module")
+def stage_identities(tmp_path_factory):
+    """stage -> config -> the identity the stage itself computes, in a run dir holding two kept
+    rationales and a distilled model (the tiny small T5), which distill and refine read."""
+    from lmcot.models.loading import resolve_model_path
+    from lmcot.runs.rundir import RunDir
+    from lmcot.stages import distill, evaluate, rationales, refine, search
+    from lmcot.training.teacher import ShardStore
 
-    judges = ["refine.judge_num_cpus=1", "refine.judge_num_gpus=1", "refine.judge_num_actors=3",
-              "refine.judge_batch_size=4", "refine.judge_batch_wait_ms=0", "refine.judge_timeout_s=5",
-              "refine.scaling.max_failures=0", "large.ray_resource=large_lm"]
-    assert refine(load_config("tiny", judges)) == refine(load_config("tiny"))
-    assert refine(load_config("tiny", ["refine.beta=0.1"])) != refine(load_config("tiny"))
+    run_dir = RunDir(tmp_path_factory.mktemp("identity") / "run")
+    row = dict(dataset="hotpotqa", id="q1", sample=0, question="Who?", context="A: Ann.", rationale="Ann is A.",
+               output="", teacher_answer="Ann", gold_answer="Ann", em=1.0, f1=1.0, kept=True, reason="",
+               prompt_tokens=1, completion_tokens=1, teacher="t")
+    with ShardStore(run_dir.rationales) as store:
+        store.add([row, dict(row, id="q2")])
+        store.flush()
+    run_dir.distill.mkdir(parents=True)
+    run_dir.distill_model.symlink_to(resolve_model_path("tiny:t5-small"), target_is_directory=True)
+    return {
+        "rationales": rationales.stage_identity,
+        "distill": lambda cfg: distill.prepare(cfg, run_dir)["identity"],
+        "refine": lambda cfg: refine.prepare(cfg, run_dir)["identity"],
+        "search": lambda cfg: search.search_identity(cfg, run_dir),
+        "eval": lambda cfg: evaluate.eval_identity(cfg, run_dir, evaluate.small_stage(cfg, run_dir), False),
+    }
+
+
+@pytest.mark.parametrize("stage", list(STAGE_READS))
+def test_each_stage_identity_tracks_the_sections_it_reads_minus_run_only_fields(stage_identities, stage):
+    reads, ignored = STAGE_READS[stage]
+    stage_identity = stage_identities[stage]
+    base = stage_identity(load_config("tiny"))
+    for section, override in reads.items():
+        assert stage_identity(load_config("tiny", [override])) != base, f"{stage} ignores {section} ({override})"
+    assert stage_identity(load_config("tiny", ignored)) == base
 
 
 def test_every_run_only_field_is_a_resource_retry_or_placement_setting():

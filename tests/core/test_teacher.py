@@ -293,3 +293,24 @@ def test_require_faithful_drops_a_right_answer_from_an_invented_name():
     assert judge_output(lucky, ["Lisbra Tides"], loose, context)["kept"]
     assert (judge_output(lucky, ["Lisbra Tides"], strict, context)["reason"]) == "unfaithful"
     assert judge_output(faithful, ["Lisbra Tides"], strict, context)["kept"]
+
+
+def test_one_shard_reader_and_writer_for_every_shard_folder(tmp_path):
+    """Names come from RunDir (a killed run's temporary file is no shard); the writer replaces a
+    shard whole; the reader takes the columns each shard has and refuses one lacking a required one."""
+    import pyarrow as pa
+
+    from lmcot.runs.rundir import RunDir
+    from lmcot.runs.shards import ShardError, read_shards, write_shard
+
+    assert RunDir.shard_index(RunDir.shard(tmp_path, 12)) == 12
+    assert RunDir.shard_index(tmp_path / ".part-000012.parquet.tmp") is None
+    write_shard(RunDir.shard(tmp_path, 0), pa.table({"id": ["a"], "kept": [True]}))
+    write_shard(RunDir.shard(tmp_path, 1), pa.table({"id": ["b"], "kept": [False], "context": ["C"]}))
+    write_shard(RunDir.shard(tmp_path, 1), pa.table({"id": ["c"], "kept": [False], "context": ["C"]}))  # replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-000000.parquet", "part-000001.parquet"]
+    assert read_shards(tmp_path, ["id", "context"]).to_pylist() == [{"id": "a", "context": None},
+                                                                   {"id": "c", "context": "C"}]
+    with pytest.raises(ShardError, match=r"part-000000.parquet lacks the columns \['context'\]"):
+        read_shards(tmp_path, ["id"], required=["context"])
+    assert read_shards(tmp_path / "none", ["id", "nope"], empty=SCHEMA).column_names == ["id"]
