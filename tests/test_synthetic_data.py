@@ -99,3 +99,18 @@ def test_world_grows_with_the_request(tool):
     assert tool.auto_scale(tool.counts_for(train=1000, dev=100)) == 8
     with pytest.raises(ValueError, match="--scale"):  # a world too small for n stops, never loops forever
         tool._count_try(200 * 5 + 10_001, 5, "HotpotQA")
+
+
+def test_the_evaluation_world_files_are_what_the_registry_generates():
+    """lmcot/data/tiny_world/eval/ is world 2000001 drawn as evaluation worlds are, with gold chains of
+    thought; its aliases file adds that world's aliases to the training world's (ids never collide)."""
+    from lmcot.tinyworld import seeds
+
+    folder = ROOT / "lmcot" / "data" / "tiny_world" / "eval"
+    files = seeds.evaluation_world_files(seeds.EVALUATION[0])
+    train_aliases = (ROOT / "lmcot" / "data" / "tiny_world" / "2wiki_id_aliases.json").read_text()
+    for name, text in files.items():
+        expected = train_aliases + text if name.endswith("aliases.json") else text
+        assert (folder / name).read_text(encoding="utf-8") == expected, name
+    records = json.loads(files["hotpotqa_dev.json"])
+    assert len(records) == seeds.EVAL_WORLD_SHAPE["dev"] and all(r["rationale"] for r in records)

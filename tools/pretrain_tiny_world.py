@@ -251,7 +251,7 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     if world_seed is not None:  # a world no model has seen, generated as the shipped one (only the seed differs)
         data_dir = Path(tempfile.mkdtemp(prefix=f"tiny-world-{world_seed}-"))
         shape = seeds.EVAL_WORLD_SHAPE if world_seed in seeds.TUNING + seeds.EVALUATION else {}
-        for name, text in world_gen.generate(seed=world_seed, **shape).items():
+        for name, text in world_gen.generate(seed=world_seed, rationales=bool(shape), **shape).items():
             (data_dir / name).write_text(text, encoding="utf-8")
     world, _ = world_gen.generate_world(**({} if world_seed is None else dict(seed=world_seed, **shape)))
     aliases = load_aliases(data_dir / "2wiki_synthetic_id_aliases.json")

@@ -62,6 +62,10 @@ class Example:
     """easy / medium / hard (HotpotQA only)."""
     answer_id: str = ""
     """2Wiki answer entity id: the key into ``id_aliases.json`` for alias-aware scoring."""
+    rationale: str = ""
+    """A gold chain of thought, where the file has one (optional key ``rationale``, outside the
+    official layouts: the tiny world's evaluation worlds write the supporting facts followed by the
+    comparison step). The ``gold_rationale`` reference answers from it instead of the bare facts."""
 
     @property
     def gold_titles(self) -> tuple[str, ...]:
@@ -130,7 +134,7 @@ def check_record(rec: Any, source: str, index: int, fmt: str | None = None,
     for key in required:
         if key not in rec:
             raise _fail(source, rid, key, "is missing", f"every {fmt or 'gold'} record needs {', '.join(required)}")
-    for key in ("_id", "question", "answer", "type", "level"):
+    for key in ("_id", "question", "answer", "type", "level", "rationale"):
         if key in rec and not isinstance(rec[key], str):
             raise _fail(source, rid, key, f"must be a string, got {_got(rec[key])}",
                         "fix the record or regenerate the file")
@@ -172,7 +176,8 @@ def _parse_record(rec: Any, fmt: str, source: str, index: int) -> Example:
     facts = tuple((title, sent_id) for title, sent_id in rec["supporting_facts"])
     return Example(id=rid, question=rec["question"], answer=rec["answer"], paragraphs=paragraphs,
                    supporting_facts=facts, type=rec["type"], dataset=fmt, level=rec.get("level", ""),
-                   answer_id=(rec.get("answer_id") or "") if fmt == "2wiki" else "")
+                   answer_id=(rec.get("answer_id") or "") if fmt == "2wiki" else "",
+                   rationale=rec.get("rationale", ""))
 
 
 def _check_format(fmt: str) -> None:
@@ -312,6 +317,8 @@ def to_official_json(examples: Iterable[Example]) -> list[dict]:
         rec = {"_id": ex.id, "type": ex.type, "question": ex.question,
                "context": [[p.title, list(p.sentences)] for p in ex.paragraphs],
                "supporting_facts": [[t, i] for t, i in ex.supporting_facts], "answer": ex.answer}
+        if ex.rationale:
+            rec["rationale"] = ex.rationale
         if ex.dataset == "2wiki":
             if ex.answer_id:
                 rec["answer_id"] = ex.answer_id

@@ -26,7 +26,7 @@ def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None,
     """Contexts built and fitted to the token budget (gold paragraphs first)."""
     return [
         Question(ex.id, ex.question, build_context(ex, mode=mode, tokenizer=tokenizer, max_tokens=max_tokens),
-                 evidence=ex.evidence)
+                 evidence=ex.rationale or ex.evidence)
         for ex in examples
     ]
 

@@ -76,3 +76,13 @@ def purpose(seed: int) -> str:
     if seed in EVALUATION:
         return "evaluation"
     return "pretraining" if 0 < seed < PRETRAINING_LIMIT else "unassigned (held out)"
+
+
+def evaluation_world_files(seed: int) -> dict[str, str]:
+    """The dev files of an evaluation (or tuning) world as ``lmcot/data/tiny_world/eval/`` holds them:
+    ``{hotpotqa,2wiki}_dev.json`` with gold chains of thought, and the world's 2Wiki aliases."""
+    from lmcot.tinyworld import synthetic
+
+    files = synthetic.generate(seed=seed, rationales=True, **EVAL_WORLD_SHAPE)
+    return {"hotpotqa_dev.json": files["hotpotqa_synthetic_dev.json"], "2wiki_dev.json": files["2wiki_synthetic_dev.json"],
+            "2wiki_id_aliases.json": files["2wiki_synthetic_id_aliases.json"]}

@@ -436,9 +436,22 @@ def generate_world(seed: int = SEED, train: int | None = None, dev: int | None =
     return world, records
 
 
-def generate(seed: int = SEED, train: int | None = None, dev: int | None = None, scale: int = 0) -> dict[str, str]:
-    """File name -> file text for every file of one world (by default: the shipped samples)."""
+def generate(seed: int = SEED, train: int | None = None, dev: int | None = None, scale: int = 0,
+             rationales: bool = False) -> dict[str, str]:
+    """File name -> file text for every file of one world (by default: the shipped samples).
+
+    ``rationales`` adds each record's gold chain of thought (optional key ``rationale``: the supporting
+    facts and the comparison step, :func:`lmcot.tinyworld.reasoning.reasoned_rationale`), as the
+    evaluation worlds carry it for the gold-rationale reference row."""
     world, records = generate_world(seed, train, dev, scale)
+    if rationales:
+        from lmcot.datasets.data import parse_records
+        from lmcot.tinyworld.reasoning import reasoned_rationale
+
+        for name, recs in records.items():
+            fmt = "hotpotqa" if name.startswith("hotpotqa") else "2wiki"
+            for rec, ex in zip(recs, parse_records(recs, fmt, name)):
+                rec["rationale"] = reasoned_rationale(world, ex)
     files = {f"{name}.json": dump_records(recs) for name, recs in records.items()}
     files["2wiki_synthetic_id_aliases.json"] = "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                        for r in world.alias_records())
@@ -453,12 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=None, help="train questions per dataset (default: shipped)")
     parser.add_argument("--dev", type=int, default=None, help="dev questions per dataset (default: shipped)")
     parser.add_argument("--scale", type=int, default=0, help="world size multiplier (default: as --train/--dev need)")
+    parser.add_argument("--rationales", action="store_true",
+                        help="add each record's gold chain of thought (key 'rationale'), as evaluation worlds do")
     parser.add_argument("--check", action="store_true", help="compare with the files in --out-dir, write nothing")
     args = parser.parse_args(argv)
-    shipped = (args.seed, args.train, args.dev, args.scale) == (SEED, None, None, 0)
+    shipped = (args.seed, args.train, args.dev, args.scale, args.rationales) == (SEED, None, None, 0, False)
     if not shipped and not args.check and args.out.resolve() == OUT_DIR.resolve():
         parser.error("a non-default world would overwrite the shipped samples; pass --out-dir")
-    files = generate(args.seed, args.train, args.dev, args.scale)
+    files = generate(args.seed, args.train, args.dev, args.scale, args.rationales)
     stale = [name for name, text in files.items()
              if not (args.out / name).is_file() or (args.out / name).read_text(encoding="utf-8") != text]
     if args.check:
