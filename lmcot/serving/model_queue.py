@@ -13,6 +13,7 @@ answers 400 ``context_length_exceeded`` instead of a 500 after a wait.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 from lmcot.prompting.fitting import PromptTooLong
@@ -30,12 +31,26 @@ class ContextLengthExceeded(PromptTooLong):
         return ContextLengthExceeded, (self.message, self.limit, self.tokens)
 
 
-def check_fits(generator, prompts: Sequence[str], reserve: int) -> None:
-    """Raise :class:`ContextLengthExceeded` for the first prompt the generator's fitter cannot fit.
+def admission_fitter(generator):
+    """A copy of the generator's fitter with a tokenizer of its own (None without a fitter).
+
+    Why a copy: admission runs on the caller's thread while the model thread encodes batches, and a
+    fast tokenizer's padding settings are per instance state that each call sets; shared across two
+    threads, one call's ``no padding`` landed inside the other's batch (seen in refinement: "expected
+    sequence of length 309 at dim 1 (got 311)" from the judge)."""
+    fitter = getattr(generator, "fitter", None)
+    if fitter is None:
+        return None
+    own = copy.copy(fitter)
+    own.tokenizer = copy.deepcopy(fitter.tokenizer)
+    return own
+
+
+def check_fits(fitter, prompts: Sequence[str], reserve: int) -> None:
+    """Raise :class:`ContextLengthExceeded` for the first prompt ``fitter`` cannot fit.
 
     Generators without a fitter (no local tokenizer) are not checked here; their own calls still refuse.
     """
-    fitter = getattr(generator, "fitter", None)
     if fitter is None:
         return
     for prompt in prompts:
@@ -56,6 +71,7 @@ class QueuedModel:
 
     def __init__(self, generator, limits: QueueLimits, name: str = "lmcot-model"):
         self.generator = generator
+        self.fitter = admission_fitter(generator)
         self.queue = WorkQueue(self._run, limits, name)
 
     def _run(self, key: tuple, items: list) -> list:
@@ -80,20 +96,20 @@ class QueuedModel:
         """``Generator.generate``, merged with other callers' calls of the same settings."""
         if n > 1 and temperature <= 0:
             raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one answer)")
-        check_fits(self.generator, prompts, max_new_tokens)
+        check_fits(self.fitter, prompts, max_new_tokens)
         return await self.queue.run(("generate", max_new_tokens, n, temperature, top_p, seed), prompts, rows=n,
                                     tokens=max_new_tokens, timeout_s=timeout_s, tag=tag)
 
     async def score_yes_no(self, prompts: Sequence[str], *, timeout_s: float | None = None, tag: str = "") -> list:
         """``Generator.score_yes_no`` (one forward pass per prompt, cost one token), merged."""
-        check_fits(self.generator, prompts, 1)
+        check_fits(self.fitter, prompts, 1)
         return await self.queue.run(("score",), prompts, timeout_s=timeout_s, tag=tag)
 
     async def generate_with_logprobs(self, prompts: Sequence[str], *, max_new_tokens: int, n: int,
                                      temperature: float, top_p: float, top: int, timeout_s: float | None = None,
                                      tag: str = "") -> list:
         """Per prompt: its ``n`` :class:`~lmcot.models.generation.Scored` samples and its prompt tokens."""
-        check_fits(self.generator, prompts, max_new_tokens)
+        check_fits(self.fitter, prompts, max_new_tokens)
         return await self.queue.run(("logprobs", max_new_tokens, n, temperature, top_p, top), prompts, rows=n,
                                     tokens=max_new_tokens, timeout_s=timeout_s, tag=tag)
 

@@ -181,3 +181,18 @@ def test_an_over_long_prompt_is_refused_before_any_queueing():
     assert gen.calls == 1
     again = pickle.loads(pickle.dumps(exc.value))  # crosses Ray with its fields
     assert (again.limit, again.tokens, str(again)) == (8, 12, str(exc.value))
+
+
+def test_admission_counts_tokens_with_a_tokenizer_the_model_thread_does_not_share():
+    """Admission runs on callers' threads while the model thread encodes padded batches; a fast
+    tokenizer's padding state is per instance, so sharing one broke the judge's batches in refinement."""
+    from types import SimpleNamespace
+
+    from lmcot.prompting.fitting import PromptFitter
+    from lmcot.serving.model_queue import QueuedModel, QueueLimits
+
+    tokenizer = SimpleNamespace(state=[])
+    generator = SimpleNamespace(fitter=PromptFitter(model="m", limit=8, tokenizer=tokenizer), tokenizer=tokenizer)
+    model = QueuedModel(generator, QueueLimits(max_rows=4, max_cost=64))
+    assert model.fitter is not generator.fitter and model.fitter.tokenizer is not tokenizer
+    assert model.fitter.limit == 8
