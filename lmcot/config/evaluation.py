@@ -24,6 +24,9 @@ class EvalConfig:
     """Rationales sampled per question and majority-voted (1: one greedy rationale)."""
     limit: int = 0
     """Evaluate the first N dev examples of each dataset (0: all)."""
+    judge_limit: int = 0
+    """With judged rationales (the report's aspect table): judge those of the first N questions of each
+    dataset only (0: all). Eight aspects per rationale make judging cost several times the evaluation."""
     label: str = ""
     """Name of the output folder ``RUN/eval/<label>/``; empty: the method name plus ``-sc<K>`` when K > 1."""
     on_cluster: bool = field(default=False, metadata=RUN_ONLY)
@@ -48,6 +51,8 @@ class EvalConfig:
             raise ValueError(f"method={self.method} has one fixed rationale: set self_consistency to 1")
         if self.limit < 0:
             raise ValueError("limit must be >= 0 (0 means all)")
+        if self.judge_limit < 0:
+            raise ValueError("judge_limit must be >= 0 (0 means all)")
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ValueError("num_cpus and num_gpus must be >= 0")
         if self.start_timeout_s <= 0:

@@ -170,8 +170,8 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
         )
         aliases = dataset_aliases(spec)
         per_dataset[name] = (results, summarize(examples, results, aliases))
-        judged[0].extend(questions)
-        judged[1].extend(results)
+        judged[0].extend(questions[: ev.judge_limit or None])
+        judged[1].extend(results[: ev.judge_limit or None])
     summary = write_outputs(run_dir, ev, per_dataset, cfg.data.context_mode)
     if judge_aspects and any(r.rationales for r in judged[1]):
         judge = RewardJudge(large, answer_max_new_tokens=cfg.generation.answer_max_new_tokens)
