@@ -171,6 +171,21 @@ def finding(evals: dict[str, dict], aspects: dict[str, dict[str, float]], before
             "best-judged rationales do not always give the best answers; the reward-weight search trades the two.")
 
 
+def rationale_table(stats: dict) -> str:
+    """What the rationale filter kept of the teacher's rationales, why it dropped the rest, and how
+    many named only what their context states (all of them, and the kept ones)."""
+    if not stats.get("rows"):
+        return ""
+    rows = ["| teacher rationales | rows | right answer | kept | faithful (all) | faithful (kept) | dropped: reasons |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    for name, s in [("all", stats), *sorted(stats.get("datasets", {}).items())]:
+        reasons = ", ".join(f"{k} {v}" for k, v in s.get("reasons", {}).items()) or "none"
+        right = s["kept"] + s.get("reasons", {}).get("unfaithful", 0)  # what the answer filter alone keeps
+        rows.append(f"| {name} | {s['rows']} | {right} | {s['kept']} ({100 * s['kept_ratio']:.0f}%) | "
+                    f"{100 * s.get('faithful_ratio', 0):.0f}% | {100 * s.get('kept_faithful_ratio', 0):.0f}% | {reasons} |")
+    return "\n".join(rows)
+
+
 def plot_accuracy(evals: dict[str, dict], path: Path) -> None:
     plt = _pyplot()
     datasets = sorted({d for m in evals.values() for d in m["datasets"]})
@@ -303,6 +318,9 @@ def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after:
         if samples:
             parts += ["## Self-consistency: what a vote can reach", "", SAMPLES_INTRO, "", samples, ""]
         parts += ["## Cost of each method", "", cost_table(evals), "", figure("cost", plot_cost, evals), ""]
+    stats = json.loads(run_dir.rationale_stats.read_text()) if run_dir.rationale_stats.is_file() else {}
+    if rationale_table(stats):
+        parts += ["## Distillation data (the teacher's rationales and the filter)", "", rationale_table(stats), ""]
     parts += ["## Rationale quality (large-LM judge, P(yes) per aspect)", "", aspect_table(aspects), ""]
     if aspects:
         parts += [figure("aspects", plot_aspects, aspects), ""]

@@ -100,3 +100,13 @@ def test_tables_follow_the_given_order(tmp_path):
         write_json(run.eval_metrics(label), _metrics(label, 1, 0.1, 1))
     text = write_report(run, order=["standard", "cot"]).read_text()
     assert text.index("| standard | 1 |") < text.index("| cot | 1 |")
+
+
+def test_report_shows_what_the_rationale_filter_kept_and_how_faithful(tmp_path):
+    run = RunDir(tmp_path)
+    block = {"rows": 10, "kept": 3, "kept_ratio": 0.3, "faithful_ratio": 0.4, "kept_faithful_ratio": 1.0,
+             "reasons": {"unfaithful": 2, "wrong_answer": 5}}
+    write_json(run.rationale_stats, dict(block, datasets={"hotpotqa": block}))
+    text = write_report(run).read_text()
+    assert "| all | 10 | 5 | 3 (30%) | 40% | 100% | unfaithful 2, wrong_answer 5 |" in text
+    assert "| hotpotqa | 10 | 5 | 3 (30%) |" in text
