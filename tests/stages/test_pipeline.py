@@ -39,7 +39,7 @@ def test_pipeline_fills_the_report_and_reruns_only_what_changed(ray_cluster, tmp
         assert metrics["oracle"] is (label == "gold-rationale"), label
     assert {"gold-rationale", "empty-rationale"} <= set(labels) and len(set(labels)) == len(labels)
     assert "## Claims (paired on the same questions)" in report
-    assert "| LM-guided CoT > standard prompting | `lm_guided-refined` vs `standard` | 4 |" in report  # 2 + 2 questions
+    assert "| LM-guided CoT > standard prompting | `lm_guided-refined` vs `standard` | 2 |" in report  # eval.limit=2
     assert "**Oracle**: gold-rationale (gold_rationale)" in report
     assert "| lm_guided-refined | 0." in report  # aspect scores of the refined model's rationales
     assert run_dir.report_figure("accuracy").is_file()
