@@ -91,23 +91,34 @@ def test_large_lm_answers_better_from_the_gold_chain_of_thought_than_from_none(l
     assert result.verdict == HOLDS and result.delta >= 0.10, result
 
 
-NOT_LEARNED = pytest.mark.xfail(strict=True, reason=(
-    "the shipped large T5 tells a rationale with a wrong entity from the faithful one no better than chance "
-    "(P(yes) 0.49 against 0.49 after the critic phase: docs/design.md, Tiny world); strict, so weights that "
-    "learn it make this test fail until the mark is removed"))
+JUDGED = [a for a in prompts.ASPECTS if a != "factuality"]
+"""The aspects the shipped judge separates; factuality it does not (below)."""
 
 
-@pytest.mark.parametrize("aspect", [pytest.param(a, marks=NOT_LEARNED) if a == "factuality" else a
-                                    for a in prompts.ASPECTS])
-def test_judge_scores_faithful_rationales_above_the_aspects_corruption(large, dev, load_script, aspect):
-    """Mean P(yes) of the gold evidence is above that of the corruption which violates the aspect
-    (the corruptions the pretraining used, applied to the shipped dev world, which it never saw)."""
+def judge_means(large, dev, load_script, aspect) -> tuple[float, float]:
+    """Mean P(yes) of the gold evidence and of the corruption that violates ``aspect`` (the corruptions
+    the pretraining used, applied to the shipped dev world, which it never saw)."""
     tool = load_script("tools/pretrain_tiny_world.py")
     world, _ = synthetic.generate_world()
     examples, questions, _ = dev["hotpotqa"]
     good, bad = tool.judge_prompts(tool.Corruptor(world), random.Random(0), aspect, examples, questions)
     p_good, p_bad = large.score_yes_no(good), large.score_yes_no(bad)
-    assert sum(p_good) > sum(p_bad), (sum(p_good) / len(good), sum(p_bad) / len(bad))
+    return sum(p_good) / len(p_good), sum(p_bad) / len(p_bad)
+
+
+def test_the_judge_cannot_tell_a_wrong_entity_from_the_right_one(large, dev, load_script):
+    """Factuality is why the preset leaves that aspect out of its rewards: P(yes) of the faithful
+    rationale and of the same rationale with a wrong name are within 0.05 (measured 0.448 / 0.442).
+    Weights that learn it make this fail; then the preset can reward factuality again."""
+    good, bad = judge_means(large, dev, load_script, "factuality")
+    assert abs(good - bad) < 0.05, (good, bad)
+
+
+@pytest.mark.parametrize("aspect", JUDGED)
+def test_judge_scores_faithful_rationales_above_the_aspects_corruption(large, dev, load_script, aspect):
+    """Mean P(yes) of the gold evidence is above that of the corruption which violates the aspect."""
+    good, bad = judge_means(large, dev, load_script, aspect)
+    assert good > bad, (good, bad)
 
 
 def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, load_script, tmp_path):

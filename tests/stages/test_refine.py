@@ -111,7 +111,7 @@ def test_seq2seq_loop_learns_a_checkable_reward(algorithm, one_thread):
 
 def test_causal_trl_grpo_learns_a_checkable_reward(tmp_path, one_thread):
     run_dir = distilled_run(tmp_path, "tiny:causal-small")
-    cfg = RefineConfig(num_generations=4, prompts_per_step=4, max_steps=24, learning_rate=1e-2, beta=0.0,
+    cfg = RefineConfig(num_generations=4, prompts_per_step=4, max_steps=40, learning_rate=1e-2, beta=0.0,
                        temperature=1.0, save_steps=1000)
     common = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=cfg.learning_rate,
                   use_cpu=True, report_to="none", seed=0, disable_tqdm=True, save_strategy="no")
@@ -119,7 +119,7 @@ def test_causal_trl_grpo_learns_a_checkable_reward(tmp_path, one_thread):
                                           reward_funcs=[digit_share], reward_weights=[1.0])
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    assert len(rewards) == 24
+    assert len(rewards) == 40
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.2, rewards
     assert [h for h in trainer.state.log_history if "reward" in h][0]["rewards/digit_share/mean"] == rewards[0]
