@@ -67,6 +67,15 @@ world_seeds = seeds.pretraining_seeds
 """Pretraining world seeds (:func:`lmcot.tinyworld.seeds.pretraining_seeds`: held-out worlds are out of reach)."""
 
 
+def pretraining_worlds(seed: int, n: int, questions: int):
+    """(world, its train questions of both datasets) for each pretraining world, in seed order."""
+    for s in world_seeds(seed, n):
+        world, records = world_gen.generate_world(seed=s, train=questions, dev=0)
+        yield world, [ex for name, recs in records.items() if recs
+                      for ex in parse_records(recs, "hotpotqa" if name.startswith("hotpotqa") else "2wiki",
+                                              f"world {s} {name}")]
+
+
 def rationale_phase(args) -> dict:
     """``--rationale-steps``: continue the large T5 of ``--continue-from`` on :data:`RATIONALE_TASK_WEIGHTS`.
 
@@ -83,14 +92,11 @@ def rationale_phase(args) -> dict:
     model = load_t5(src)
     rng = random.Random(args.seed + 5)
     pairs = []
-    for s in world_seeds(args.seed, args.worlds):
-        world, records = world_gen.generate_world(seed=s, train=args.questions, dev=0)
+    for world, examples in pretraining_worlds(args.seed, args.worlds, args.questions):
         corrupt = Corruptor(world)
-        for name, recs in records.items():
-            fmt = "hotpotqa" if name.startswith("hotpotqa") else "2wiki"
-            for ex in parse_records(recs, fmt, f"world {s} {name}") if recs else []:
-                ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
-                pairs += rationale_pairs(rng, ex, ctx, distractors, corrupt, world)
+        for ex in examples:
+            ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
+            pairs += rationale_pairs(rng, ex, ctx, distractors, corrupt, world)
     data = weighted(rng, tokenize(tokenizer, pairs), RATIONALE_TASK_WEIGHTS)
     print(f"rationale phase: {len(data)} pairs from {args.worlds} worlds", flush=True)
 
@@ -120,17 +126,12 @@ def build_pairs(args, tokenizer) -> tuple[list, list, list, dict]:
     critic_rng = random.Random(args.seed + 4)  # the critic phase came later: the mixture's data stays as it was
     worlds = world_seeds(args.seed, args.worlds)
     large, small, critic = [], [], []
-    for s in worlds:
-        world, records = world_gen.generate_world(seed=s, train=args.questions, dev=0)
+    for world, examples in pretraining_worlds(args.seed, args.worlds, args.questions):
         corrupt = Corruptor(world)
-        for name, recs in records.items():
-            if not recs:
-                continue
-            fmt = "hotpotqa" if name.startswith("hotpotqa") else "2wiki"
-            for ex in parse_records(recs, fmt, f"world {s} {name}"):
-                ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
-                large += large_pairs(rng, ex, ctx, distractors, corrupt)
-                critic += critic_pairs(critic_rng, ex, ctx, distractors, corrupt)
+        for ex in examples:
+            ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
+            large += large_pairs(rng, ex, ctx, distractors, corrupt)
+            critic += critic_pairs(critic_rng, ex, ctx, distractors, corrupt)
         for title in world.titles:
             small += small_pairs(small_rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
     return large, small, critic, {"world_seeds": worlds, "questions_per_dataset_and_world": args.questions,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from lmcot.config import ModelSpec, load_config
 from lmcot.datasets.data import load_json_file
-from lmcot.evaluation.evaluator import prepare_questions
-from lmcot.evaluation.metrics import answer_metrics, load_aliases
+from lmcot.evaluation.evaluator import prepare_questions, question_scores
+from lmcot.evaluation.metrics import load_aliases
 from lmcot.evaluation.statistics import fmt_interval, paired
 from lmcot.inference import method
 from lmcot.models.generation import HFGenerator
@@ -63,12 +63,10 @@ def main(argv=None) -> int:
             runs[f"T{t} p{top_p} k{k}{' +greedy' if greedy else ''}"] = (
                 dataclasses.replace(cfg.generation, temperature=t, top_p=top_p, sc_include_greedy=greedy), k)
         for name, (gen, k) in runs.items():
-            results = method.lm_guided(qs, small, large, gen, k)
-            for ex, r in zip(examples, results):
-                golds = [ex.answer] + aliases.get(ex.answer_id, [])
-                per_q.setdefault(name, {})[f"{ds}/{ex.id}"] = answer_metrics(r.answer, golds)["f1"]
-                fs = [answer_metrics(a, golds)["f1"] for a in r.answers]
-                samples.setdefault(name, []).append((sum(fs) / len(fs), max(fs)))
+            scored = question_scores(examples, method.lm_guided(qs, small, large, gen, k), aliases)
+            for qid, s in scored.items():
+                per_q.setdefault(name, {})[f"{ds}/{qid}"] = s["f1"]
+                samples.setdefault(name, []).append((sum(s["sample_f1"]) / len(s["sample_f1"]), max(s["sample_f1"])))
             print(f"{ds} {name}: done", file=sys.stderr, flush=True)
     rows, out = ["| sampling | vote F1 | vs greedy (paired 95% CI) | per-sample F1 | best-of-k F1 |",
                  "|---|---:|---:|---:|---:|"], {}

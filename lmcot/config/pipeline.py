@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-ROW_LABELS = ("standard", "cot", "lm_guided-distilled", "lm_guided-refined")
-"""The method rows of the report (``lmcot.stages.pipeline.ROWS``), by label."""
+REPORT_ROWS = (("standard", "standard", None), ("cot", "cot", None),
+               ("lm_guided-distilled", "lm_guided", "distill"), ("lm_guided-refined", "lm_guided", "refine"))
+"""(label, method, training stage of the small LM) of the report's method rows."""
+ROW_LABELS = tuple(label for label, *_ in REPORT_ROWS)
 
 
 @dataclass(frozen=True)

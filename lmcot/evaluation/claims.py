@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmcot.evaluation.statistics import bootstrap_ci, fmt_interval, paired
+from lmcot.evaluation.statistics import Paired, bootstrap_ci, fmt_ci, fmt_interval, paired
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,27 @@ def resolve(claim: Claim, labels: list[str]) -> Claim | None:
     return Claim(claim.name, base, better) if base and better else None
 
 
+def paired_by_subset(a: dict[str, dict], b: dict[str, dict]) -> dict[str, Paired]:
+    """B against A (per-question records of two evaluations) on each subset (all, open, binary) and
+    each dataset that the two share questions in; {} when they share none."""
+    cells = {}
+    for key, where in [*((s, dict(subset=s)) for s in SUBSETS),
+                       *((ds, dict(dataset=ds)) for ds in sorted({r["dataset"] for r in a.values()}))]:
+        sa, sb = scores(a, **where), scores(b, **where)
+        if set(sa) & set(sb):
+            cells[key] = paired(sa, sb)
+    return cells
+
+
 def claim_rows(details: dict[str, dict[str, dict]]) -> list[tuple[Claim, dict]]:
-    """(claim, {subset or dataset: Paired}) for every claim whose two rows were evaluated."""
+    """(claim, {subset or dataset: Paired}) for every claim whose two rows were evaluated with
+    per-question scores."""
     out = []
     for claim in CLAIMS:
         c = resolve(claim, list(details))
-        if c is None:
-            continue
-        a, b = details[c.base], details[c.better]
-        if not set(scores(a)) & set(scores(b)):  # evaluations written without per-question scores
-            continue
-        datasets = sorted({r["dataset"] for r in a.values()})
-        cells = {subset: paired(scores(a, subset=subset), scores(b, subset=subset))
-                 for subset in SUBSETS if scores(a, subset=subset)}
-        cells.update({ds: paired(scores(a, dataset=ds), scores(b, dataset=ds)) for ds in datasets})
-        out.append((c, cells))
+        cells = paired_by_subset(details[c.base], details[c.better]) if c else {}
+        if "all" in cells:
+            out.append((c, cells))
     return out
 
 
@@ -120,7 +126,7 @@ def interval_table(details: dict[str, dict[str, dict]]) -> str:
         cells = []
         for ds, subset in cols:
             s = list(scores(details[label], dataset=ds, subset=subset).values())
-            cells.append(f"{fmt_interval(*bootstrap_ci(s)).lstrip('+')} ({len(s)})" if s else "")
+            cells.append(f"{fmt_ci(*bootstrap_ci(s))} ({len(s)})" if s else "")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmcot.evaluation.claims import SUBSETS, load_details, scores
-from lmcot.evaluation.statistics import fmt_interval, is_binary, paired
+from lmcot.evaluation.claims import SUBSETS, load_details, paired_by_subset
+from lmcot.evaluation.statistics import fmt_interval, is_binary
 
 
 def _folder(path: str | Path) -> Path:
@@ -56,10 +56,8 @@ def compare(a: str | Path, b: str | Path, *, gold: str | None = None, fmt: str =
     else:
         da, db = _scored_details(a_dir), _scored_details(b_dir)
     out = {"a": str(a_dir), "b": str(b_dir)}
-    for subset in SUBSETS:
-        sa, sb = scores(da, subset=subset), scores(db, subset=subset)
-        if set(sa) & set(sb):
-            p = paired(sa, sb)
+    for subset, p in paired_by_subset(da, db).items():
+        if subset in SUBSETS:
             out[subset] = dict(p.as_dict(), summary=f"{subset}: B - A = {fmt_interval(p.delta, p.low, p.high)} F1 "
                                                     f"over {p.n} questions, {p.wins} wins / {p.losses} losses: "
                                                     f"{p.verdict}")

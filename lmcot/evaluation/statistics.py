@@ -119,3 +119,12 @@ def fmt_interval(mean: float, low: float, high: float, scale: float = 100.0) -> 
     '+4.2 [+1.0, +7.5]'
     """
     return f"{scale * mean:+.1f} [{scale * low:+.1f}, {scale * high:+.1f}]"
+
+
+def fmt_ci(mean: float, low: float, high: float, scale: float = 100.0) -> str:
+    """``55.3 [50.8, 59.8]``: a level (not a difference) with its interval, in points.
+
+    >>> fmt_ci(0.553, 0.508, 0.598)
+    '55.3 [50.8, 59.8]'
+    """
+    return f"{scale * mean:.1f} [{scale * low:.1f}, {scale * high:.1f}]"

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lmcot.config import Config, load_config
-from lmcot.config.pipeline import ROW_LABELS
+from lmcot.config.pipeline import REPORT_ROWS
 from lmcot.evaluation.report import write_report
 from lmcot.runs.rundir import RunDir, finished, record_finished
 from lmcot.stages.cluster import ensure_ray
@@ -41,18 +41,12 @@ def _stage(module: str):
     return importlib.import_module(f"lmcot.stages.{module}")
 
 
-ROWS = (("standard", "standard", None), ("cot", "cot", None),
-        ("lm_guided-distilled", "lm_guided", "distill"), ("lm_guided-refined", "lm_guided", "refine"))
-"""(label, method, training stage of the small LM) of the report's method rows."""
-assert tuple(label for label, *_ in ROWS) == ROW_LABELS
-
-
 def eval_plan(cfg: Config, run_dir: RunDir) -> list[tuple[str, str, int, str | None]]:
     """(label, method, k, training stage of the small LM) of every evaluation in the report: each row
     at k = 1, the rows of ``pipeline.self_consistency_rows`` also at k, then the reference rows."""
     k = cfg.pipeline.self_consistency
     plan = []
-    for label, method, stage in ROWS:
+    for label, method, stage in REPORT_ROWS:
         plan.append((label, method, 1, stage))
         if label in cfg.pipeline.self_consistency_rows:
             plan.append((f"{label}-sc{k}", method, k, stage))

@@ -31,6 +31,10 @@ def _people_step(x, y, answer: str, tail: str) -> str:
             f"{last.date}, so {answer} {tail}.")
 
 
+def _countries_step(x, y, answer: str, what: str) -> str:
+    return f"{x.name} is from {x.country} and {y.name} is from {y.country}, so they are {_NOT[answer == 'yes']}{what}."
+
+
 def comparison_step(world, question: str, answer: str) -> str:
     """The sentence that turns a comparison question's facts into its answer ("" for other questions).
 
@@ -61,9 +65,7 @@ def comparison_step(world, question: str, answer: str) -> str:
                 f"born {m[1]}.")
     m = re.fullmatch(r"Are (.+) and (.+) both from (.+)\?", question)
     if m:
-        x, y = by[m[1]], by[m[2]]
-        return (f"{x.name} is from {x.country} and {y.name} is from {y.country}, so they are "
-                f"{_NOT[answer == 'yes']}both from {m[3]}.")
+        return _countries_step(by[m[1]], by[m[2]], answer, f"both from {m[3]}")
     m = re.fullmatch(r"Are (.+) and (.+) both (.+) films\?", question)
     if m:
         x, y = by[m[1]], by[m[2]]
@@ -71,9 +73,7 @@ def comparison_step(world, question: str, answer: str) -> str:
                 f"{_NOT[answer == 'yes']}both {m[3]} films.")
     m = re.fullmatch(r"Are (.+) and (.+) of the same nationality\?", question)
     if m:
-        x, y = by[m[1]], by[m[2]]
-        return (f"{x.name} is from {x.country} and {y.name} is from {y.country}, so they are "
-                f"{_NOT[answer == 'yes']}of the same nationality.")
+        return _countries_step(by[m[1]], by[m[2]], answer, "of the same nationality")
     return ""
 
 
