@@ -136,22 +136,70 @@ def rationale_pairs(rng: random.Random, ex: Example, ctx: str, distractors: list
     return out + critic_pairs(rng, ex, ctx, distractors, corrupt)
 
 
-def small_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str, str, str]]:
-    """Span denoising (``<unk>`` marks each dropped span) and continuation of one paragraph line."""
+SMALL_TASK_WEIGHTS = {"fill_line": 0.5, "copy_line": 0.25, "continue": 0.25, "extract": 3, "extract_two": 2}
+"""Pairs per paragraph line (``fill_line``, ``copy_line``, ``continue``) and per question (``extract``,
+``extract_two``) of the small T5's mixture after its random-copy phase, which stays in the mix
+(:data:`SMALL_RANDOM_COPY` pairs). Worlds have about eight lines per question, so these weights make
+extraction about a third of the pairs. Every target but ``continue``'s is copied from its source: a whole
+line with its dropped spans filled, a line, or the context's sentences about one or two entities.
+A small T5 trained on span denoising whose targets hold only the dropped words learned to write what
+its input does *not* say; distilled, it wrote rationales in the right frame with invented names."""
+SMALL_RANDOM_COPY = 5_000
+"""Random-token copy pairs kept in the small T5's mixture after its copy phase (of the phase's 20,000)."""
+EXTRACT_PROMPT = "Write the sentences of the context about {entity}.\n\nContext:\n{context}\n\nSentences:"
+"""The extraction task's source: laid out as the small LM's rationale prompt (instruction, context, cue)."""
+
+
+def small_line_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str, str, str]]:
+    """Whole-line denoising (``<unk>`` marks each dropped span; the target is the whole line, what is
+    present copied and what is missing filled), copying, and continuation of one paragraph line."""
     words = paragraph_line.split()
-    src, tgt, i = [], [], 0
+    src, i = [], 0
     while i < len(words):
         if rng.random() < 0.15:
-            n = rng.randint(1, 3)
             src.append("<unk>")
-            tgt += ["<unk>"] + words[i:i + n]
-            i += n
+            i += rng.randint(1, 3)
         else:
             src.append(words[i])
             i += 1
     cut = rng.randint(2, max(2, len(words) // 2))
-    return [("denoise", " ".join(src), " ".join(tgt) or "<unk>"),
+    return [("fill_line", " ".join(src), paragraph_line), ("copy_line", paragraph_line, paragraph_line),
             ("continue", " ".join(words[:cut]), " ".join(words[cut:]))]
+
+
+def sentences_about(ex: Example, context: str, entities: list[str], own: int = 4) -> list[str]:
+    """The context's sentences about ``entities``, in context order: the first ``own`` sentences of a
+    paragraph titled with one of them, and every other sentence that names one, as long as the context
+    keeps it whole."""
+    out = []
+    for p in ex.paragraphs:
+        for i, s in enumerate(p.sentences):
+            about = (p.title in entities and i < own) or any(e in s for e in entities)
+            if about and s in context and s not in out:
+                out.append(s)
+    return out
+
+
+def extraction_pairs(rng: random.Random, ex: Example, context: str) -> list[tuple[str, str, str]]:
+    """Extraction for one question's context: one entity (a gold paragraph's title), and two entities (a
+    gold title and another paragraph's; their first two sentences each, so the target fits
+    :data:`MAX_TARGET`) in, the context's sentences about them out, verbatim.
+
+    Generic reading, not the rationale task: the entity is named, never asked about; what the small LM
+    must bring to distillation is finding an entity's sentences and copying them whole."""
+    titles = [p.title for p in ex.paragraphs if f"{p.title}:" in context]
+    gold = [t for t in ex.gold_titles if t in titles]
+    if not gold:
+        return []
+    one = rng.choice(gold)
+    others = [t for t in titles if t != one]
+    out = [("extract", one, sentences_about(ex, context, [one]))]
+    if others:
+        two = [one, rng.choice(others)]
+        rng.shuffle(two)
+        out.append(("extract_two", " and ".join(two), sentences_about(ex, context, two, own=2)))
+    return [(task, EXTRACT_PROMPT.format(entity=entity, context=context), " ".join(target))
+            for task, entity, target in out if target]
 
 
 def random_copy_pairs(rng: random.Random, tokenizer, n: int) -> list[tuple[list[int], list[int], str]]:

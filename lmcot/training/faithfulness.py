@@ -25,6 +25,20 @@ def _words(text: str) -> set[str]:
     return {w.removesuffix("'s") for w in _WORD.findall(text)}
 
 
+def names(text: str) -> list[str]:
+    """The names and numbers ``text`` states, each once, in order of appearance.
+
+    >>> names("Ann Lee was born in 1951. She lived in Paris, as Ann's son did.")
+    ['Ann', 'Lee', '1951', 'Paris']
+    """
+    out = []
+    for w in _WORD.findall(text):
+        w = w.removesuffix("'s")
+        if (w[0].isdigit() or (w[0].isupper() and w not in FUNCTION_WORDS)) and w not in out:
+            out.append(w)
+    return out
+
+
 def unsupported(rationale: str, context: str) -> list[str]:
     """Names and numbers of ``rationale`` that ``context`` never states, in order of appearance.
 
@@ -34,12 +48,18 @@ def unsupported(rationale: str, context: str) -> list[str]:
     ['Bo', '1960']
     """
     known = _words(context)
-    out = []
-    for w in _WORD.findall(rationale):
-        w = w.removesuffix("'s")
-        if (w[0].isdigit() or (w[0].isupper() and w not in FUNCTION_WORDS)) and w not in known and w not in out:
-            out.append(w)
-    return out
+    return [w for w in names(rationale) if w not in known]
+
+
+def name_recall(rationale: str, evidence: str) -> float:
+    """Share of the evidence's names and numbers that the rationale states (1.0 when the evidence has none):
+    how much of what the answer rests on a rationale grounds, where :func:`unsupported` says what it invents.
+
+    >>> name_recall("Ann Lee was born in Paris.", "Ann Lee was born in Paris in 1951.")
+    0.75
+    """
+    wanted, stated = names(evidence), _words(rationale)
+    return sum(w in stated for w in wanted) / len(wanted) if wanted else 1.0
 
 
 def is_faithful(rationale: str, context: str) -> bool:
