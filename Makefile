@@ -18,7 +18,7 @@ export LMCOT_TINY_DIR ?= $(CURDIR)/artifacts/tiny-models
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/artifacts/torch-extensions
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install install-dev tiny-models run test test-fast bench clean
+.PHONY: install install-dev tiny-models run seeds test test-fast bench clean
 
 # torch first and pinned (a bare `torch` would pull a multi-GB CUDA build), then the
 # package with the exact versions the tests ran on (constraints.txt).
@@ -39,6 +39,11 @@ tiny-models: install
 run: tiny-models
 	$(VENV)/bin/lmcot run --config $(CONFIG) --run-dir $(RUN_DIR)
 	@echo "report: $(RUN_DIR)/report.md"
+
+# The method again for each training seed (pipeline.training_seeds, default 0 1 2) on $(RUN_DIR)'s teacher
+# rationales; the claims per seed and pooled in $(RUN_DIR)/seeds.md. The config's own seed reuses `make run`.
+seeds: tiny-models
+	$(VENV)/bin/lmcot seeds --config $(CONFIG) --run-dir $(RUN_DIR)
 
 test: tiny-models
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -35,6 +35,7 @@ markdown table (``DIR/table.md``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import subprocess
@@ -247,13 +248,14 @@ def bench_refine(smoke: bool):
     """One seq2seq GRPO step at the preset's shapes: a warm-up step (compiles the judge), then a timed one."""
     from lmcot.planning.memory import generation_bytes, training_bytes
     from lmcot.prompting.prompts import ASPECTS
-    from lmcot.prompting.roles import ROLES
+    from lmcot.prompting.roles import ROLES, rollout_tokens
     from lmcot.training.grpo_seq2seq import PlainEngine, grpo_step
     from lmcot.training.rewards import RewardJudge, reward_plan, score_batch
 
     cfg = preset(smoke)
-    rc, gen = cfg.refine, cfg.generation
-    new = rc.max_new_tokens or gen.rationale_max_new_tokens
+    # random models give a flat task reward: a skipped step would time no backward pass
+    rc, gen = dataclasses.replace(cfg.refine, skip_flat_steps=False), cfg.generation
+    new = rollout_tokens(rc, gen)
     policy = known_model(LARGE, smoke)
     reference = known_model(LARGE, smoke) if rc.beta > 0 else None
     judge_lm = known_model(XXL, smoke)

@@ -68,7 +68,7 @@ def reward_batching(cfg, *, workers: int, group: int, wait_ms: float, repeats: i
             self.rows, self.plan, self.aspects = rows, plan, aspects
 
         def score(self, judges, per_sample: bool) -> float:
-            from lmcot.evaluation.metrics import answer_metrics
+            from lmcot.scoring.metrics import answer_metrics
             from lmcot.prompting.prompts import answer_from_rationale_prompt, judge_prompt, parse_answer
             from lmcot.training.rewards import RewardJudge, combine, score_batch
             from lmcot.stages.judge_actor import JudgeClient

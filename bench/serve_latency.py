@@ -64,7 +64,7 @@ from lmcot.datasets.data import load_split  # noqa: E402
 from lmcot.models.generation import HFGenerator  # noqa: E402
 from lmcot.inference.method import Question, run_method  # noqa: E402
 from lmcot.stages.serve import config_from_args, graph  # noqa: E402
-from lmcot.stages.serve_http import context_text  # noqa: E402
+from lmcot.serving.answer import context_text  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -29,6 +29,8 @@ STAGES = {
     "search": ("lmcot.stages.search", "search the reward weights (Ray Tune)"),
     "serve": ("lmcot.stages.serve", "deploy the small-LM -> large-LM graph over HTTP (Ray Serve)"),
     "run": ("lmcot.stages.pipeline", "the whole pipeline: rationales -> distill -> refine -> eval -> report"),
+    "seeds": ("lmcot.stages.seeds", "the pipeline again per training seed (pipeline.training_seeds) on one set "
+                                    "of teacher rationales; each claim per seed and pooled"),
 }
 
 
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", choices=["standard", "cot", "lm_guided"], help="shorthand for --set eval.method=")
             p.add_argument("--self-consistency", type=int, metavar="K", help="shorthand for --set eval.self_consistency=")
             p.add_argument("--limit", type=int, metavar="N", help="shorthand for --set eval.limit=")
+            p.add_argument("--adaptive", action="store_true", default=None,
+                           help="adaptive self-consistency: shorthand for --set eval.adaptive=true")
     score = sub.add_parser("score", help="official HotpotQA / 2Wiki answer metrics of a prediction file")
     score.add_argument("--gold", required=True, help="official-format dataset JSON")
     score.add_argument("--predictions", required=True, help='official prediction JSON {"answer": {id: text}}')
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _eval_overrides(args) -> list[str]:
     extra = []
-    for flag, key in (("method", "method"), ("self_consistency", "self_consistency"), ("limit", "limit")):
+    for flag, key in (("method", "method"), ("self_consistency", "self_consistency"), ("limit", "limit"),
+                      ("adaptive", "adaptive")):
         value = getattr(args, flag, None)
         if value is not None:
             extra.append(f"eval.{key}={value}")
@@ -107,9 +112,11 @@ def check_run_dir(path: str) -> None:
 def run_stage(command: str, args) -> object:
     from lmcot.config import load_config
     from lmcot.runs.rundir import RunDir, write_atomic
+    from lmcot.training.search_space import check_reward_config
 
     overrides = list(args.overrides) + (_eval_overrides(args) if command == "eval" else [])
     cfg = load_config(args.config, overrides)
+    check_reward_config(cfg)  # reward names and search space: before `lmcot run` works for hours
     check_run_dir(args.run_dir)
     if command != "serve":  # hours of work ahead: a config that cannot fit fails now (see `lmcot plan`)
         from lmcot.planning.plan import check_plan
@@ -150,12 +157,14 @@ def results_only_on_stdout():
 def inspect_config(args) -> int:
     """``lmcot plan`` (exit 1 when something cannot fit) and ``lmcot prompts``."""
     from lmcot.config import load_config
+    from lmcot.training.search_space import check_reward_config
 
     without_training_libraries()
     with results_only_on_stdout() as out:
         cfg = load_config(args.config, args.overrides)
+        check_reward_config(cfg)
         if args.command == "prompts":
-            from lmcot.prompting.listing import list_prompts, render_listing
+            from lmcot.commands.prompts import list_prompts, render_listing
 
             records = list_prompts(cfg, method=args.method, limit=args.limit)
             text, code = (json.dumps(records, indent=1) if args.json else render_listing(records)), 0
@@ -175,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "score":
-            from lmcot.evaluation.metrics import score_files
+            from lmcot.scoring.metrics import score_files
 
             with results_only_on_stdout() as out:
                 scores = score_files(args.gold, args.predictions, args.aliases)
             print(json.dumps(scores), file=out)
             return 0
         if args.command == "compare":
-            from lmcot.evaluation.compare import compare
+            from lmcot.commands.compare import compare
 
             result = compare(args.a, args.b, gold=args.gold, fmt=args.fmt, aliases=args.aliases)
             print(json.dumps(result, indent=2) if args.json else

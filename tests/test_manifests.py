@@ -613,7 +613,7 @@ def test_ray_service_upgrades_in_place_and_reads_what_refine_wrote():
 
 
 def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
-    from lmcot.stages.serve import config_from_args  # what build_app parses its args with
+    from lmcot.serving.app_args import config_from_args  # what build_app parses its args with
 
     (doc,) = SERVICES
     serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
@@ -647,6 +647,6 @@ def test_ray_service_serves_the_gpu_serve_config_with_the_refined_small_lm():
             env = {e["name"]: e for e in c.get("env", [])}
             ref = env[serve_cfg.auth_token_env]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "lmcot-serve-auth", "key": "token"}, f"{where}: token from the Secret"
-            # Serve's HTTP proxy answers its own errors as JSON (lmcot.stages.serve_http).
-            from lmcot.stages.serve_http import PROXY_CALLBACK
+            # Serve's HTTP proxy answers its own errors as JSON (lmcot.serving.proxy).
+            from lmcot.serving.proxy import PROXY_CALLBACK
             assert env[PROXY_CALLBACK[0]]["value"] == PROXY_CALLBACK[1], where

@@ -58,8 +58,8 @@ from lmcot.tinyworld import synthetic as world_gen  # noqa: E402
 from lmcot.tinyworld.corruption import CORRUPTIONS, JUDGE_CORRUPTION, Corruptor  # noqa: E402,F401
 from lmcot.tinyworld.pairs import (CRITIC_REPEAT, CRITIC_WARMUP, LARGE_TASK_WEIGHTS, MAX_SOURCE,  # noqa: E402
                                    MAX_TARGET, RATIONALE_TASK_WEIGHTS, READING_TASKS, critic_pairs, large_pairs,
-                                   random_copy_pairs, rationale_pairs, small_pairs, tokenize, training_context,
-                                   weighted)
+                                   SMALL_RANDOM_COPY, SMALL_TASK_WEIGHTS, extraction_pairs, random_copy_pairs,
+                                   rationale_pairs, small_line_pairs, tokenize, training_context, weighted)
 from lmcot.tinyworld.training import (SIZES, SMOKE_SIZES, TOKENIZER_WORLDS, build_t5, load_t5, save,  # noqa: E402
                                       train, world_tokenizer)
 
@@ -132,8 +132,9 @@ def build_pairs(args, tokenizer) -> tuple[list, list, list, dict]:
             ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
             large += large_pairs(rng, ex, ctx, distractors, corrupt)
             critic += critic_pairs(critic_rng, ex, ctx, distractors, corrupt)
+            small += extraction_pairs(small_rng, ex, ctx)
         for title in world.titles:
-            small += small_pairs(small_rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
+            small += small_line_pairs(small_rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
     return large, small, critic, {"world_seeds": worlds, "questions_per_dataset_and_world": args.questions,
                           "shipped_world_seed_excluded": seeds.SHIPPED_DEV}
 
@@ -160,7 +161,7 @@ def pretrain(args) -> dict:
     t0 = time.monotonic()
     large_raw, small_raw, critic_raw, provenance = build_pairs(args, tokenizer)
     large = tokenize(tokenizer, large_raw)
-    small = tokenize(tokenizer, small_raw)
+    small = weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw), SMALL_TASK_WEIGHTS)
     critic = [x for x in (tokenize(tokenizer, critic_raw) if args.critic_steps else [])  # none unless trained on
               for _ in range(CRITIC_REPEAT["judge" if x[2].startswith("judge") else x[2]])]
     weights = LARGE_TASK_WEIGHTS
@@ -168,12 +169,14 @@ def pretrain(args) -> dict:
     mixed = weighted(random.Random(args.seed + 1), large, weights)
     print(f"data: {len(mixed)} large pairs, {len(small)} small pairs from worlds {provenance['world_seeds']} "
           f"({time.monotonic() - t0:.0f}s)", flush=True)
-    sizes = SMOKE_SIZES if args.smoke else SIZES
+    sizes = SMOKE_SIZES if args.smoke else dict(SIZES, small=dict(SIZES["small"], num_layers=args.small_layers,
+                                                                  d_model=args.small_d_model,
+                                                                  d_ff=2 * args.small_d_model))
     budget = args.minutes * 60
     provenance["tokenizer_world_seeds"] = world_seeds(args.seed, args.worlds + TOKENIZER_WORLDS)[args.worlds:]
     summary = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                             if k not in ("out", "eval")}, "data": provenance,
-               "task_weights": weights, "sizes": sizes, "max_source_tokens": MAX_SOURCE,
+               "task_weights": weights, "small_task_weights": SMALL_TASK_WEIGHTS, "sizes": sizes, "max_source_tokens": MAX_SOURCE,
                "max_target_tokens": MAX_TARGET, "torch": torch.__version__, "models": {}}
     # the small T5 first: it is quick, so a long run stopped early still leaves both models
     jobs = (("small", small, args.small_steps, args.small_share, args.lr),
@@ -207,7 +210,8 @@ def pretrain(args) -> dict:
                 phases[phase] = train(model, phase_data, steps=phase_steps, seconds=0, name=f"{name}/{phase}",
                                       **common)
                 seconds = max(1.0, seconds - phases[phase]["seconds"]) if seconds else 0
-        if continued is None:
+        if continued is None:  # the small T5 keeps rehearsing random copies beside its world text
+            data = data if reads else data + copying[:SMALL_RANDOM_COPY]
             result = train(model, data, steps=steps, seconds=seconds, name=name, **common)
         else:  # the phases up to the mixture's end are the checkpoint's, step for step
             result, phases = continued["train"], dict(continued.get("phases", {}))
@@ -240,7 +244,7 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     from lmcot.datasets.data import load_json_file
     from lmcot.evaluation.evaluator import prepare_questions
     from lmcot.models.generation import HFGenerator
-    from lmcot.evaluation.metrics import answer_metrics, load_aliases
+    from lmcot.scoring.metrics import answer_metrics, load_aliases
     from lmcot.evaluation.statistics import fmt_interval, paired
     from lmcot.tinyworld import seeds
 
@@ -317,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-share", type=float, default=0.06, help="share of --minutes for the small T5")
     p.add_argument("--large-steps", type=int, default=20000, help="steps of the large T5 (an upper bound with --minutes)")
     p.add_argument("--small-steps", type=int, default=5000, help="steps of the small T5 (likewise)")
+    p.add_argument("--small-layers", type=int, default=SIZES["small"]["num_layers"],
+                   help="encoder (and decoder) layers of the small T5")
+    p.add_argument("--small-d-model", type=int, default=SIZES["small"]["d_model"],
+                   help="width of the small T5 (its feed-forward is twice that)")
     p.add_argument("--copy-steps", type=int, default=3000,
                    help="first steps of each T5: copying random token sequences")
     p.add_argument("--reading-steps", type=int, default=2000,

@@ -22,7 +22,7 @@ from pathlib import Path
 from lmcot.config import ModelSpec, load_config
 from lmcot.datasets.data import load_json_file
 from lmcot.evaluation.evaluator import prepare_questions, question_scores
-from lmcot.evaluation.metrics import load_aliases
+from lmcot.scoring.metrics import load_aliases
 from lmcot.evaluation.statistics import fmt_interval, paired
 from lmcot.inference import method
 from lmcot.models.generation import HFGenerator

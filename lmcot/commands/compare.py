@@ -1,19 +1,20 @@
 """``lmcot compare A B``: are two evaluations' answers different beyond noise, paired on the same questions?
 
-A and B are evaluation folders (``RUN/eval/<label>/``) or their ``predictions.json`` files. With
-``--gold`` the predictions are scored here against the official-format gold file (aliases optional);
-without it, the per-question scores each evaluation recorded in its ``details.jsonl`` are used. The
+A and B are evaluation folders (``RUN/eval/<label>/``) or their prediction files. With ``--gold`` the
+predictions are scored here against the official-format gold file (aliases optional); without it, the
+per-question scores each evaluation recorded with its details are used (:mod:`lmcot.runs.evals`). The
 answer is B - A per subset (all, open, binary questions) with its 95% paired bootstrap interval and
 the verdict that follows it (:mod:`lmcot.evaluation.statistics`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lmcot.evaluation.claims import SUBSETS, load_details, paired_by_subset
+from lmcot.evaluation.claims import SUBSETS, paired_by_subset
 from lmcot.evaluation.statistics import fmt_interval, is_binary
+from lmcot.runs.evals import read_answers, read_details
+from lmcot.runs.rundir import RunDir
 
 
 def _folder(path: str | Path) -> Path:
@@ -22,20 +23,18 @@ def _folder(path: str | Path) -> Path:
 
 
 def _scored_details(where: Path) -> dict[str, dict]:
-    details = load_details(where / "details.jsonl")
+    details = read_details(where)
     if not details:
-        raise FileNotFoundError(f"{where}: no details.jsonl with per-question scores; pass an evaluation folder "
+        raise FileNotFoundError(f"{where}: no {RunDir.details_in(where).name} with per-question scores; pass an "
+                                "evaluation folder "
                                 "RUN/eval/<label>/ written by lmcot eval or lmcot run, or score predictions with --gold")
     return details
 
 
 def _rescored(where: Path, gold: list, aliases: dict | None) -> dict[str, dict]:
-    from lmcot.evaluation.metrics import answer_metrics, gold_answers
+    from lmcot.scoring.metrics import answer_metrics, gold_answers
 
-    path = where / "predictions.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: no predictions.json; pass an evaluation folder or a prediction file")
-    answers = json.loads(path.read_text()).get("answer", {})
+    answers = read_answers(where)
     return {f"gold/{ex.id}": {"dataset": "gold", "binary": is_binary(ex.question, ex.answer),
                               "f1": answer_metrics(str(answers.get(ex.id, "")),
                                                    gold_answers(ex.answer, ex.answer_id, aliases))["f1"]}
@@ -48,7 +47,7 @@ def compare(a: str | Path, b: str | Path, *, gold: str | None = None, fmt: str =
     a_dir, b_dir = _folder(a), _folder(b)
     if gold:
         from lmcot.datasets.data import load_json_file
-        from lmcot.evaluation.metrics import load_aliases
+        from lmcot.scoring.metrics import load_aliases
 
         examples = load_json_file(gold, fmt)
         alias_map = load_aliases(aliases) if aliases else None

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from lmcot.datasets.context import build_context
 from lmcot.datasets.data import load_split
-from lmcot.prompting.roles import ROLES
+from lmcot.models.loading import context_tokenizer
+from lmcot.planning.plan import describe_model
+from lmcot.prompting.roles import METHOD_ROLES, ROLES
 
-METHOD_ROLES = {
-    "standard": ("standard",),
-    "cot": ("cot",),
-    "lm_guided": ("small", "answer"),
-}
 ALL_ROLES = tuple(ROLES)
 
 
@@ -36,9 +33,6 @@ def stand_in_rationale(tokens: int) -> str:
 
 def list_prompts(cfg, *, method: str | None = None, limit: int = 2) -> list[dict]:
     """One record per (question, prompt): ``id, dataset, role, model, tokens, limit, counted, text``."""
-    from lmcot.models.loading import context_tokenizer
-    from lmcot.planning.plan import describe_model
-
     if method is not None and method not in METHOD_ROLES:
         raise ValueError(f"--method {method!r}: use one of {', '.join(METHOD_ROLES)}")
     small = describe_model(cfg.small, "small.max_input_tokens")

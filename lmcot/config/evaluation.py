@@ -22,13 +22,20 @@ class EvalConfig:
     and ``empty_rationale`` (from an empty rationale: the lower bound)."""
     self_consistency: int = 1
     """Rationales sampled per question and majority-voted (1: one greedy rationale)."""
+    adaptive: bool = False
+    """Adaptive self-consistency: sample the ``self_consistency`` samples in rounds of
+    ``adaptive_round_size`` and stop a question once more samples cannot change its vote
+    (:mod:`lmcot.inference.adaptive`)."""
+    adaptive_round_size: int = 2
+    """Samples per round under ``adaptive`` (>= 2: one sample would be greedy)."""
     limit: int = 0
     """Evaluate the first N dev examples of each dataset (0: all)."""
     judge_limit: int = 0
     """With judged rationales (the report's aspect table): judge those of the first N questions of each
     dataset only (0: all). Eight aspects per rationale make judging cost several times the evaluation."""
     label: str = ""
-    """Name of the output folder ``RUN/eval/<label>/``; empty: the method name plus ``-sc<K>`` when K > 1."""
+    """Name of the output folder ``RUN/eval/<label>/``; empty: the method name plus ``-sc<K>`` when K > 1
+    (and ``-adaptive`` with ``adaptive``)."""
     on_cluster: bool = field(default=False, metadata=RUN_ONLY)
     """Run the evaluation in one Ray actor holding both LMs (sized by ``num_cpus``/``num_gpus``,
     on the large LM's ``ray_resource`` group) instead of the calling process. Needed on a GPU
@@ -49,6 +56,8 @@ class EvalConfig:
             raise ValueError("self_consistency must be >= 1")
         if self.self_consistency > 1 and self.method in ("gold_rationale", "empty_rationale"):
             raise ValueError(f"method={self.method} has one fixed rationale: set self_consistency to 1")
+        if self.adaptive_round_size < 2:
+            raise ValueError(f"adaptive_round_size must be >= 2 (a single sample is greedy), got {self.adaptive_round_size}")
         if self.limit < 0:
             raise ValueError("limit must be >= 0 (0 means all)")
         if self.judge_limit < 0:
@@ -62,4 +71,6 @@ class EvalConfig:
     def output_label(self) -> str:
         if self.label:
             return self.label
-        return self.method + (f"-sc{self.self_consistency}" if self.self_consistency > 1 else "")
+        if self.self_consistency == 1:
+            return self.method
+        return f"{self.method}-sc{self.self_consistency}" + ("-adaptive" if self.adaptive else "")

@@ -25,7 +25,9 @@ class RefineConfig:
     (advantage = reward minus the mean of the *other* samples of the same prompt)."""
     reward_weights: dict[str, float] = field(default_factory=lambda: {"task": 1.0})
     """Weight per named reward (see ``lmcot.training.rewards.REWARDS``): ``task``, the eight aspects
-    (``factuality`` ... ``readability``), ``quality`` (with ``aspect_mode: mean``) and ``degenerate``."""
+    (``factuality`` ... ``readability``), ``quality`` (with ``aspect_mode: mean``) and ``degenerate``.
+    The names are checked against the rewards before a stage starts, not when the config loads
+    (``lmcot.training.search_space.check_reward_config``): the config knows no reward code."""
     aspect_mode: str = "weighted"
     """How aspect rewards enter the total: ``weighted`` (each aspect named in ``reward_weights``
     with its own weight) or ``mean`` (one aggregated ``quality`` = mean of ``quality_aspects``,
@@ -50,8 +52,20 @@ class RefineConfig:
     """How named rewards become GRPO advantages (TRL's ``multi_objective_aggregation``):
     ``sum_then_normalize`` (weighted sum, then ``scale_rewards``) or ``normalize_then_sum`` (each
     reward normalised within its group, then weighted and summed, then normalised over the batch):
-    a reward that is constant in a group adds nothing, so a small judged aspect cannot decide the
-    gradient of a group whose task reward is flat. GRPO only (RLOO keeps its own estimator)."""
+    a reward that is constant in a group adds 0 to that group's sum, so where other groups' task
+    reward moves, a group whose task reward is flat gets only the small advantages its aspects'
+    weights allow. It does not silence the aspects: in a step where the task reward is flat in
+    every group they are all that is left, and the batch normalisation scales them back to full
+    size (``skip_flat_steps`` is for that step). GRPO only (RLOO keeps its own estimator)."""
+    skip_flat_steps: bool = True
+    """Take no optimizer step (no policy gradient, no KL term) when the ``task`` reward has no spread
+    in any group of the step, on any worker. No rationale then earned a better answer than another,
+    so whatever advantage is left is judge noise (or RLOO's KL penalty), scaled to full size by the
+    group or batch normalisation; the KL term alone would only pull the policy back by an amount set
+    by how often such steps come. Each step's metrics carry ``flat_task_reward_step`` and the running
+    ``flat_steps_total``, whatever this says; ``false`` updates on every step (flat ones included).
+    The seq2seq loop's: TRL's trainers (causal small LMs) update on every step. Without a ``task``
+    reward no step counts as flat."""
     loss_type: str = "dapo"
     """Token-loss aggregation: ``dapo`` (mean over all completion tokens of the batch) or
     ``grpo`` (mean per sequence, then over sequences)."""
@@ -94,6 +108,8 @@ class RefineConfig:
         if self.reward_aggregation == "normalize_then_sum" and self.algorithm != "grpo":
             raise ValueError("reward_aggregation=normalize_then_sum is GRPO's: set algorithm: grpo, or "
                              "reward_aggregation: sum_then_normalize for rloo")
+        if not isinstance(self.skip_flat_steps, bool):
+            raise ValueError(f"skip_flat_steps must be true or false, not {self.skip_flat_steps!r}")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2 (group-relative advantages need a group)")
         if self.beta < 0:
@@ -114,6 +130,3 @@ class RefineConfig:
             raise ValueError("judge_num_cpus, judge_num_gpus and judge_batch_wait_ms must be >= 0")
         if self.judge_timeout_s <= 0:
             raise ValueError("judge_timeout_s must be > 0")
-        from lmcot.training.rewards import check_reward_weights  # here, not at import: rewards is a heavier module
-
-        check_reward_weights(self.reward_weights, self.aspect_mode, self.quality_aspects)

@@ -30,7 +30,8 @@ class SearchConfig:
     space: dict[str, tuple[float, ...]] = field(default_factory=_default_space)
     """Reward name (see ``lmcot.training.rewards.REWARDS``) -> values. One value: that weight is fixed;
     with ``sampler: random`` two values ``[low, high]`` are a uniform range; with ``sampler: grid``
-    a list of values to try. Rewards of ``refine.reward_weights`` not named here keep their weight."""
+    a list of values to try. Rewards of ``refine.reward_weights`` not named here keep their weight.
+    Checked against the rewards before a stage starts (``lmcot.training.search_space.check_reward_config``)."""
     sampler: str = "random"
     """``random`` (each trial draws every range uniformly) or ``grid`` (every combination of the lists)."""
     seed: int = 0
@@ -68,6 +69,3 @@ class SearchConfig:
             raise ValueError("eval_limit must be >= 0 (0: the whole dev split)")
         if self.trial_cpus < 0 or self.trial_gpus < 0:
             raise ValueError("trial_cpus and trial_gpus must be >= 0")
-        from lmcot.training.search_space import parse_space  # here, not at import: it pulls in lmcot.training.rewards
-
-        parse_space(self.space, self.sampler)

@@ -18,6 +18,10 @@ is a binary search over whole paragraphs, then over the sentences of the first
 paragraph that does not fit, so a long context costs O(log n) tokenizer calls,
 not one per sentence. An example is never dropped: at worst the first gold
 paragraph's title (and the start of its first sentence) is cut token-wise.
+
+:func:`shorten_lines` is the one way a context is shortened: here (lines are paragraphs,
+the boundary line is cut by sentences) and in each model's prompt fitter
+(:mod:`lmcot.prompting.fitting`: the boundary line is cut by tokens, or words).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import zlib
 from typing import Callable, Sequence
 
 from lmcot.datasets.data import Example, Paragraph
-from lmcot.prompting.fitting import largest_fitting
 
 CONTEXT_MODES = ("all", "shuffled", "ranked", "gold_first", "gold")
 ORACLE_MODES = ("gold_first", "gold")
@@ -112,6 +115,48 @@ def render_paragraph(paragraph: Paragraph, n_sentences: int | None = None) -> st
     return f"{paragraph.title}: {body}" if body else f"{paragraph.title}:"
 
 
+def largest_fitting(n: int, fits: Callable[[int], bool]) -> int:
+    """Largest k in 0..n with ``fits(k)`` (monotone: true up to some k); 0 when none is checked true.
+
+    ``fits(0)`` is never called: 0 is the answer when nothing larger fits.
+
+    >>> largest_fitting(10, lambda k: k <= 7), largest_fitting(3, lambda k: False)
+    (7, 0)
+    """
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def shorten_lines(lines: Sequence[str], fits: Callable[[str], bool],
+                  cut_line: Callable[[int], tuple[int, Callable[[int], str]]]) -> str:
+    """The longest start of the joined ``lines`` that ``fits``: whole lines, then a cut of the next line.
+
+    ``cut_line(k)`` splits line ``k`` into units (sentences, tokens, words) and returns their number
+    and a function giving the line cut to its first ``j`` units. Both searches are binary
+    (:func:`largest_fitting`, ``fits`` taken as monotone), so a long context costs O(log n) calls of
+    ``fits``. The caller has checked that the whole text does not fit. Returns "" when not even one
+    unit of the first line fits; what to do then is the caller's choice.
+
+    >>> lines = ["a b", "c d e", "f"]
+    >>> by_words = lambda k: (len(lines[k].split()), lambda j: " ".join(lines[k].split()[:j]))
+    >>> shorten_lines(lines, lambda text: len(text) <= 7, by_words).split()
+    ['a', 'b', 'c', 'd']
+    >>> shorten_lines(lines, lambda text: len(text) <= 0, by_words)
+    ''
+    """
+    k = largest_fitting(len(lines) - 1, lambda j: fits("\n".join(lines[:j])))
+    head = list(lines[:k])
+    n_units, cut = cut_line(k)
+    m = largest_fitting(n_units, lambda j: fits("\n".join(head + [cut(j)])))
+    return "\n".join(head + [cut(m)]) if m else "\n".join(head)
+
+
 def _truncate_tokens(text: str, tokenizer, max_tokens: int, count: Callable[[str], int]) -> str:
     """Cut ``text`` to its first ``max_tokens`` tokens (re-checked: decode/encode may not round-trip)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -129,23 +174,16 @@ def fit_lines(paragraphs: Sequence[Paragraph], tokenizer, max_tokens: int) -> st
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def by_sentences(k: int) -> tuple[int, Callable[[int], str]]:
+        return len(paragraphs[k].sentences), lambda j: render_paragraph(paragraphs[k], j)
+
     lines = [render_paragraph(p) for p in paragraphs]
     full = "\n".join(lines)
     if count(full) <= max_tokens:
         return full
-    k = largest_fitting(len(lines) - 1, lambda j: count("\n".join(lines[:j])) <= max_tokens)
-    head = lines[:k]
-    boundary = paragraphs[k]
-
-    def with_partial(m: int) -> str:
-        return "\n".join(head + [render_paragraph(boundary, m)])
-
-    m = largest_fitting(len(boundary.sentences), lambda j: j == 0 or count(with_partial(j)) <= max_tokens)
-    if m > 0:
-        return with_partial(m)
-    if head:
-        return "\n".join(head)
-    return _truncate_tokens(render_paragraph(boundary, 1), tokenizer, max_tokens, count)
+    # a rendered paragraph is never empty, so "" means not one sentence of the first paragraph fits
+    fitted = shorten_lines(lines, lambda text: count(text) <= max_tokens, by_sentences)
+    return fitted or _truncate_tokens(render_paragraph(paragraphs[0], 1), tokenizer, max_tokens, count)
 
 
 def build_context(example: Example, *, mode: str = "all", tokenizer=None, max_tokens: int = 0) -> str:

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, the evaluator loop, paired statistics and the report."""
+"""Evaluation: the evaluator loop, paired statistics, the paper's claims and the report (answers are scored by :mod:`lmcot.scoring`)."""

@@ -1,16 +1,15 @@
 """The paper's claims as paired comparisons of a run's evaluations, and the tables that show them.
 
-Every figure here comes from the per-question scores each evaluation writes to its
-``details.jsonl`` (:func:`lmcot.evaluation.evaluator.question_scores`), so rows are compared on the
-same questions (:mod:`lmcot.evaluation.statistics`) and a verdict follows a 95% interval, not a
-point estimate. Pure reading of files: the report can be rebuilt without models.
+Every figure here comes from the per-question scores each evaluation writes with its details
+(:func:`lmcot.evaluation.evaluator.question_scores`, read back by :func:`lmcot.runs.evals.read_details`),
+so rows are compared on the same questions (:mod:`lmcot.evaluation.statistics`) and a verdict
+follows a 95% interval, not a point estimate. Pure functions of those records: the report can be
+rebuilt without models.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from lmcot.evaluation.statistics import Paired, bootstrap_ci, fmt_ci, fmt_interval, paired
 
@@ -25,27 +24,23 @@ class Claim:
 
 
 CLAIMS = (
-    Claim("a rationale matters: gold > empty", "empty-rationale", "gold-rationale"),
-    Claim("LM-guided CoT > standard prompting", "standard", "lm_guided-refined"),
-    Claim("LM-guided CoT > CoT prompting", "cot", "lm_guided-refined"),
-    Claim("refinement helps: refined > distilled", "lm_guided-distilled", "lm_guided-refined"),
-    Claim("self-consistency helps: refined + SC > refined", "lm_guided-refined", "lm_guided-refined-sc"),
+    Claim("the large LM reads rationales: gold chain of thought > empty rationale", "empty-rationale",
+          "gold-rationale"),
+    Claim("the small LM's rationale helps: LM-guided (refined) > empty rationale", "empty-rationale",
+          "lm_guided-refined"),
+    Claim("the distilled small LM's rationale helps: LM-guided (distilled) > empty rationale", "empty-rationale",
+          "lm_guided-distilled"),
+    Claim("LM-guided CoT (refined) > standard prompting", "standard", "lm_guided-refined"),
+    Claim("LM-guided CoT (refined) > the large LM's own CoT", "cot", "lm_guided-refined"),
+    Claim("refinement helps: LM-guided refined > distilled", "lm_guided-distilled", "lm_guided-refined"),
+    Claim("self-consistency helps: refined, k samples voted > one greedy rationale", "lm_guided-refined",
+          "lm_guided-refined-sc"),
 )
-"""The claims the report checks, in the paper's order. ``-sc`` names the refined row with the run's k."""
+"""The claims the report checks. The empty rationale is the same prompt with nothing in the rationale, so
+"> empty rationale" isolates what the small LM's rationale adds; standard prompting also changes the
+prompt. ``-sc`` names the refined row with the run's k."""
 
 SUBSETS = ("all", "open", "binary")
-
-
-def load_details(path: Path) -> dict[str, dict]:
-    """(dataset/id) -> the per-question record of one evaluation's ``details.jsonl`` ({} if absent)."""
-    if not Path(path).is_file():
-        return {}
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[f"{rec['dataset']}/{rec['id']}"] = rec
-    return out
 
 
 def scores(details: dict[str, dict], *, dataset: str = "", subset: str = "all", key: str = "f1") -> dict[str, float]:

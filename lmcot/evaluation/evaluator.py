@@ -6,7 +6,6 @@ same loop serves the ``lmcot eval`` command, the pipeline and the tests.
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -16,10 +15,12 @@ from lmcot.config.evaluation import ORACLE_METHODS
 from lmcot.datasets.context import ORACLE_MODES, build_context
 from lmcot.datasets.data import Example
 from lmcot.models.generation import Generator, Usage
-from lmcot.inference.method import MethodResult, Question, run_method
-from lmcot.evaluation.metrics import answer_metrics, gold_answers, score_predictions
+from lmcot.inference.adaptive import run_adaptive
+from lmcot.inference.method import MethodResult, Question
+from lmcot.scoring.metrics import answer_metrics, gold_answers, score_predictions
 from lmcot.evaluation.statistics import is_binary
-from lmcot.runs.rundir import RunDir, write_atomic, write_json
+from lmcot.runs.evals import write_evaluation
+from lmcot.runs.rundir import RunDir
 
 
 def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None, max_tokens: int = 0) -> list[Question]:
@@ -41,12 +42,16 @@ def evaluate(
     gen: GenerationConfig,
     chunk_size: int = 32,
     desc: str = "eval",
+    adaptive: bool = False,
+    round_size: int = 2,
 ) -> list[MethodResult]:
-    """Run ``method`` over all questions in chunks (a progress bar per chunk)."""
+    """Run ``method`` over all questions in chunks (a progress bar per chunk); with ``adaptive``, the k
+    samples in rounds of ``round_size`` (:func:`lmcot.inference.adaptive.run_adaptive`)."""
     results: list[MethodResult] = []
     chunks = range(0, len(questions), chunk_size)
     for start in tqdm(chunks, desc=desc, unit="chunk", disable=len(chunks) < 2):
-        results += run_method(method, questions[start : start + chunk_size], small=small, large=large, gen=gen, k=k)
+        results += run_adaptive(method, questions[start : start + chunk_size], small=small, large=large, gen=gen,
+                                k=k, round_size=round_size, adaptive=adaptive)
     return results
 
 
@@ -74,7 +79,7 @@ def summarize(examples: Sequence[Example], results: Sequence[MethodResult], alia
 
 QUESTION_SCORES = "questions"
 """Key of :func:`summarize`'s per-question scores; :func:`write_outputs` moves them from the metrics
-into ``details.jsonl``, where the report's paired comparisons read them."""
+into the per-question details, where the report's paired comparisons read them."""
 
 
 def question_scores(examples: Sequence[Example], results: Sequence[MethodResult], aliases: dict | None = None) -> dict:
@@ -94,11 +99,8 @@ def question_scores(examples: Sequence[Example], results: Sequence[MethodResult]
 def write_outputs(run_dir: RunDir, cfg: EvalConfig, per_dataset: dict[str, tuple[list[MethodResult], dict]],
                   context_mode: str = "all") -> dict:
     """The evaluation's predictions (official format), metrics, per-question details and report."""
-    label = cfg.output_label
-    run_dir.eval_dir(label).mkdir(parents=True, exist_ok=True)
     answers = {r.id: r.answer for results, _ in per_dataset.values() for r in results}
     scores = {name: metrics.pop(QUESTION_SCORES, {}) for name, (_, metrics) in per_dataset.items()}
-    write_json(run_dir.eval_predictions(label), {"answer": answers, "sp": {}})
     summary = {
         "method": cfg.method,
         "self_consistency": cfg.self_consistency,
@@ -107,16 +109,12 @@ def write_outputs(run_dir: RunDir, cfg: EvalConfig, per_dataset: dict[str, tuple
         "oracle": context_mode in ORACLE_MODES or cfg.method in ORACLE_METHODS,
         "datasets": {name: metrics for name, (_, metrics) in per_dataset.items()},
     }
-    write_json(run_dir.eval_metrics(label), summary)
-    lines = []
-    for name, (results, _) in per_dataset.items():
-        for r in results:
-            lines.append(json.dumps({"dataset": name, "id": r.id, "answer": r.answer, "votes": r.votes,
-                                     "answers": r.answers, "rationales": r.rationales,
-                                     **scores[name].get(r.id, {}),
-                                     "usage": {k: u.as_dict() for k, u in r.usage.items()}}))
-    write_atomic(run_dir.eval_details(label), "\n".join(lines) + "\n")
-    write_atomic(run_dir.eval_report(label), render_report(summary))
+    details = [{"dataset": name, "id": r.id, "answer": r.answer, "votes": r.votes, "answers": r.answers,
+                "rationales": r.rationales, **scores[name].get(r.id, {}),
+                "usage": {k: u.as_dict() for k, u in r.usage.items()}}
+               for name, (results, _) in per_dataset.items() for r in results]
+    write_evaluation(run_dir.eval_dir(cfg.output_label), predictions={"answer": answers, "sp": {}}, metrics=summary,
+                     details=details, report=render_report(summary))
     return summary
 
 

@@ -1,14 +1,11 @@
-"""The paper-style report of a run, and the training logs and curves it is drawn from.
+"""The paper-style report of a run, and the figures it draws (training curves included).
 
-Reads only files in the run directory (each evaluation's metrics and aspect scores, the
-training stages' ``metrics.jsonl``; every path from :class:`~lmcot.runs.rundir.RunDir`), so it
+Reads only files in the run directory (each evaluation's metrics, per-question details and aspect
+scores and the training stages' logs through :mod:`lmcot.runs`, the rationale stats), so it
 can be rebuilt at any time without models: accuracy per dataset and method (the paper's
 table), rationale aspect scores per model, the large-LM cost per question, training
 curves, and one finding on whether rationale quality and accuracy moved together.
-
-The training stages write their logs with the JSONL helpers here (one JSON object per
-step, appended live, cut back to the resumed step after a restart) and refinement draws
-its own curves with :func:`plot_refine_curves`, so a log's writer and reader are one module.
+Refinement draws its own curves with :func:`plot_refine_curves`, while it finishes.
 """
 
 from __future__ import annotations
@@ -17,9 +14,11 @@ import json
 from pathlib import Path
 
 from lmcot.config.evaluation import ORACLE_METHODS
-from lmcot.evaluation.claims import claims_table, interval_table, load_details, sample_table
+from lmcot.evaluation.claims import claims_table, interval_table, sample_table
 from lmcot.evaluation.claims import scores as question_scores
 from lmcot.evaluation.statistics import HOLDS, REVERSED, fmt_interval, paired
+from lmcot.runs.evals import read_aspects, read_details, read_metrics
+from lmcot.runs.jsonl import load_jsonl
 from lmcot.runs.rundir import RunDir, write_atomic
 
 
@@ -32,42 +31,16 @@ def _pyplot():
     return plt
 
 
-# -- training logs (JSONL) -------------------------------------------------------------------
-def load_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, entries: list[dict]) -> None:
-    """The whole log at once (atomically)."""
-    write_atomic(Path(path), "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-
-
-def append_jsonl(path: Path, entry: dict) -> None:
-    """One more step, live."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Drop the entries of steps after ``step`` (a resumed run writes them again)."""
-    if Path(path).is_file():
-        write_jsonl(path, [e for e in load_jsonl(path) if e.get("step", 0) <= step])
-
-
 # -- reading the run directory ----------------------------------------------------------------
 def load_evals(run_dir: RunDir) -> dict[str, dict]:
     """label -> metrics of every finished evaluation, in a stable order."""
-    return {label: json.loads(run_dir.eval_metrics(label).read_text()) for label in run_dir.eval_labels()}
+    return {label: read_metrics(run_dir.eval_dir(label)) for label in run_dir.eval_labels()}
 
 
 def load_aspects(run_dir: RunDir) -> dict[str, dict[str, float]]:
     """label -> mean aspect scores of every evaluation whose rationales were judged."""
-    return {label: json.loads(run_dir.eval_aspects(label).read_text()) for label in run_dir.eval_labels()
-            if run_dir.eval_aspects(label).is_file()}
+    judged = {label: read_aspects(run_dir.eval_dir(label)) for label in run_dir.eval_labels()}
+    return {label: scores for label, scores in judged.items() if scores is not None}
 
 
 def accuracy_table(evals: dict[str, dict]) -> str:
@@ -305,7 +278,7 @@ def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after:
         plot(*data, path)
         return f"![{name}]({path.relative_to(run_dir.root).as_posix()})"
 
-    details = {label: load_details(run_dir.eval_details(label)) for label in evals}
+    details = {label: read_details(run_dir.eval_dir(label)) for label in evals}
     parts = ["# lmcot report", "", f"Run directory: `{run_dir.root}`", ""]
     parts += notes or []
     if evals:

@@ -15,7 +15,7 @@ from lmcot.evaluation.claims import CLAIMS, Claim, resolve
 from lmcot.evaluation.statistics import HOLDS, Paired, fmt_interval, paired
 
 Details = dict[str, dict[str, dict]]
-"""label -> (dataset/id) -> per-question record of one evaluation (what ``details.jsonl`` holds)."""
+"""label -> (dataset/id) -> per-question record of one evaluation (:func:`lmcot.runs.evals.read_details`)."""
 
 
 def _f1(records: dict[str, dict]) -> dict[str, float]:

@@ -25,7 +25,7 @@ from lmcot.prompting import prompts
 from lmcot.prompting.roles import ROLES
 from lmcot.config import GenerationConfig
 from lmcot.models.generation import Generation, Generator, Usage
-from lmcot.evaluation.metrics import normalize_answer
+from lmcot.scoring.metrics import normalize_answer
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,11 @@ def vote_is_settled(votes: dict[str, int], remaining: int) -> bool:
     return ranked[0] > ranked[1] + remaining
 
 
-def _sampling(gen: GenerationConfig, k: int) -> dict:
-    return dict(n=k, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed) if k > 1 else dict(n=1)
+def _sampling(gen: GenerationConfig, k: int, *, sample: bool | None = None) -> dict:
+    """Generation arguments for ``k`` completions: sampled at the config's temperature and top-p when
+    ``sample`` (by default when k > 1), else one greedy completion."""
+    sample = k > 1 if sample is None else sample
+    return dict(n=k, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed) if sample else dict(n=1)
 
 
 def _answer_from_reasoning(text: str) -> tuple[str, str]:
@@ -147,7 +150,8 @@ def lm_guided(
     prompts_ = [ROLES["small"].build(q.question, q.context) for q in questions]
     budget = ROLES["small"].reserve(gen)
     greedy = gen.sc_include_greedy and k > 1
-    rationale_gens = small.generate(prompts_, max_new_tokens=budget, **_sampling(gen, k - 1 if greedy else k))
+    rationale_gens = small.generate(prompts_, max_new_tokens=budget,
+                                    **_sampling(gen, k - 1 if greedy else k, sample=k > 1))
     if greedy:
         first = small.generate(prompts_, max_new_tokens=budget)
         rationale_gens = [merge_generations(a, b) for a, b in zip(first, rationale_gens)]

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from lmcot.prompting.fitting import PromptFitter, input_limit
-from lmcot.prompting.roles import ROLES
+from lmcot.prompting.roles import ROLES, rollout_tokens
 from lmcot.planning.memory import GIB, Shape, generation_bytes, training_bytes
 
 log = logging.getLogger(__name__)
@@ -213,8 +213,8 @@ def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
         return reserved, f"vLLM reserving {cfg.large.gpu_memory_utilization:g} of the card"
 
     short: list[tuple[int, str]] = []  # (bytes, problem): the longest sequence's is the one to report
-    teacher_rows = generator_rows(gen, gen.batch_size, l_limit, gen.rationale_max_new_tokens)
-    teacher, engine = large_engine(teacher_rows, l_limit, gen.rationale_max_new_tokens)
+    teacher_new = ROLES["teacher"].reserve(gen)
+    teacher, engine = large_engine(generator_rows(gen, gen.batch_size, l_limit, teacher_new), l_limit, teacher_new)
     ra = cfg.rationales
     rows.append(_row("teacher actor (large LM)", ra.num_actors, ra.gpus_per_actor, teacher, gpu_gb,
                      "lower generation.batch_size / max_batch_tokens or large.max_input_tokens, or raise "
@@ -228,18 +228,19 @@ def memory_rows(cfg, small: ModelInfo, large: ModelInfo, gpu_gb: float,
     rows.append(_row("distill worker (small LM)", sc.num_workers, 1.0 if sc.use_gpu else 0.0, distill, gpu_gb,
                      "set distill.scaling.gradient_checkpointing: true, or lower distill.per_device_batch_size"))
     rc_sc = rc.scaling
-    new = rc.max_new_tokens or gen.rationale_max_new_tokens
-    refine = training_bytes(small.shape, batch=rc.prompts_per_step * rc.num_generations, source=s_limit, target=new,
+    refine = training_bytes(small.shape, batch=rc.prompts_per_step * rc.num_generations, source=s_limit,
+                            target=rollout_tokens(rc, gen),
                             zero_stage=rc_sc.zero_stage, world=rc_sc.num_workers, bf16=rc_sc.bf16,
                             checkpointing=rc_sc.gradient_checkpointing)
     refine += small.shape.params * (2 if rc_sc.bf16 else 4) * (rc.beta > 0)  # the frozen reference model
     rows.append(_row("refine worker (small LM)", rc_sc.num_workers, 1.0 if rc_sc.use_gpu else 0.0, refine, gpu_gb,
                      "set refine.scaling.gradient_checkpointing: true, or lower refine.prompts_per_step"))
-    judge, engine = large_engine(rc.judge_batch_size, l_limit, 1)
+    judge, engine = large_engine(rc.judge_batch_size, l_limit, ROLES["judge"].reserve(gen))
     rows.append(_row("judge actor (large LM)", rc.judge_num_actors, rc.judge_num_gpus, judge, gpu_gb,
                      "lower refine.judge_batch_size or raise refine.judge_num_gpus" + reserve_fix,
                      ", ".join(filter(None, [f"large LM ({engine})", _card_share(rc.judge_num_gpus)]))))
-    s_new, l_new = gen.rationale_max_new_tokens, gen.rationale_max_new_tokens + gen.answer_max_new_tokens
+    # the evaluation's longest replies: the small LM's rationale, the large LM's CoT (rationale and answer)
+    s_new, l_new = ROLES["small"].reserve(gen), ROLES["cot"].reserve(gen)
     small_bytes = generation_bytes(small.shape, rows=generator_rows(gen, gen.batch_size, s_limit, s_new),
                                    prompt=s_limit, new_tokens=s_new)
     large_bytes, engine = large_engine(generator_rows(gen, gen.batch_size, l_limit, l_new), l_limit, l_new)

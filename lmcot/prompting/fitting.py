@@ -10,7 +10,8 @@ sends its prompts through a :class:`PromptFitter` built for the model that reads
   special tokens (T5's ``</s>``) included; a causal model also needs room for the
   tokens it will generate (``reserve``);
 - when it is too long, only the context is shortened (whole paragraph lines first,
-  then tokens of the first line that does not fit): the instruction, the question,
+  then tokens of the first line that does not fit, by the one shortening rule of
+  :func:`lmcot.datasets.context.shorten_lines`): the instruction, the question,
   the rationale and the answer cue always survive;
 - a prompt that cannot fit even with an empty context, or a plain string over the
   limit, raises :class:`PromptTooLong` naming the model, the limit and the field.
@@ -26,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Callable
+
+from lmcot.datasets.context import shorten_lines
 
 UNBOUNDED = 1_000_000
 """Tokenizers without a real limit declare a huge ``model_max_length`` (about 1e30)."""
@@ -68,22 +71,6 @@ def input_limit(tokenizer=None, model_config=None, override: int = 0) -> int:
             limits.append(value)
             break
     return min(limits) if limits else 0
-
-
-def largest_fitting(n: int, fits: Callable[[int], bool]) -> int:
-    """Largest k in 0..n with ``fits(k)`` (monotone: true up to some k); 0 when none is checked true.
-
-    >>> largest_fitting(10, lambda k: k <= 7), largest_fitting(3, lambda k: False)
-    (7, 0)
-    """
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 class PromptFitter:
@@ -152,17 +139,17 @@ class PromptFitter:
 
     def _fit_context(self, context: str, fits: Callable[[str], bool]) -> str:
         """Whole lines (paragraphs) first, then a prefix of the first line that does not fit
-        (by tokens; by words for an API model without a tokenizer)."""
-        lines = context.split("\n")
-        k = largest_fitting(len(lines) - 1, lambda j: fits("\n".join(lines[:j])))
-        head, tok = lines[:k], self.tokenizer
-        units = lines[k].split(" ") if tok is None else tok(lines[k], add_special_tokens=False)["input_ids"]
+        (by tokens; by words for an API model without a tokenizer): :func:`shorten_lines`."""
+        lines, tok = context.split("\n"), self.tokenizer
 
-        def prefix(j: int) -> str:
-            return " ".join(units[:j]) if tok is None else tok.decode(units[:j], skip_special_tokens=True).strip()
+        def by_tokens(k: int) -> tuple[int, Callable[[int], str]]:
+            if tok is None:
+                words = lines[k].split(" ")
+                return len(words), lambda j: " ".join(words[:j])
+            ids = tok(lines[k], add_special_tokens=False)["input_ids"]
+            return len(ids), lambda j: tok.decode(ids[:j], skip_special_tokens=True).strip()
 
-        m = largest_fitting(len(units), lambda j: fits("\n".join(head + [prefix(j)])))
-        return "\n".join(head + [prefix(m)]) if m else "\n".join(head)
+        return shorten_lines(lines, fits, by_tokens)
 
     def _too_long(self, prompt, tokens: int, budget: int, reserve: int, why: str) -> PromptTooLong:
         role = getattr(prompt, "role", "") or "given"

@@ -1,10 +1,12 @@
 """The role table: for every prompt the project sends, which builder writes it, which model reads it,
 and how many new tokens to reserve for the reply.
 
-Before this table the same facts were written three times (the method's calls, ``lmcot plan``'s
-budgets and ``lmcot prompts``' listing) and had drifted apart: the plan reserved a chain of thought's
-length for the answer-from-rationale prompt while the method reserved an answer's. Every caller now
-reads :data:`ROLES`, so the plan checks and the listing prints exactly what a run sends.
+Every caller that builds a prompt or sizes a reply reads :data:`ROLES`: the method's calls, teacher
+generation and its re-judging, the distillation pairs, refinement's rows and rollouts, the rewards,
+``lmcot plan``'s budgets and ``lmcot prompts``' listing. So the plan checks and the listing print
+exactly what a run sends. What the table leaves out: the HTTP edge's OpenAI chat prompts (the
+caller writes those) and the tiny world's pretraining pairs, which are training data shaped like
+these prompts, not prompts a run sends.
 
 >>> [r.name for r in ROLES.values() if r.model == "small"]
 ['small']
@@ -74,3 +76,20 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("judge", "large", prompts.judge_prompt, lambda gen: 1, needs_rationale=True, per_aspect=True),
 )}
 """Every role, in the order a run meets them (teacher rationales first)."""
+
+METHOD_ROLES = {"standard": ("standard",), "cot": ("cot",), "lm_guided": ("small", "answer")}
+"""The roles one sample of each answering method goes through, in order (what ``lmcot prompts --method``
+prints and what the serving budget reserves per sample)."""
+
+
+def rollout_tokens(refine, gen) -> int:
+    """New tokens of a refinement rollout (the small LM's rationale): ``refine.max_new_tokens``,
+    or the small role's reserve where that is 0.
+
+    >>> from lmcot.config import GenerationConfig, RefineConfig
+    >>> rollout_tokens(RefineConfig(), GenerationConfig(rationale_max_new_tokens=96))
+    96
+    >>> rollout_tokens(RefineConfig(max_new_tokens=8), GenerationConfig())
+    8
+    """
+    return refine.max_new_tokens or ROLES["small"].reserve(gen)

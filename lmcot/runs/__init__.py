@@ -1,1 +1,3 @@
-"""The run directory: every file a stage writes, named in one place."""
+"""The run directory: every file a stage writes is named here (``rundir``); the step records
+(``step``), the JSON Lines logs (``jsonl``), the evaluation folders (``evals``) and the shard
+folders (``shards``) are also read and written only here."""

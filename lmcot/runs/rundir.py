@@ -7,7 +7,8 @@ No other module spells a run-directory file name.
     RUN/config.yaml                     the resolved config of the last command
     RUN/rationales/                     teacher rationales: part-NNNNNN.parquet shards, manifest.json
                                         (the settings the rows were written with), .lock, stats.json
-    RUN/<stage>/step.json               the stage's identity and summary once it finished
+    RUN/<step>/step.json                a step's identity and summary once it finished (rationales/,
+                                        distill/, refine/, search/, eval/<label>/)
     RUN/distill/model/                  distilled small LM (save_pretrained + lmcot_model.json)
     RUN/distill/checkpoints/            Ray Train checkpoints: <run>/checkpoint-NNNNNN/, each an HF
                                         checkpoint (config.json, trainer_state.json; seq2seq refinement
@@ -18,13 +19,13 @@ No other module spells a run-directory file name.
     RUN/refine/curves.png               the refinement curves
     RUN/search/                         Ray Tune storage, trials, best_reward_weights.yaml
     RUN/search/trials/<trial>/round-<r>/  one search round: a run directory of its own
-    RUN/eval/<label>/                   predictions.json, metrics.json, aspects.json, report.md
+    RUN/eval/<label>/                   predictions.json, metrics.json, details.jsonl (per question),
+                                        aspects.json, report.md
     RUN/report.md, RUN/report/*.png     the paper-style report
 
-The skip rule lives here too (:func:`finished`, :func:`record_finished`): a stage is done
-when its ``step.json`` carries the identity it would compute now
-(:func:`lmcot.config.identity`). A stage that died wrote no record, so it runs again and
-resumes from its own checkpoints.
+What is read and written through these paths lives beside this module: the step records
+and the skip rule (:mod:`lmcot.runs.step`), the training logs (:mod:`lmcot.runs.jsonl`), an
+evaluation's files (:mod:`lmcot.runs.evals`) and the shards (:mod:`lmcot.runs.shards`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,23 @@ class RunDir:
         if name.startswith(RunDir.SHARD_PREFIX) and name.endswith(RunDir.SHARD_SUFFIX) and digits.isdigit():
             return int(digits)
         return None
+
+    TEMPORARY = (".", ".tmp")
+    """What a shard's name is wrapped in while it is written: hidden, and never a shard itself."""
+
+    @staticmethod
+    def shard_temporary(shard: Path) -> Path:
+        """The name ``shard`` is written under before it is renamed into place."""
+        start, end = RunDir.TEMPORARY
+        return Path(shard).parent / f"{start}{Path(shard).name}{end}"
+
+    @staticmethod
+    def is_shard_temporary(path: Path) -> bool:
+        """Whether ``path`` is a shard's temporary file (what a killed writer leaves behind)."""
+        start, end = RunDir.TEMPORARY
+        name = Path(path).name
+        return (name.startswith(start) and name.endswith(end)
+                and RunDir.shard_index(Path(name[len(start):-len(end)])) is not None)
 
     @staticmethod
     def shard_manifest(folder: Path) -> Path:
@@ -254,20 +271,45 @@ class RunDir:
     def eval_dir(self, label: str) -> Path:
         return self.evals / label
 
+    # The files of one evaluation folder, wherever it is (``lmcot compare`` reads folders of any run).
+    @staticmethod
+    def predictions_in(eval_folder: Path) -> Path:
+        """The answers in the official prediction format."""
+        return Path(eval_folder) / "predictions.json"
+
+    @staticmethod
+    def metrics_in(eval_folder: Path) -> Path:
+        """The evaluation's summary: its figures per dataset; present once the evaluation finished."""
+        return Path(eval_folder) / "metrics.json"
+
+    @staticmethod
+    def details_in(eval_folder: Path) -> Path:
+        """One JSON object per question: answer, rationales, samples, scores."""
+        return Path(eval_folder) / "details.jsonl"
+
+    @staticmethod
+    def aspects_in(eval_folder: Path) -> Path:
+        """Mean judged aspect scores of the evaluation's rationales."""
+        return Path(eval_folder) / "aspects.json"
+
+    @staticmethod
+    def report_in(eval_folder: Path) -> Path:
+        return Path(eval_folder) / "report.md"
+
     def eval_metrics(self, label: str) -> Path:
-        return self.eval_dir(label) / "metrics.json"
+        return self.metrics_in(self.eval_dir(label))
 
     def eval_predictions(self, label: str) -> Path:
-        return self.eval_dir(label) / "predictions.json"
+        return self.predictions_in(self.eval_dir(label))
 
     def eval_aspects(self, label: str) -> Path:
-        return self.eval_dir(label) / "aspects.json"
+        return self.aspects_in(self.eval_dir(label))
 
     def eval_details(self, label: str) -> Path:
-        return self.eval_dir(label) / "details.jsonl"
+        return self.details_in(self.eval_dir(label))
 
     def eval_report(self, label: str) -> Path:
-        return self.eval_dir(label) / "report.md"
+        return self.report_in(self.eval_dir(label))
 
     def eval_labels(self) -> list[str]:
         """Labels of the finished evaluations (those with metrics), sorted."""
@@ -282,26 +324,18 @@ class RunDir:
         """``RUN/report/<name>.png``."""
         return self.root / "report" / f"{name}.png"
 
+    # -- training seeds (``lmcot seeds``) -----------------------------------------------------------
+    def seed_run(self, seed: int) -> "RunDir":
+        """``RUN/seeds/seed-<s>/``: the whole method again with another training seed."""
+        return RunDir(self.root / "seeds" / f"seed-{seed}")
+
+    @property
+    def seeds_report(self) -> Path:
+        return self.root / "seeds.md"
+
     def ensure(self) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)
         return self
-
-
-# -- the one skip rule ---------------------------------------------------------------------
-def finished(record: Path, identity: str) -> dict | None:
-    """The summary a stage recorded when it finished with this identity; None when it has not
-    (no record, a broken one, or one of another identity)."""
-    try:
-        data = json.loads(Path(record).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data.get("summary", {}) if data.get("identity") == identity else None
-
-
-def record_finished(record: Path, stage: str, identity: str, summary: dict | None = None) -> None:
-    """Mark a stage finished with ``identity`` (written last, after all its outputs)."""
-    write_json(Path(record), {"stage": stage, "identity": identity,
-                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary or {}})
 
 
 # -- writing -------------------------------------------------------------------------------

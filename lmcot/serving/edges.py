@@ -1,7 +1,7 @@
 """Rules for the hostile edge of an HTTP service: request ids, header bytes, echoed text, slow bodies.
 
-Kept free of Ray and of any web framework so each rule is tested on its own; the serve stage's
-ingress and its proxy middleware apply them (``lmcot.stages.serve_http``).
+Kept free of Ray and of any web framework so each rule is tested on its own; the ingress's app
+(:mod:`lmcot.serving.api`) and the proxy middleware (:mod:`lmcot.serving.proxy`) apply them.
 
 - *Request ids.* A client may choose its request id (``X-Request-ID``), but only a short printable
   ASCII one; any other is replaced by a fresh id before anything reads it, so the id in the error
@@ -13,7 +13,9 @@ ingress and its proxy middleware apply them (``lmcot.stages.serve_http``).
   cut short.
 - *Slow bodies.* A body must arrive within a deadline, and only a few requests at once may take
   longer than :data:`SLOW_AFTER_S` to send theirs, so clients trickling bytes cannot hold every
-  request slot of the ingress.
+  request slot of the ingress. A body that stops arriving because the transport failed (the client
+  went away: Starlette's ``ClientDisconnect``, or under Serve the proxy's cancelled receive task) is
+  :class:`ClientGone`, not a server error; one that fails after its reader gave up fails quietly.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class BodyRefused(Exception):
         self.status, self.message = status, message
 
 
+class ClientGone(Exception):
+    """The body stopped arriving: the client, or the proxy in front of it, went away."""
+
+
 class SlowReaders:
     """How many requests of one ingress are still receiving a body after :data:`SLOW_AFTER_S`."""
 
@@ -93,7 +99,7 @@ async def read_body(chunks: AsyncIterator[bytes], *, max_bytes: int, timeout_s: 
                     declared: str = "") -> bytes:
     """The whole body, or :class:`BodyRefused`: over ``max_bytes`` (declared or streamed), not all
     there within ``timeout_s``, or still arriving after :data:`SLOW_AFTER_S` while ``slow.limit``
-    other slow bodies are being received."""
+    other slow bodies are being received; :class:`ClientGone` when ``chunks`` fails."""
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyRefused(413, f"request body exceeds {max_bytes} bytes (serve.max_body_bytes)")
     parts: list[bytes] = []
@@ -101,14 +107,20 @@ async def read_body(chunks: AsyncIterator[bytes], *, max_bytes: int, timeout_s: 
 
     async def collect():
         nonlocal size
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > max_bytes:
-                raise BodyRefused(413, f"request body exceeds {max_bytes} bytes (serve.max_body_bytes)")
-            parts.append(chunk)
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BodyRefused(413, f"request body exceeds {max_bytes} bytes (serve.max_body_bytes)")
+                parts.append(chunk)
+        except BodyRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the transport raised, the body is lost
+            raise ClientGone(type(exc).__name__) from exc
 
     start = time.monotonic()
     task = asyncio.ensure_future(collect())
+    task.add_done_callback(_retrieve)
     counted = False
     try:
         done, _ = await asyncio.wait({task}, timeout=min(SLOW_AFTER_S, timeout_s))
@@ -130,3 +142,10 @@ async def read_body(chunks: AsyncIterator[bytes], *, max_bytes: int, timeout_s: 
             task.cancel()
         if counted:
             slow.count -= 1
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark the body task's failure as seen: when the caller stopped waiting first (it was cancelled,
+    or refused the body), asyncio would otherwise log "Task exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()

@@ -1,8 +1,11 @@
-"""The service's error shape and the ASGI middleware that gives Serve's HTTP proxy the same shape.
+"""Serve's HTTP proxy answers its own errors in the service's one JSON shape, and logs them in Serve's log.
 
-Framework-free (plain ASGI), so the proxy process needs only this module and
-:mod:`lmcot.serving.edges`; ``lmcot.stages.serve_http.proxy_middlewares`` installs it in Serve's
-proxy. See ``lmcot.stages.serve_http`` for the shape itself.
+Framework-free (plain ASGI), so the proxy process needs only this module,
+:mod:`lmcot.serving.edges`, :mod:`lmcot.serving.errors` (the shape) and :mod:`lmcot.serving.logs`.
+:func:`proxy_middlewares` is the callback that installs it: set
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` to :data:`PROXY_CALLBACK`'s value in the environment
+where the cluster starts (before ``ray start``; ``lmcot serve`` and the tests set it for their local
+cluster).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import logging
 
 from lmcot.serving import edges
+from lmcot.serving.errors import error_body
+from lmcot.serving.logs import log_to_serve
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1
@@ -18,24 +23,17 @@ RETRY_AFTER_S = 1
 REPLACED_RETRY_AFTER_S = 10
 """``Retry-After`` of a 503 for a lost replica: Serve's default health-check period
 (``serve.*.health_check_period_s``), within which a replacement is started."""
+PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "lmcot.serving.proxy:proxy_middlewares")
+"""The environment variable, and its value, that make Serve's proxy call :func:`proxy_middlewares`."""
 
 
+def proxy_middlewares() -> list:
+    """Serve's HTTP proxy callback (:data:`PROXY_CALLBACK`): :class:`JsonErrorsMiddleware`, and this
+    module's log lines (the request id of every error the proxy answers) in the proxy's Serve log."""
+    from starlette.middleware import Middleware
 
-def error_type(status: int) -> str:
-    """OpenAI's ``error.type`` for a status.
-
-    >>> [error_type(s) for s in (400, 401, 429, 500, 503)]
-    ['invalid_request_error', 'invalid_request_error', 'rate_limit_error', 'server_error', 'server_error']
-    """
-    if status == 429:
-        return "rate_limit_error"
-    return "invalid_request_error" if status < 500 else "server_error"
-
-
-def error_body(message: str, param: str | None, status: int, code: str | None = None, request_id: str = "") -> dict:
-    """The one error shape (see the module docstring)."""
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code,
-                      "request_id": request_id}}
+    log_to_serve()
+    return [Middleware(JsonErrorsMiddleware)]
 
 
 class JsonErrorsMiddleware:

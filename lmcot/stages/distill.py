@@ -60,6 +60,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
 
     from lmcot.datasets.data import load_split
     from lmcot.prompting.fitting import PromptFitter
+    from lmcot.prompting.roles import ROLES
     from lmcot.models.loading import context_tokenizer, detect_family, load_tokenizer, resolve_model_path
     from lmcot.training.sft_data import (build_pairs, check_tokenizer_vocab, encode_pairs, pairs_fingerprint,
                                 read_kept_rows, rebuild_contexts, rows_needing_context, sample_prompts, split_pairs)
@@ -86,7 +87,7 @@ def prepare(cfg: Config, run_dir: RunDir) -> dict:
     # The small LM's own fitter: training prompts are exactly those it is later served.
     fitter = PromptFitter.for_model(spec, tokenizer, family, model_config, field="small.max_input_tokens")
     encode = dict(family=family, max_source_tokens=dc.max_source_tokens, max_target_tokens=dc.max_target_tokens,
-                  chat_template=spec.chat_template, fitter=fitter, reserve=cfg.generation.rationale_max_new_tokens)
+                  chat_template=spec.chat_template, fitter=fitter, reserve=ROLES["small"].reserve(cfg.generation))
     train = encode_pairs(tokenizer, train_pairs, **encode)
     val = encode_pairs(tokenizer, val_pairs, **encode) if val_pairs else None
     longest = int(np.diff(train.source_offsets).max()) if len(train) else 0

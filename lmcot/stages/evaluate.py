@@ -6,9 +6,11 @@ Ray actor with ``eval.num_cpus``/``num_gpus`` on the large LM's worker group, be
 GPU cluster the job driver runs on a CPU-only head. Either way an :class:`Evaluator` keeps
 the models loaded between evaluations (the pipeline runs eight with one large LM).
 
-An evaluation's identity (:func:`eval_identity`) is defined here, once: ``lmcot eval`` records
-it in ``RUN/eval/<label>/step.json`` when it finishes, and ``lmcot run`` skips a report row
-whose record carries the identity the row has, so an evaluation a user already ran is reused.
+An evaluation's identity (:func:`eval_identity`) is defined here, once, and so is its record:
+:func:`evaluate_step` records the finished evaluation as the step of ``RUN/eval/<label>/``
+(:mod:`lmcot.runs.step`), for ``lmcot eval`` and for each report row of ``lmcot run`` alike.
+``lmcot run`` skips a report row whose record carries the identity the row has, so an evaluation
+a user already ran is reused; ``lmcot eval`` itself always evaluates.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from lmcot.config import Config, ModelSpec, identity, to_dict
 from lmcot.datasets.data import load_split
 from lmcot.evaluation.evaluator import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
 from lmcot.models.factory import make_generator
-from lmcot.evaluation.metrics import dataset_aliases
+from lmcot.scoring.metrics import dataset_aliases
 from lmcot.planning.resources import eval_actor_resources, eval_need
 from lmcot.training.rewards import RewardJudge
-from lmcot.runs.rundir import TRAINING_STAGES, RunDir, record_finished, write_json
+from lmcot.runs import step
+from lmcot.runs.evals import write_aspects
+from lmcot.runs.rundir import TRAINING_STAGES, RunDir
 
 UNTRAINED = "base"
 """The small-LM stage of an LM-guided evaluation whose small LM is not a model this run trained
@@ -35,12 +39,18 @@ def run(cfg: Config, run_dir: RunDir, judge_aspects: bool = False) -> dict:
     and records it with the evaluation's identity (see the module doc)."""
     evaluator = open_evaluator(cfg)
     try:
-        summary = evaluator.evaluate(cfg, run_dir, judge_aspects)
+        return evaluate_step(evaluator, cfg, run_dir, small_stage(cfg, run_dir), judge_aspects)
     finally:
         evaluator.close()
+
+
+def evaluate_step(evaluator: "Evaluator | RemoteEvaluator", cfg: Config, run_dir: RunDir, stage: str | None,
+                  judge: bool) -> dict:
+    """One evaluation on an open evaluator, recorded with :func:`eval_identity` (``stage``: the
+    training stage of its small LM, see :func:`small_stage`); returns the metrics summary."""
+    summary = evaluator.evaluate(cfg, run_dir, judge)
     label = cfg.eval.output_label
-    record_finished(run_dir.step_record(run_dir.eval_dir(label)), label,
-                    eval_identity(cfg, run_dir, small_stage(cfg, run_dir), judge_aspects), summary)
+    step.record(run_dir.eval_dir(label), label, eval_identity(cfg, run_dir, stage, judge), summary)
     return summary
 
 
@@ -151,7 +161,7 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
     """Evaluate ``cfg.eval`` with loaded generators; writes ``RUN/eval/<label>/``.
 
     With ``judge_aspects``, the large LM also scores every rationale on the eight aspects
-    (``aspects.json`` beside the metrics).
+    (their means beside the metrics: :func:`lmcot.runs.evals.write_aspects`).
     """
     ev = cfg.eval
     datasets = {spec.name: (spec, load_split(spec, "dev")) for spec in cfg.data.datasets}
@@ -166,7 +176,7 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
         )
         results = evaluate(
             questions, method=ev.method, k=ev.self_consistency, small=small, large=large, gen=cfg.generation,
-            desc=f"{ev.output_label}/{name}",
+            desc=f"{ev.output_label}/{name}", adaptive=ev.adaptive, round_size=ev.adaptive_round_size,
         )
         aliases = dataset_aliases(spec)
         per_dataset[name] = (results, summarize(examples, results, aliases))
@@ -175,5 +185,5 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
     summary = write_outputs(run_dir, ev, per_dataset, cfg.data.context_mode)
     if judge_aspects and any(r.rationales for r in judged[1]):
         judge = RewardJudge(large, answer_max_new_tokens=cfg.generation.answer_max_new_tokens)
-        write_json(run_dir.eval_aspects(ev.output_label), judge_rationales(judged[0], judged[1], judge))
+        write_aspects(run_dir.eval_dir(ev.output_label), judge_rationales(judged[0], judged[1], judge))
     return summary

@@ -1,12 +1,14 @@
 """The whole method in one command: rationales -> distill -> (search) -> refine -> eval -> report.
 
-One skip rule for every step: a step is done when its record (``RunDir.step_record``)
+One skip rule for every step (:mod:`lmcot.runs.step`): a step is done when its record
 carries the identity it would compute now, :func:`lmcot.config.identity` of the fields
 it reads minus run-only ones, chained through the identities of what it reads from
 (distillation hashes the kept pairs themselves, refinement the distilled model's
-identity, an evaluation its small LM's). The training stages apply that rule themselves
-(:func:`lmcot.stages.train_common.run_training`), so ``lmcot distill`` and ``lmcot run``
-decide alike; the pipeline applies it to the other steps. A rerun skips every step whose
+identity, an evaluation its small LM's). Every step records itself when it finishes, the
+same way whether ``lmcot run`` or its own command ran it, so each record is written once
+and a step run alone is skipped here. The training stages also check their record
+themselves (:func:`lmcot.stages.train_common.run_training`), so ``lmcot distill`` and
+``lmcot run`` decide alike; the pipeline checks the other steps. A rerun skips every step whose
 identity is unchanged, a changed config reruns exactly the steps it affects (changing
 ``eval.limit`` reruns the evaluations only; changing ``distill`` reruns distillation,
 refinement and the evaluations of their models), and changing a run-only field (workers'
@@ -30,9 +32,10 @@ from pathlib import Path
 from lmcot.config import Config, load_config
 from lmcot.config.pipeline import REPORT_ROWS
 from lmcot.evaluation.report import write_report
-from lmcot.runs.rundir import RunDir, finished, record_finished
+from lmcot.runs import step
+from lmcot.runs.rundir import RunDir
 from lmcot.stages.cluster import ensure_ray
-from lmcot.stages.evaluate import UNTRAINED, eval_identity  # one identity for `lmcot eval` and the report rows
+from lmcot.stages.evaluate import UNTRAINED, eval_identity, evaluate_step  # one identity and record for `lmcot eval` and the report rows
 
 log = logging.getLogger("lmcot.pipeline")
 
@@ -55,21 +58,20 @@ def eval_plan(cfg: Config, run_dir: RunDir) -> list[tuple[str, str, int, str | N
 
 
 class _Steps:
-    """Runs a step unless its record holds the identity it has now; remembers what ran."""
+    """Runs a step unless its record holds the identity it has now (the step records itself when
+    it finishes); remembers what ran."""
 
     def __init__(self):
         self.status: dict[str, str] = {}
 
     def __call__(self, name: str, out_dir: Path, step_identity: str, fn) -> dict:
-        record = RunDir.step_record(out_dir)
-        done = finished(record, step_identity)
+        done = step.done(out_dir, step_identity)
         if done is not None:
             log.info("step %s: up to date, skipped", name)
             self.status[name] = "skipped"
             return done
         log.info("step %s: running", name)
         summary = fn()
-        record_finished(record, name, step_identity, summary if isinstance(summary, dict) else {})
         self.status[name] = "ran"
         return summary
 
@@ -85,27 +87,27 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
 
     ensure_ray()
     require_resources(eval_need(cfg))  # the evaluations come last: find a misfit before hours of training
-    step = _Steps()
+    steps = _Steps()
     rationales = _stage("rationales")
-    step("rationales", run_dir.rationales, rationales.stage_identity(cfg), lambda: rationales.run(cfg, run_dir))
-    step.training("distill", _stage("distill").run(cfg, run_dir))
+    steps("rationales", run_dir.rationales, rationales.stage_identity(cfg), lambda: rationales.run(cfg, run_dir))
+    steps.training("distill", _stage("distill").run(cfg, run_dir))
 
     refine_cfg = cfg
     if cfg.search.enabled:
         search = _stage("search")
-        step("search", run_dir.search, search.search_identity(cfg, run_dir), lambda: search.run(cfg, run_dir))
+        steps("search", run_dir.search, search.search_identity(cfg, run_dir), lambda: search.run(cfg, run_dir))
         if run_dir.best_reward_weights.is_file():
             best = load_config(run_dir.best_reward_weights)
             refine_cfg = replace(cfg, refine=replace(cfg.refine, reward_weights=best.refine.reward_weights))
-    step.training("refine", _stage("refine").run(refine_cfg, run_dir))
+    steps.training("refine", _stage("refine").run(refine_cfg, run_dir))
 
     evaluate = _stage("evaluate")
     evaluator = None  # opened at the first evaluation that has to run: a rerun loads no model
 
-    def run_eval(ecfg: Config, judge: bool) -> dict:
+    def run_eval(ecfg: Config, stage: str | None, judge: bool) -> dict:
         nonlocal evaluator
         evaluator = evaluator or evaluate.open_evaluator(ecfg)
-        return evaluator.evaluate(ecfg, run_dir, judge)
+        return evaluate_step(evaluator, ecfg, run_dir, stage, judge)
 
     try:
         for label, method, k, stage in eval_plan(cfg, run_dir):
@@ -113,8 +115,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
                 replace(cfg, eval=replace(cfg.eval, method=method, self_consistency=k, label=label)),
                 str(run_dir.model(stage)) if stage not in (None, UNTRAINED) else None)
             judge = cfg.pipeline.judge_rationales and k == 1 and method != "empty_rationale"
-            step(label, run_dir.eval_dir(label), eval_identity(ecfg, run_dir, stage, judge),
-                 lambda: run_eval(ecfg, judge))  # noqa: B023 (called at once)
+            steps(label, run_dir.eval_dir(label), eval_identity(ecfg, run_dir, stage, judge),
+                  lambda: run_eval(ecfg, stage, judge))  # noqa: B023 (called at once)
     finally:
         if evaluator is not None:
             evaluator.close()
@@ -126,4 +128,4 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         f"reward weights {dict(refine_cfg.refine.reward_weights)}.", "",
     ])
     log.info("report written to %s", report)
-    return {"report": str(report), "steps": step.status}
+    return {"report": str(report), "steps": steps.status}

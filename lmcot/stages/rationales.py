@@ -10,7 +10,7 @@ is 90k HotpotQA plus 167k 2Wiki questions, so the work is spread with Ray Data:
             each actor builds the teacher once (make_generator: hf / vllm / openai),
             fits the context with the teacher's tokenizer, draws the samples in one call,
             parses and scores them (lmcot.training.teacher)
-    driver: iter_batches() -> ShardStore: parquet shards written atomically, RUN/rationales/
+    driver: iter_batches() -> rationale_store: parquet shards written atomically, RUN/rationales/
 
 Why the driver writes the shards rather than ``write_parquet``: it is the one place
 that sees every row, so it can drop a row whose key is already written. Ray restarts
@@ -34,13 +34,15 @@ from ray.data import ActorPoolStrategy
 
 from lmcot.config import Config, identity
 from lmcot.datasets.data import load_split
-from lmcot.evaluation.metrics import dataset_aliases
+from lmcot.scoring.metrics import dataset_aliases
 from lmcot.models.loading import context_tokenizer
 from lmcot.planning.resources import teacher_actor_options, teacher_need
-from lmcot.runs.rundir import RunDir, record_finished, write_json
+from lmcot.runs import step
+from lmcot.runs.rundir import RunDir, write_json
+from lmcot.runs.shards import ShardStore
 from lmcot.stages.cluster import ensure_ray, require_resources
-from lmcot.training.teacher import (ShardStore, check_generation_settings, expected_keys, generate_rows, question_rows, refilter,
-                           rows_to_table, summarize, teacher_manifest)
+from lmcot.training.teacher import (check_generation_settings, expected_keys, generate_rows, question_rows,
+                                   rationale_store, refilter, rows_to_table, summarize, teacher_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     Rows already on disk are skipped, so a rerun after a crash (or with a larger
     dataset) only generates what is missing, and a rerun of a finished run adds nothing.
     Everything that can be wrong with the config or data fails here, before Ray starts.
-    The stage's ``step.json`` is written last, so ``lmcot run`` skips what ``lmcot
-    generate-rationales`` already did.
+    The stage's step record (:mod:`lmcot.runs.step`) is written last, so ``lmcot run`` skips
+    what ``lmcot generate-rationales`` already did.
     """
     rc = cfg.rationales
     started = time.time()
@@ -139,7 +141,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     datasets = _load_datasets(cfg)
     context_tokenizer(cfg.large)  # a wrong teacher path fails now, not in every actor
     expected = set().union(*(expected_keys(ex, name, rc.samples_per_question) for name, ex, _ in datasets))
-    with ShardStore(run_dir.rationales, rc.shard_rows, expected=len(expected)) as store:
+    with rationale_store(run_dir.rationales, rc.shard_rows, expected=len(expected)) as store:
         store.check_manifest(teacher_manifest(cfg))
         already = len(expected & store.written)
         log.info("rationales: %d rows expected, %d already written", len(expected), already)
@@ -170,5 +172,5 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
              100 * stats["kept_ratio"])
     summary = {k: stats[k] for k in ("rows", "new_rows", "kept", "kept_ratio", "rows_per_s", "wall_s")} | {
         "dir": str(run_dir.rationales)}
-    record_finished(run_dir.step_record(run_dir.rationales), "rationales", stage_identity(cfg), summary)
+    step.record(run_dir.rationales, "rationales", stage_identity(cfg), summary)
     return summary

@@ -37,7 +37,7 @@ import contextlib
 import logging
 import random
 
-from lmcot.config import Config, identity, to_dict
+from lmcot.config import Config, identity
 from lmcot.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,10 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
     """
     from lmcot.datasets.data import load_split
     from lmcot.evaluation.evaluator import prepare_questions
-    from lmcot.evaluation.metrics import dataset_aliases, gold_answers
+    from lmcot.scoring.metrics import dataset_aliases, gold_answers
     from lmcot.models.loading import context_tokenizer
     from lmcot.prompting.fitting import PromptFitter
-    from lmcot.prompting.prompts import small_rationale_prompt
+    from lmcot.prompting.roles import ROLES, rollout_tokens
 
     pool = []
     for spec in cfg.data.datasets:
@@ -98,11 +98,11 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
                                   tokenizer=context_tokenizer(cfg.large), max_tokens=cfg.data.context_max_tokens)
     # Fitted as the served small LM fits them (same limit: small.max_input_tokens or the declared one).
     fitter = PromptFitter.for_model(cfg.small, tokenizer, family, model_config, field="small.max_input_tokens")
-    reserve = cfg.refine.max_new_tokens or cfg.generation.rationale_max_new_tokens
+    reserve = rollout_tokens(cfg.refine, cfg.generation)
     rows = []
     for (ex, aliases), q in zip(pool, questions):
         golds = gold_answers(ex.answer, getattr(ex, "answer_id", ""), aliases)
-        prompt = fitter.fit(small_rationale_prompt(q.question, q.context), reserve).text
+        prompt = fitter.fit(ROLES["small"].build(q.question, q.context), reserve).text
         rows.append({"prompt": prompt, "question": q.question, "context": q.context, "answer": golds})
     return rows
 
@@ -110,7 +110,8 @@ def build_rows(cfg: Config, family: str, tokenizer, n: int, model_config=None) -
 def run(cfg: Config, run_dir: RunDir) -> dict:
     """RL-refine the distilled small LM; returns a summary (model folder, first/last rewards, throughput)."""
     from lmcot.planning.resources import refine_need
-    from lmcot.stages.refine_worker import normalize_log, train_worker
+    from lmcot.prompting.roles import ROLES, rollout_tokens
+    from lmcot.stages.refine_worker import WorkerConfig, normalize_log, train_worker
     from lmcot.stages.train_common import TrainingJob, run_training
 
     rc = cfg.refine
@@ -119,11 +120,12 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     def worker_config() -> dict:
         import ray
 
-        return {"rows": ray.put(prep["rows"]), "model_path": prep["model_path"], "family": prep["family"],
-                "plan": prep["plan"], "aspects": prep["aspects"], "refine": to_dict(rc), "seed": cfg.seed,
-                "max_new_tokens": rc.max_new_tokens or cfg.generation.rationale_max_new_tokens,
-                "answer_max_new_tokens": cfg.generation.answer_max_new_tokens,
-                "max_prompt_tokens": cfg.distill.max_source_tokens, "metrics_path": str(run_dir.refine_metrics)}
+        return WorkerConfig(
+            refine=rc, rows=ray.put(prep["rows"]), model_path=prep["model_path"], family=prep["family"],
+            plan=prep["plan"], aspects=tuple(prep["aspects"]), seed=cfg.seed,
+            max_new_tokens=rollout_tokens(rc, cfg.generation),
+            answer_max_new_tokens=ROLES["answer"].reserve(cfg.generation),
+            max_prompt_tokens=cfg.distill.max_source_tokens, metrics_path=str(run_dir.refine_metrics)).loop_config()
 
     def history(log_history: list[dict]) -> list[dict]:
         return [h for h in map(normalize_log, log_history) if "reward" in h]

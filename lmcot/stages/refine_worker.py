@@ -15,6 +15,13 @@ this module is what :func:`train_worker` runs on every worker:
 Rank 0 appends each step to ``RUN/refine/metrics.jsonl`` as it finishes (cut back to the
 resumed step after a restart); every step's metrics are also kept in the checkpoint's
 log history, from which the driver writes the final file.
+
+The driver hands every worker one :class:`WorkerConfig`. ``refine.algorithm`` picks the TRL
+trainer through :data:`TRL_TRAINERS` and the seq2seq loop's estimator and loss through the
+registries of :mod:`lmcot.training.rl`. ``refine.skip_flat_steps`` is the seq2seq loop's: TRL
+1.16's trainers have no way to skip an optimizer step from a reward, so on a step whose task
+reward is flat in every group they update on what the other rewards (and the KL term) leave,
+as they always did.
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
 from lmcot.config import RefineConfig
-from lmcot.evaluation.report import append_jsonl, truncate_jsonl
+from lmcot.runs.jsonl import append_jsonl, truncate_jsonl
 from lmcot.runs.rundir import RunDir, write_atomic
+from lmcot.training.rl import lookup
 
 log = logging.getLogger(__name__)
 
@@ -54,39 +64,88 @@ def normalize_log(entry: dict) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every refinement worker reads: built by the driver (:func:`lmcot.stages.refine.run`),
+    completed with the judge handles and the output folder when Ray Train starts the workers."""
+
+    refine: RefineConfig
+    rows: Any
+    """The training rows (``prompt`` plus the reward columns) as a Ray object ref: shipped once."""
+    model_path: str
+    """The distilled small LM: the policy's start and the frozen reference."""
+    family: str
+    """``seq2seq`` (the lmcot loop) or ``causal`` (TRL's trainers)."""
+    plan: dict[str, float]
+    """Reward name -> weight (:func:`lmcot.training.rewards.reward_plan`)."""
+    aspects: tuple[str, ...]
+    """The aspects the judge scores."""
+    seed: int
+    max_new_tokens: int
+    """Rollout length (:func:`lmcot.prompting.roles.rollout_tokens`)."""
+    answer_max_new_tokens: int
+    """The large LM's answer length in the task reward (the ``answer`` role's reserve)."""
+    max_prompt_tokens: int
+    metrics_path: str
+    """``RUN/refine/metrics.jsonl``, appended to live by rank 0."""
+    judges: tuple = ()
+    """The judge actors' handles (from the stage's judge service)."""
+    output_dir: str = ""
+    """The node-local folder checkpoints are written into (from :func:`~lmcot.stages.train_common.fit`)."""
+
+    def loop_config(self) -> dict:
+        """Ray Train's ``train_loop_config`` (a dict, to which the judge service and ``fit`` add keys)."""
+        return {"worker": self}
+
+    @classmethod
+    def from_loop_config(cls, config: dict) -> "WorkerConfig":
+        """The config :meth:`loop_config` made, with the keys added on the way to the workers.
+
+        >>> wc = WorkerConfig(RefineConfig(), None, "m", "seq2seq", {"task": 1.0}, (), 0, 8, 4, 64, "metrics.jsonl")
+        >>> got = WorkerConfig.from_loop_config({**wc.loop_config(), "judges": ["j"], "output_dir": "/tmp/o"})
+        >>> got.judges, got.output_dir, got.plan
+        (('j',), '/tmp/o', {'task': 1.0})
+        """
+        return replace(config["worker"], judges=tuple(config["judges"]), output_dir=config["output_dir"])
+
+
 def train_worker(config: dict) -> None:
     """One worker: the reward judge client, then the family's training loop."""
     import ray
 
-    from lmcot.config.loader import build
     from lmcot.training.rewards import RewardJudge
     from lmcot.stages.judge_actor import JudgeClient
 
-    rc = build(RefineConfig, config["refine"])
-    rows = ray.get(config["rows"])
-    judge = RewardJudge(JudgeClient(config["judges"], rc.judge_timeout_s), aspects=config["aspects"],
-                        answer_max_new_tokens=config["answer_max_new_tokens"])
-    if config["family"] == "seq2seq":
-        train_seq2seq(config, rc, rows, judge)
+    wc = WorkerConfig.from_loop_config(config)
+    rows = ray.get(wc.rows)
+    judge = RewardJudge(JudgeClient(list(wc.judges), wc.refine.judge_timeout_s), aspects=wc.aspects,
+                        answer_max_new_tokens=wc.answer_max_new_tokens)
+    if wc.family == "seq2seq":
+        train_seq2seq(wc, rows, judge)
     else:
-        train_causal(config, rc, rows, judge)
+        train_causal(wc, rows, judge)
 
 
-def train_causal(config: dict, rc: RefineConfig, rows: list[dict], judge) -> None:
+def train_causal(wc: WorkerConfig, rows: list[dict], judge) -> None:
     import ray.train
 
+    from lmcot.training.grpo_seq2seq import TASK_REWARD
     from lmcot.training.rewards import bind_rewards
     from lmcot.stages.train_common import RayReportCallback, hf_training_args, resume_from
 
+    rc = wc.refine
     world = ray.train.get_context().get_world_size()
     per_device = rc.prompts_per_step * rc.num_generations
-    common = hf_training_args(rc.scaling, output_dir=config["output_dir"], per_device_batch_size=per_device,
-                              gradient_accumulation_steps=1, learning_rate=rc.learning_rate, seed=config["seed"])
-    plan = config["plan"]
+    common = hf_training_args(rc.scaling, output_dir=wc.output_dir, per_device_batch_size=per_device,
+                              gradient_accumulation_steps=1, learning_rate=rc.learning_rate, seed=wc.seed)
+    if rc.skip_flat_steps and TASK_REWARD in wc.plan and ray.train.get_context().get_world_rank() == 0:
+        log.warning("refine.skip_flat_steps applies to the seq2seq loop only: TRL's %s trainer updates on every "
+                    "step, also where the task reward is flat in every group", rc.algorithm)
     trainer = build_causal_trainer(
-        config["model_path"], rows, rc, common=common, max_new_tokens=config["max_new_tokens"],
-        reward_funcs=bind_rewards(plan, judge=judge, task_metric=rc.task_metric), reward_weights=list(plan.values()))
-    trainer.add_callback(StepMetrics(judge, rollouts=per_device * world, metrics_path=config["metrics_path"]))
+        wc.model_path, rows, rc, common=common, max_new_tokens=wc.max_new_tokens,
+        reward_funcs=bind_rewards(wc.plan, judge=judge, task_metric=rc.task_metric),
+        reward_weights=list(wc.plan.values()))
+    trainer.add_callback(StepMetrics(judge, rollouts=per_device * world, metrics_path=wc.metrics_path))
     trainer.add_callback(RayReportCallback())
     with resume_from() as checkpoint:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -142,7 +201,7 @@ class TrainModeForward:
             module.train(was_training)
 
 
-def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> None:
+def train_seq2seq(wc: WorkerConfig, rows: list[dict], judge) -> None:
     """The lmcot GRPO loop on a DeepSpeed engine, checkpointed like the HF trainers' runs."""
     import ray.train
 
@@ -151,23 +210,24 @@ def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> No
     from lmcot.training.rewards import score_batch
     from lmcot.stages.train_common import resume_from
 
+    rc = wc.refine
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    tokenizer = load_tokenizer(config["model_path"], "seq2seq")
+    tokenizer = load_tokenizer(wc.model_path, "seq2seq")
     tokenizer.truncation_side = "left"  # an over-long prompt keeps its question, as in distillation
-    engine, ref = seq2seq_engine(config["model_path"], rc)
+    engine, ref = seq2seq_engine(wc.model_path, rc)
     start, history = 0, []
     with resume_from() as path:
         if path is not None:
             engine.load_checkpoint(str(RunDir.deepspeed_state(path)))
             state = json.loads(RunDir.trainer_state(path).read_text())
             start, history = state["global_step"], state["log_history"]
-    metrics_path = Path(config["metrics_path"])
+    metrics_path = Path(wc.metrics_path)
     if rank == 0:
         truncate_jsonl(metrics_path, start)
 
     def reward_fn(prompts, completions, columns):
-        return score_batch(prompts, completions, plan=config["plan"], aspect_mode=rc.aspect_mode, judge=judge,
+        return score_batch(prompts, completions, plan=wc.plan, aspect_mode=rc.aspect_mode, judge=judge,
                            task_metric=rc.task_metric, **columns)
 
     def on_step(step: int, metrics: dict) -> None:
@@ -175,15 +235,18 @@ def train_seq2seq(config: dict, rc: RefineConfig, rows: list[dict], judge) -> No
         history.append(metrics)
         if rank == 0:
             append_jsonl(metrics_path, metrics)
-            log.info("refine step %d: reward %.4f kl %.4f loss %.4f (%.1f rollouts/s, %.0f%% in rewards)", step,
+            log.info("refine step %d: reward %.4f kl %.4f loss %.4f (%.1f rollouts/s, %.0f%% in rewards)%s", step,
                      metrics["reward"], metrics["kl"], metrics["loss"], metrics["rollouts_per_s"],
-                     100 * metrics["reward_share"])
+                     100 * metrics["reward_share"],
+                     f"; task reward flat in every group{', no update' if rc.skip_flat_steps else ''} "
+                     f"({metrics['flat_steps_total']} such steps)" if metrics["flat_task_reward_step"] else "")
         if step % rc.save_steps == 0 or step == rc.max_steps:
-            save_checkpoint(engine, tokenizer, RunDir.local_checkpoint(config["output_dir"], step), step, history)
+            save_checkpoint(engine, tokenizer, RunDir.local_checkpoint(wc.output_dir, step), step, history)
 
-    train(engine, tokenizer, rows, reward_fn=reward_fn, cfg=rc, max_new_tokens=config["max_new_tokens"],
-          ref_model=ref, start_step=start, seed=config["seed"], rank=rank, world_size=world,
-          max_prompt_tokens=config["max_prompt_tokens"], on_step=on_step)
+    train(engine, tokenizer, rows, reward_fn=reward_fn, cfg=rc, max_new_tokens=wc.max_new_tokens,
+          ref_model=ref, start_step=start, seed=wc.seed, rank=rank, world_size=world,
+          max_prompt_tokens=wc.max_prompt_tokens, on_step=on_step,
+          flat_steps_before=sum(bool(h.get("flat_task_reward_step")) for h in history))
 
 
 def save_checkpoint(engine, tokenizer, folder: Path, step: int, history: list[dict]) -> None:
@@ -223,18 +286,27 @@ def build_causal_trainer(model_path: str, rows: list[dict], rc: RefineConfig, *,
         top_p=rc.top_p, beta=rc.beta, epsilon=rc.epsilon, num_iterations=rc.num_iterations,
         reward_weights=reward_weights, remove_unused_columns=False,
     )
-    if rc.algorithm == "grpo":
-        from trl import GRPOConfig, GRPOTrainer
+    cls, config_cls, own = lookup(TRL_TRAINERS, rc.algorithm, "refine.algorithm", "TRL trainer")(rc)
+    return cls(model=model, reward_funcs=reward_funcs, args=config_cls(**shared, **own),
+               train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
-        args = GRPOConfig(**shared, loss_type=rc.loss_type, scale_rewards=rc.scale_rewards)
-        cls = GRPOTrainer
-    else:
-        from trl import RLOOConfig, RLOOTrainer
 
-        args = RLOOConfig(**shared, normalize_advantages=rc.scale_rewards != "none")
-        cls = RLOOTrainer
-    return cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rows),
-               processing_class=tokenizer)
+def _trl_grpo(rc: RefineConfig):
+    from trl import GRPOConfig, GRPOTrainer
+
+    return GRPOTrainer, GRPOConfig, dict(loss_type=rc.loss_type, scale_rewards=rc.scale_rewards,
+                                         multi_objective_aggregation=rc.reward_aggregation)
+
+
+def _trl_rloo(rc: RefineConfig):
+    from trl import RLOOConfig, RLOOTrainer
+
+    return RLOOTrainer, RLOOConfig, dict(normalize_advantages=rc.scale_rewards != "none")
+
+
+TRL_TRAINERS = {"grpo": _trl_grpo, "rloo": _trl_rloo}
+"""``refine.algorithm`` -> ``(trainer class, config class, its own config fields)`` for a causal small LM;
+the names match :data:`lmcot.training.rl.ADV_ESTIMATORS`."""
 
 
 class StepMetrics(TrainerCallback):

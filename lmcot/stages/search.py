@@ -50,7 +50,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from lmcot.config import Config, EvalConfig, fingerprint_dict, from_dict, identity, to_dict
-from lmcot.runs.rundir import RunDir, record_finished, write_atomic, write_json
+from lmcot.runs import step
+from lmcot.runs.evals import read_aspects
+from lmcot.runs.jsonl import load_jsonl
+from lmcot.runs.rundir import RunDir, write_atomic, write_json
 from lmcot.training.search_space import (
     TrialResult,
     best_trial,
@@ -199,11 +202,7 @@ def collect(result_grid, base_weights: dict) -> list[TrialResult]:
     trials = []
     for result in result_grid:
         trial_id = Path(result.path).name
-        history = []
-        result_file = Path(result.path) / RunDir.TUNE_RESULT
-        if result_file.is_file():
-            history = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-        history = [h for h in history if "round" in h]
+        history = [h for h in load_jsonl(Path(result.path) / RunDir.TUNE_RESULT) if "round" in h]
         last = history[-1] if history else {}
         trials.append(TrialResult(
             trial_id=trial_id, weights=trial_weights(base_weights, (result.config or {}).get("weights", {})),
@@ -227,7 +226,7 @@ def write_outputs(cfg: Config, run_dir: RunDir, trials: list[TrialResult]) -> Tr
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     """Search the reward weights; returns the best trial, its weights and where the reports are,
-    recorded in ``RUN/search/step.json`` with :func:`search_identity` (``lmcot run`` then reuses it)."""
+    recorded as the search step with :func:`search_identity` (``lmcot run`` then reuses it)."""
     from lmcot.planning.resources import search_need
     from lmcot.stages.cluster import ensure_ray, require_resources
 
@@ -258,7 +257,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
                "best_config": str(run_dir.best_reward_weights), "trials_md": str(run_dir.search_trials_md),
                "pareto": str(run_dir.search_pareto), "tune": str(run_dir.search_tune),
                "wall_s": round(time.time() - started, 1)}
-    record_finished(run_dir.step_record(run_dir.search), "search", search_identity(cfg, run_dir), summary)
+    step.record(run_dir.search, "search", search_identity(cfg, run_dir), summary)
     return summary
 
 
@@ -305,8 +304,7 @@ def run_round(cfg: Config, round_dir: RunDir, weights: dict[str, float], r: int)
         str(round_dir.refine_model))
     ev = evaluate.run(ecfg, round_dir, judge_aspects=True)
     f1s = {name: m["f1"] for name, m in ev["datasets"].items()}
-    aspects_file = round_dir.eval_aspects(EVAL_LABEL)
-    aspects = json.loads(aspects_file.read_text()) if aspects_file.is_file() else {}
+    aspects = read_aspects(round_dir.eval_dir(EVAL_LABEL)) or {}
     metrics = {
         "round": r, "steps": r * cfg.search.steps_per_round,
         "f1": sum(f1s.values()) / len(f1s),

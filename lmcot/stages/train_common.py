@@ -2,10 +2,10 @@
 
 Both stages are one lifecycle, written once in :func:`run_training`:
 
-    prepare (the stage, in the driver, no Ray)  ->  identity  ->  skip when RUN/<stage>/step.json
-    holds it  ->  check fits (lmcot.planning.resources)  ->  fit (Ray Train TorchTrainer; the stage's
-    worker loop)  ->  metrics.jsonl from the checkpoint's log  ->  export RUN/<stage>/model/
-    ->  summary  ->  step.json
+    prepare (the stage, in the driver, no Ray)  ->  identity  ->  skip when the stage's step record
+    holds it (lmcot.runs.step)  ->  check fits (lmcot.planning.resources)  ->  fit (Ray Train
+    TorchTrainer; the stage's worker loop)  ->  the training log from the checkpoint's log history
+    ->  export RUN/<stage>/model/  ->  summary  ->  step record
 
 A stage supplies only what differs, as a :class:`TrainingJob`: its prepared data and
 identity, its worker loop, any services it runs beside the workers (refinement's judge
@@ -58,9 +58,10 @@ from transformers import TrainerCallback
 
 from lmcot.config import Config, ScalingConfig
 from lmcot.training.deepspeed_config import deepspeed_config
-from lmcot.evaluation.report import write_jsonl
 from lmcot.planning.resources import Need, training_need, worker_resources
-from lmcot.runs.rundir import RunDir, finished, record_finished, write_atomic
+from lmcot.runs import step
+from lmcot.runs.jsonl import write_jsonl
+from lmcot.runs.rundir import RunDir, write_atomic
 from lmcot.stages.cluster import ensure_ray, forwarded_env, require_resources
 
 log = logging.getLogger(__name__)
@@ -92,18 +93,17 @@ class TrainingJob:
     """Runs beside the workers for the whole fit: yields extra worker config (e.g. judge actor
     handles), and may fill the dict it is given with figures for the summary before it stops."""
     history: Callable[[list[dict]], list[dict]] = list
-    """The lines of ``metrics.jsonl`` from the checkpoint's HF log history."""
+    """The lines of the training log (``RunDir.metrics``) from the checkpoint's HF log history."""
     meta: dict = field(default_factory=dict)
-    """Facts recorded with the exported model (``lmcot_model.json``) and in the summary."""
+    """Facts recorded with the exported model (``RunDir.model_meta``) and in the summary."""
     summarize: Callable[[list[dict], dict], dict] = lambda history, metrics: {}
-    """Stage figures for the summary, from the ``metrics.jsonl`` lines and Ray Train's last metrics."""
+    """Stage figures for the summary, from the training log's lines and Ray Train's last metrics."""
 
 
 def run_training(cfg: Config, run_dir: RunDir, job: TrainingJob) -> dict:
     """The lifecycle of a training stage (see the module doc); returns its summary."""
-    record = run_dir.step_record(run_dir.stage(job.stage))
     name = f"{job.stage}-{job.identity[:12]}"
-    done = finished(record, job.identity)
+    done = step.done(run_dir.stage(job.stage), job.identity)
     if done is not None and RunDir.has_model(run_dir.model(job.stage)):
         log.info("%s: %s already holds the model of run %s; nothing to do", job.stage, run_dir.model(job.stage), name)
         return {**done, "skipped": True}
@@ -132,7 +132,7 @@ def run_training(cfg: Config, run_dir: RunDir, job: TrainingJob) -> dict:
                "resumed_from_step": metrics.get("resumed_from_step", 0),
                "metrics": str(run_dir.metrics(job.stage)), **job.summarize(history, metrics), **extra,
                "wall_s": round(time.time() - started, 1)}
-    record_finished(record, job.stage, job.identity, summary)
+    step.record(run_dir.stage(job.stage), job.stage, job.identity, summary)
     return summary
 
 

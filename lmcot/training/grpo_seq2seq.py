@@ -15,8 +15,20 @@ objective is the one TRL 1.16 optimises for causal models with the same config:
   ``normalize_advantages``), a per-sequence clipped ratio, mean over sequences;
   ``loss_type`` does not apply (TRL's RLOO has none).
 
-The algorithm itself is the pure tensor code of :mod:`lmcot.training.rl`; this module only
+The algorithm itself is the pure tensor code of :mod:`lmcot.training.rl`, looked up by
+``refine.algorithm`` in its registries (advantage estimator, policy loss); this module only
 schedules it.
+
+A step whose task reward has no spread in any group (on any rank) carries no task signal:
+whatever advantage is left comes from the judged aspects (or RLOO's KL penalty), and
+``normalize_then_sum``'s batch normalisation scales it back to full size. With
+``refine.skip_flat_steps`` (the default) such a step takes no optimizer step at all (its
+loss and KL are still measured). Zeroing its advantages alone would not do: the KL term
+would still step, pulling the policy back toward the distilled model by as much as flat
+steps happen to come, and Adam's momentum would carry earlier steps on. Every step's metrics
+carry ``flat_task_reward_step`` and the running ``flat_steps_total``; with
+``skip_flat_steps: false`` the step is taken as it always was and only flagged. A reward
+function without a ``task`` component never flags a step.
 
 The optimiser is behind an *engine*: anything with ``module``, ``__call__``
 (forward), ``backward(loss)`` and ``step()``. The Ray Train stage passes the
@@ -26,6 +38,7 @@ DeepSpeed engine (ZeRO-2 by default); tests and single-process runs pass
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -39,6 +52,8 @@ from lmcot.config import RefineConfig
 
 # (prompts, completions, columns) -> (total reward per completion, {component: rewards})
 RewardFn = Callable[[list, list, dict], tuple[list, dict]]
+TASK_REWARD = "task"
+"""The component whose spread decides a flat step (``task`` of :data:`lmcot.training.rewards.REWARDS`)."""
 
 
 class Engine(Protocol):
@@ -167,44 +182,38 @@ def grpo_step(engine: Engine, tokenizer, batch: Sequence[dict], *, reward_fn: Re
     # this rank's share of the global token count (one collective per step): dapo's divisor, and
     # what makes the per-token statistics global means once mean_across_ranks averages them
     normalizer = rl.dapo_normalizer(r.mask)
+    task = components.get(TASK_REWARD)
+    flat = task is not None and rl.all_groups_flat(torch.tensor(task, dtype=torch.float32), k)
+    skip = flat and cfg.skip_flat_steps  # the same on every rank: all_groups_flat pools them
 
-    # The sampling policy's log-probs: with one update per batch and no RLOO KL they are the first
-    # forward's, detached. RLOO's reward penalty compares them with the reference, so they come from
-    # the same no-grad forward the reference gets (as TRL computes them): policy == reference gives
-    # exactly 0, not autograd-kernel rounding.
-    need_old = cfg.num_iterations > 1 or (cfg.algorithm == "rloo" and ref_model is not None)
+    def columns() -> tuple[torch.Tensor, torch.Tensor]:
+        weighted = weighted_columns(components, cfg.reward_weights, cfg.aspect_mode)
+        return (torch.tensor([v for _, v in weighted.values()], dtype=torch.float32, device=device).T,
+                torch.tensor([w for w, _ in weighted.values()]))
+
+    estimator, policy_loss = rl.get_adv_estimator(cfg.algorithm), rl.get_policy_loss(cfg.algorithm)
+    # The sampling policy's log-probs: with one update per batch they are the first forward's,
+    # detached. An estimator that compares them with the reference (RLOO's reward penalty) gets them
+    # from the same no-grad forward the reference gets (as TRL computes them): policy == reference
+    # gives exactly 0, not autograd-kernel rounding.
+    need_old = cfg.num_iterations > 1 or (estimator.reads_sampling_logps and ref_model is not None)
     with torch.no_grad():
         old_logps = rollout_logps(model, r, cfg.temperature) if need_old else None
         ref_logps = rollout_logps(ref_model, r, cfg.temperature) if ref_model is not None else None
     advantages = None
-    kl_stat = 0.0
-    for _ in range(cfg.num_iterations):
-        logps = rollout_logps(engine, r, cfg.temperature)
+    for _ in range(1 if skip else cfg.num_iterations):
+        with torch.no_grad() if skip else contextlib.nullcontext():  # a skipped step only measures
+            logps = rollout_logps(engine, r, cfg.temperature)
         if old_logps is None:
             old_logps = logps.detach()
-        if cfg.algorithm == "rloo":
-            if advantages is None:
-                penalized = rl.rloo_rewards(rewards, old_logps, ref_logps, r.mask, cfg.beta)
-                advantages = rl.rloo_advantages(penalized, k, normalize=cfg.scale_rewards != "none")
-                if ref_logps is not None:  # TRL's RLOO logs the mean per-token k1 of the sampling policy
-                    kl_stat = rl.masked_mean(rl.kl_k1(old_logps, ref_logps), r.mask, "dapo", normalizer).item()
-            loss, stats = rl.rloo_loss(logps, old_logps, advantages, r.mask, epsilon=cfg.epsilon)
-            stats["kl"] = kl_stat
-        else:
-            if advantages is None and cfg.reward_aggregation == "normalize_then_sum":
-                columns = weighted_columns(components, cfg.reward_weights, cfg.aspect_mode)
-                advantages = rl.normalize_then_sum(
-                    torch.tensor([v for _, v in columns.values()], dtype=torch.float32, device=device).T,
-                    torch.tensor([w for w, _ in columns.values()]), k)
-            elif advantages is None:
-                advantages = rl.group_advantages(rewards, k, cfg.algorithm, cfg.scale_rewards)
-            loss, stats = rl.grpo_loss(
-                logps, old_logps, advantages, r.mask,
-                ref_logps=ref_logps, beta=cfg.beta, epsilon=cfg.epsilon, loss_type=cfg.loss_type,
-                normalizer=normalizer,
-            )
-        engine.backward(loss)
-        engine.step()
+        if advantages is None:
+            advantages = torch.zeros_like(rewards) if skip else estimator.fn(
+                rl.Scored(rewards, k, r.mask, columns, old_logps, ref_logps), cfg)
+        loss, stats = policy_loss(logps, old_logps, advantages, r.mask, ref_logps=ref_logps, cfg=cfg,
+                                  normalizer=normalizer)
+        if not skip:
+            engine.backward(loss)
+            engine.step()
     end = time.perf_counter()
 
     rewards = rewards.cpu()
@@ -223,16 +232,18 @@ def grpo_step(engine: Engine, tokenizer, batch: Sequence[dict], *, reward_fn: Re
         step_seconds=end - start,
         sample_seconds=sampled - start,
         reward_seconds=rewarded - sampled,
+        flat_task_reward_step=flat,
     )
     return metrics
 
 
 def mean_across_ranks(metrics: dict) -> dict:
     """Average numeric metrics over the ranks of an initialised ``torch.distributed`` group
-    (sums for ``rollouts``; maxima for times, since the slowest rank sets the pace)."""
+    (sums for ``rollouts``; maxima for times, since the slowest rank sets the pace). Flags (``bool``)
+    are decided for all ranks together, so they are kept as they are."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return dict(metrics)
-    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
     world = torch.distributed.get_world_size()
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     values = values.to(rl.reduce_device(values))  # NCCL reduces CUDA tensors only
@@ -253,14 +264,16 @@ def mean_across_ranks(metrics: dict) -> dict:
 
 def train(engine: Engine, tokenizer, rows: Sequence[dict], *, reward_fn: RewardFn, cfg: RefineConfig,
           max_new_tokens: int, ref_model=None, start_step: int = 0, seed: int = 0, rank: int = 0,
-          world_size: int = 1, max_prompt_tokens: int = 512,
+          world_size: int = 1, max_prompt_tokens: int = 512, flat_steps_before: int = 0,
           on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Steps ``start_step+1 .. cfg.max_steps``; ``on_step(step, metrics)`` after each (logging, checkpoints).
 
     Metrics are averaged over ranks when ``torch.distributed`` is initialised, and carry
-    ``rollouts_per_s`` and ``reward_share`` (share of the step spent computing rewards).
+    ``rollouts_per_s``, ``reward_share`` (share of the step spent computing rewards) and
+    ``flat_steps_total``, counted on from ``flat_steps_before`` (the flat steps before ``start_step``).
     """
     history = []
+    flat_total = flat_steps_before
     for step in range(start_step, cfg.max_steps):
         torch.manual_seed(seed * 1_000_003 + step * world_size + rank)
         batch = [rows[i] for i in batch_indices(len(rows), step, cfg.prompts_per_step, rank, world_size, seed)]
@@ -270,6 +283,8 @@ def train(engine: Engine, tokenizer, rows: Sequence[dict], *, reward_fn: RewardF
         metrics["step"] = step + 1
         metrics["rollouts_per_s"] = metrics["rollouts"] / max(metrics["step_seconds"], 1e-9)
         metrics["reward_share"] = metrics["reward_seconds"] / max(metrics["step_seconds"], 1e-9)
+        flat_total += metrics["flat_task_reward_step"]
+        metrics["flat_steps_total"] = flat_total
         history.append(metrics)
         if on_step is not None:
             on_step(step + 1, metrics)

@@ -28,7 +28,7 @@ import functools
 import time
 from typing import Callable, Mapping, Sequence
 
-from lmcot.evaluation.metrics import answer_metrics, normalize_answer
+from lmcot.scoring.metrics import answer_metrics, normalize_answer
 from lmcot.prompting.prompts import ASPECTS, parse_answer, split_rationale
 from lmcot.prompting.roles import ROLES
 

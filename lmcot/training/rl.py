@@ -4,7 +4,8 @@ Shapes: ``N`` completions (``B`` prompts x ``k`` samples, grouped by prompt: row
 ``i*k .. i*k+k-1`` share prompt ``i``), ``T`` completion tokens, ``V`` vocabulary.
 
 - :func:`group_advantages`: GRPO (reward minus the group mean, optionally divided by
-  the group or batch std) or the plain leave-one-out centring.
+  the group or batch std); :func:`normalize_then_sum`: the same per reward, then weighted.
+- :func:`all_groups_flat`: whether a reward has no spread in any group of the step (every rank).
 - :func:`seq2seq_token_logps` / :func:`causal_token_logps`: log-probs of the sampled
   tokens from a model's logits, for both model families; :func:`completion_mask`
   keeps the tokens up to and including the first end-of-sequence token.
@@ -23,23 +24,37 @@ Shapes: ``N`` completions (``B`` prompts x ``k`` samples, grouped by prompt: row
   normalisation) and :func:`rloo_loss` (sequence-level clipped ratio, mean over
   sequences, no KL term in the loss).
 
-The only collectives are :func:`distributed_sum` (token counts, batch moments): a
-no-op unless ``torch.distributed`` is initialised, so single-process results are
+Algorithms are chosen by name (``refine.algorithm``) through two registries, as in verl's
+``core_algos.py`` but far smaller: :func:`register_adv_est` / :func:`get_adv_estimator` (rewards
+-> advantages) and :func:`register_policy_loss` / :func:`get_policy_loss` (advantages and
+log-probs -> loss and statistics). ``grpo`` and ``rloo`` register one of each; an unknown name
+fails with the field and the registered names. Left out: verl's other estimators (GAE, which
+needs a critic; REINFORCE++, ReMax) and loss variants (GSPO, clip-cov), which no lmcot config asks for.
+
+The only collectives are :func:`distributed_sum` (token counts, batch moments, flat-group
+counts): a no-op unless ``torch.distributed`` is initialised, so single-process results are
 unchanged. Kept tiny and separate from the training loops so each piece has a unit
 test (the shape of verl's ``core_algos.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
 
-ALGORITHMS = ("grpo", "rloo")
+if TYPE_CHECKING:
+    from lmcot.config import RefineConfig
+
 KL_LOG_RATIO_CLAMP = 20.0
 """verl ``low_var_kl``: the log-ratio is clamped to +-20 before ``exp`` ..."""
 KL_CLAMP = 10.0
 """... and the k3 value to +-10 (bf16 overflow and a single token's blow-up)."""
 RLOO_EPS = 1e-4
 """TRL's RLOO: ``(A - mean) / (std + 1e-4)`` when advantages are normalised."""
+FLAT_STD = 1e-6
+"""A group whose values' std is below this has no spread (all its rewards are equal)."""
 
 
 def reduce_device(t: torch.Tensor) -> torch.device:
@@ -80,35 +95,22 @@ def _global_mean_std(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.to(values.dtype), var.sqrt().to(values.dtype)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, algorithm: str = "grpo", scale: str = "group",
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
                      eps: float = 1e-4) -> torch.Tensor:
-    """Advantages of ``N`` rewards in groups of ``group_size`` consecutive rows.
+    """GRPO's advantages (TRL ``GRPOTrainer``) of ``N`` rewards in groups of ``group_size`` consecutive rows.
 
-    ``grpo``: ``r - mean(group)``; ``rloo``: ``r - mean(other samples of the group)``
-    (= ``k/(k-1)`` times the GRPO centring). ``scale``: divide by the ``group`` std, the
-    ``batch`` std (pooled over all ranks when ``torch.distributed`` is initialised, as TRL's
-    gathered batch), or ``none``. A group whose rewards are all equal gets zero advantages.
-
-    This is GRPO's estimator (TRL ``GRPOTrainer``). The seq2seq loop's ``algorithm: rloo``
-    uses :func:`rloo_rewards` + :func:`rloo_advantages` instead, which are what TRL's
-    ``RLOOTrainer`` computes; ``group_advantages(..., "rloo")`` is only the centring.
+    ``r - mean(group)``, then ``scale``: divide by the ``group`` std, the ``batch`` std (pooled
+    over all ranks when ``torch.distributed`` is initialised, as TRL's gathered batch), or
+    ``none``. A group whose rewards are all equal gets zero advantages. RLOO's leave-one-out
+    baseline is :func:`rloo_advantages`.
 
     >>> group_advantages(torch.tensor([1., 0., 0., 0.]), 2, scale="none").tolist()
     [0.5, -0.5, 0.0, 0.0]
-    >>> group_advantages(torch.tensor([1., 0., 3., 3.]), 2, "rloo", scale="none").tolist()
-    [1.0, -1.0, 0.0, 0.0]
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     if group_size < 2 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards cannot form groups of {group_size} (need >= 2 per group)")
     r = rewards.float().view(-1, group_size)
-    mean = r.mean(dim=1, keepdim=True)
-    if algorithm == "grpo":
-        adv = r - mean
-    else:
-        baseline = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)
-        adv = r - baseline
+    adv = r - r.mean(dim=1, keepdim=True)
     if scale == "group":
         adv = adv / (r.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
@@ -126,13 +128,20 @@ def normalize_then_sum(columns: torch.Tensor, weights: torch.Tensor, group_size:
     TRL 1.16's ``multi_objective_aggregation="normalize_then_sum"``. Why: summing first and scaling by
     the group std lets a small judged aspect decide the gradient whenever the task reward is the same
     for a whole group (then it is the only spread left, and group scaling blows it up to unit size).
-    Normalised per reward, a constant column contributes exactly 0, and each reward's weight says how
-    much of the advantage it may be.
+    Normalised per reward, a constant column contributes exactly 0 to its group's sum; a group whose
+    task reward is flat still gets advantages from its judged aspects, as large as their weights make
+    them next to the groups whose task reward moves (the first example). What it does not do: when
+    the task reward is flat in *every* group, the aspects are all that is left and the batch
+    normalisation scales them back to unit size (the second example), so the step follows judge
+    noise; :func:`all_groups_flat` detects such a step and ``refine.skip_flat_steps`` skips it.
 
     >>> cols = torch.tensor([[1., .50], [1., .52], [0., .50], [1., .52]])
     >>> adv = normalize_then_sum(cols, torch.tensor([1., .1]), 2)
     >>> [round(x, 2) for x in adv.tolist()]  # group 1: task constant, only the 0.1-weighted aspect moves
     [-0.11, 0.11, -1.22, 1.22]
+    >>> flat = torch.tensor([[1., .50], [1., .52], [0., .50], [0., .52]])  # task flat in both groups
+    >>> [round(x, 2) for x in normalize_then_sum(flat, torch.tensor([1., .1]), 2).tolist()]
+    [-0.86, 0.86, -0.86, 0.86]
     """
     if group_size < 2 or columns.shape[0] % group_size:
         raise ValueError(f"{columns.shape[0]} rows cannot form groups of {group_size} (need >= 2 per group)")
@@ -149,7 +158,18 @@ def zero_std_fraction(values: torch.Tensor, group_size: int) -> float:
     >>> zero_std_fraction(torch.tensor([1., 1., 0., 1.]), 2)
     0.5
     """
-    return (values.float().view(-1, group_size).std(dim=1) < 1e-6).float().mean().item()
+    return (values.float().view(-1, group_size).std(dim=1) < FLAT_STD).float().mean().item()
+
+
+def all_groups_flat(values: torch.Tensor, group_size: int) -> bool:
+    """True when no group of ``values`` has any spread, here and, under ``torch.distributed``, on
+    every rank (a collective: every rank must call it, and all get the same answer).
+
+    >>> all_groups_flat(torch.tensor([1., 1., 0., 0.]), 2), all_groups_flat(torch.tensor([1., 1., 0., 1.]), 2)
+    (True, False)
+    """
+    spread = (values.float().view(-1, group_size).std(dim=1) >= FLAT_STD).sum().double()
+    return distributed_sum(spread).item() == 0
 
 
 def completion_mask(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -395,4 +415,116 @@ def rloo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     per_sequence, clipped = clipped_policy_loss(seq, seq_old, advantages, epsilon)
     loss = per_sequence.mean()
     stats = {"policy_loss": loss.item(), "clip_fraction": clipped.float().mean().item()}
+    return loss, stats
+
+
+# -- algorithms by name: advantage estimators and policy losses --------------------------------
+@dataclass(frozen=True)
+class Scored:
+    """One batch of scored rollouts, rows grouped by prompt: what an advantage estimator may read."""
+
+    rewards: torch.Tensor
+    """``[N]`` the weighted total reward of each completion."""
+    group_size: int
+    mask: torch.Tensor
+    """``[N, T]`` 1 on the completion tokens."""
+    columns: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    """The rewards one by one, built on demand: ``([N, R]`` values, ``[R]`` weights)."""
+    old_logps: torch.Tensor | None = None
+    """``[N, T]`` the sampling policy's token log-probs."""
+    ref_logps: torch.Tensor | None = None
+    """``[N, T]`` the frozen reference's token log-probs; None without a reference."""
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered estimator: ``fn(scored, cfg) -> [N]`` advantages."""
+
+    name: str
+    fn: Callable[[Scored, "RefineConfig"], torch.Tensor]
+    reads_sampling_logps: bool = False
+    """It compares the sampling policy with the reference (RLOO's KL penalty), so the loop computes
+    :attr:`Scored.old_logps` in the same no-grad forward as the reference's."""
+
+
+PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+"""``fn(logps, old_logps, advantages, mask, *, ref_logps, cfg, normalizer) -> (loss, stats)``; ``stats``
+holds ``policy_loss``, ``kl`` and ``clip_fraction``."""
+
+ADV_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def lookup(table: dict, name: str, field: str, what: str):
+    """``table[name]``, or a ``ValueError`` naming the config ``field`` and the registered names.
+
+    >>> lookup(POLICY_LOSSES, "ppo", "refine.algorithm", "policy loss")
+    Traceback (most recent call last):
+    ...
+    ValueError: refine.algorithm='ppo' names no registered policy loss: use one of grpo, rloo
+    """
+    if name not in table:
+        raise ValueError(f"{field}={name!r} names no registered {what}: use one of {', '.join(table)}")
+    return table[name]
+
+
+def register_adv_est(name: str, *, reads_sampling_logps: bool = False):
+    """Decorator: register ``fn(scored, cfg) -> advantages`` under ``name`` (verl's ``register_adv_est``)."""
+    def add(fn):
+        if name in ADV_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is registered twice")
+        ADV_ESTIMATORS[name] = AdvantageEstimator(name, fn, reads_sampling_logps)
+        return fn
+    return add
+
+
+def register_policy_loss(name: str):
+    """Decorator: register a :data:`PolicyLoss` under ``name`` (verl's ``register_policy_loss``)."""
+    def add(fn: PolicyLoss) -> PolicyLoss:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is registered twice")
+        POLICY_LOSSES[name] = fn
+        return fn
+    return add
+
+
+def get_adv_estimator(name: str, field: str = "refine.algorithm") -> AdvantageEstimator:
+    return lookup(ADV_ESTIMATORS, name, field, "advantage estimator")
+
+
+def get_policy_loss(name: str, field: str = "refine.algorithm") -> PolicyLoss:
+    return lookup(POLICY_LOSSES, name, field, "policy loss")
+
+
+@register_adv_est("grpo")
+def grpo_advantages(scored: Scored, cfg: RefineConfig) -> torch.Tensor:
+    """TRL ``GRPOTrainer``: ``reward_aggregation`` ``sum_then_normalize`` (:func:`group_advantages` of the
+    total, scaled by ``scale_rewards``) or ``normalize_then_sum`` (:func:`normalize_then_sum`)."""
+    if cfg.reward_aggregation == "normalize_then_sum":
+        return normalize_then_sum(*scored.columns(), scored.group_size)
+    return group_advantages(scored.rewards, scored.group_size, cfg.scale_rewards)
+
+
+@register_adv_est("rloo", reads_sampling_logps=True)
+def rloo_estimator(scored: Scored, cfg: RefineConfig) -> torch.Tensor:
+    """TRL ``RLOOTrainer``: the KL-penalised reward (:func:`rloo_rewards`), leave-one-out baseline,
+    normalised over the batch unless ``scale_rewards`` is ``none`` (:func:`rloo_advantages`)."""
+    penalized = rloo_rewards(scored.rewards, scored.old_logps, scored.ref_logps, scored.mask, cfg.beta)
+    return rloo_advantages(penalized, scored.group_size, normalize=cfg.scale_rewards != "none")
+
+
+@register_policy_loss("grpo")
+def grpo_policy_loss(logps, old_logps, advantages, mask, *, ref_logps, cfg: RefineConfig, normalizer):
+    """:func:`grpo_loss`: per-token clipped ratio plus ``beta`` x k3 KL, aggregated by ``loss_type``."""
+    return grpo_loss(logps, old_logps, advantages, mask, ref_logps=ref_logps, beta=cfg.beta, epsilon=cfg.epsilon,
+                     loss_type=cfg.loss_type, normalizer=normalizer)
+
+
+@register_policy_loss("rloo")
+def rloo_policy_loss(logps, old_logps, advantages, mask, *, ref_logps, cfg: RefineConfig, normalizer):
+    """:func:`rloo_loss` (no KL term: RLOO's KL is in the reward); its ``kl`` statistic is what TRL's RLOO
+    logs, the mean per-token k1 of the sampling policy to the reference."""
+    loss, stats = rloo_loss(logps, old_logps, advantages, mask, epsilon=cfg.epsilon)
+    stats["kl"] = 0.0 if ref_logps is None else masked_mean(kl_k1(old_logps, ref_logps), mask, "dapo",
+                                                            normalizer).item()
     return loss, stats

@@ -5,7 +5,8 @@ lives here so it is tested in milliseconds:
 
 - :func:`parse_space` turns ``search.space`` into plain :class:`Dim` descriptions
   (a fixed weight, a uniform range, or a grid list) and :func:`check_space` checks them
-  against ``refine``'s reward rules before any trial starts;
+  against ``refine``'s reward rules before any trial starts; :func:`check_reward_config`
+  checks a whole config's reward names before any stage works;
 - :class:`TrialResult` is what one trial reported (its rounds, F1, quality);
   :func:`best_trial` picks the weights to keep and :func:`pareto_front` the trials no
   other trial beats on both task F1 and rationale quality;
@@ -24,6 +25,8 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from lmcot.config import ConfigError
 
 KINDS = ("fixed", "uniform", "grid")
 
@@ -113,6 +116,36 @@ def check_space(dims: Sequence[Dim], base_weights: Mapping[str, float], aspect_m
         zero = {**fixed_rest, **{d.name: 0.0 for d in dims}}
         raise ValueError(f"search.space allows a trial whose reward weights are all zero ({zero}): "
                          "drop 0 from one list or keep one reward fixed, e.g. task: [1.0]")
+
+
+def check_reward_config(cfg) -> None:
+    """``refine.reward_weights`` and ``search.space`` of a config, checked against the rewards.
+
+    The config sections hold plain data and know no reward code, so the names are checked here,
+    before any work: the command line calls this for every stage command (``lmcot run`` would
+    otherwise generate rationales and distil before refinement read a misspelt weight). Callers
+    that skip the command line meet the same checks in the drivers: refinement's ``prepare``
+    (:func:`~lmcot.training.rewards.reward_plan`) and the search's ``check`` (:func:`parse_space`,
+    :func:`check_space`). Raises :class:`~lmcot.config.ConfigError` naming the section, the field
+    and the fix.
+
+    >>> from lmcot.config import load_config
+    >>> check_reward_config(load_config("tiny", ["refine.reward_weights={taks: 1.0}"]))
+    Traceback (most recent call last):
+    ...
+    lmcot.config.loader.ConfigError: refine: reward_weights names unknown reward 'taks' (did you mean 'task'?); ...
+    """
+    from lmcot.training.rewards import check_reward_weights
+
+    rc, sc = cfg.refine, cfg.search
+    try:
+        check_reward_weights(rc.reward_weights, rc.aspect_mode, rc.quality_aspects)
+    except ValueError as exc:
+        raise ConfigError(f"refine: {exc}") from None
+    try:
+        parse_space(sc.space, sc.sampler)
+    except ValueError as exc:
+        raise ConfigError(f"search: {exc}") from None
 
 
 def grid_size(dims: Sequence[Dim]) -> int:

@@ -2,7 +2,7 @@
 
 The distillation stage reads the kept rows of ``RUN/rationales/`` and turns each into
 one training pair. The prompt is exactly what the small LM sees at inference
-(:func:`lmcot.prompting.prompts.small_rationale_prompt`, wrapped in the chat template when a
+(the ``small`` role of :data:`lmcot.prompting.roles.ROLES`, wrapped in the chat template when a
 causal model has one, tokenised the way :class:`lmcot.models.generation.HFGenerator` does),
 so the model is trained on the distribution it is later asked to continue.
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from lmcot.prompting.fitting import PromptFitter
-from lmcot.prompting.prompts import small_rationale_prompt
+from lmcot.prompting.roles import ROLES
 
 IGNORE_INDEX = -100
 """Label value the HF losses skip (prompt and padding positions)."""
@@ -140,7 +140,7 @@ def build_pairs(rows: Iterable[dict], contexts: Mapping[tuple[str, str], str] | 
         if not context:
             context = contexts[key]
         pairs.append(SFTPair(dataset=key[0], id=r["id"], sample=int(r.get("sample") or 0),
-                             prompt=small_rationale_prompt(r["question"], context), target=r["rationale"].strip()))
+                             prompt=ROLES["small"].build(r["question"], context), target=r["rationale"].strip()))
         if limit and len(pairs) >= limit:
             break
     return pairs

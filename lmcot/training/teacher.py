@@ -14,11 +14,10 @@ milliseconds and the Ray Data stage (``lmcot.stages.rationales``) is only plumbi
 - :func:`judge_output` parses and scores one teacher output; an output with no
   parsable answer is ``kept=False`` with a ``reason``, never an error (unless the
   filter keeps everything: ``filter: f1`` with ``f1_threshold: 0``).
-- :class:`ShardStore` owns ``RUN/rationales/``: it reads the (dataset, id, sample)
-  keys already written, writes parquet shards through :mod:`lmcot.runs.shards` (atomic,
-  fsynced), drops any row whose key is already on disk, and takes a lock so two runs
-  never write the same directory. A killed run loses at most the rows it had not
-  flushed yet; a rerun generates exactly those. File names come from :class:`RunDir`.
+- :func:`rationale_store` is the writer of ``RUN/rationales/``: the shard store of
+  :mod:`lmcot.runs.shards` (a lock, atomic fsynced shards, each (dataset, id, sample) key
+  once, a manifest) for rows of :data:`SCHEMA`. A killed run loses at most the rows it had
+  not flushed yet; a rerun generates exactly those.
 - :func:`teacher_manifest` is what existing rows must share with a rerun's before it may
   add to them. It is not the stage identity (:func:`lmcot.stages.rationales.stage_identity`)
   under another name: that one says whether the stage is done, and changes with the
@@ -29,30 +28,24 @@ milliseconds and the Ray Data stage (``lmcot.stages.rationales``) is only plumbi
 
 from __future__ import annotations
 
-import fcntl
 import json
-import logging
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pyarrow as pa
 
 from lmcot.config import Config, DataConfig, RationalesConfig
 from lmcot.datasets.context import build_context
 from lmcot.datasets.data import Example, parse_records, to_official_json
-from lmcot.evaluation.metrics import answer_metrics, gold_answers
+from lmcot.scoring.metrics import answer_metrics, gold_answers
 from lmcot.training.faithfulness import is_faithful
-from lmcot.prompting.prompts import (ANSWER_CUE, answer_from_rationale_prompt, parse_answer, split_rationale,
-                           teacher_rationale_prompt)
-from lmcot.runs.rundir import RunDir, write_json
-from lmcot.runs.shards import next_shard_index, read_shard, read_shards, shard_paths, write_shard
+from lmcot.prompting.prompts import ANSWER_CUE, parse_answer, split_rationale
+from lmcot.prompting.roles import ROLES
+from lmcot.runs.shards import ShardStore, read_shard, read_shards, shard_paths, write_shard
 
 if TYPE_CHECKING:
     from lmcot.models.generation import Generator
-
-log = logging.getLogger(__name__)
 
 Key = tuple[str, str, int]
 """(dataset, id, sample): one rationale row."""
@@ -121,7 +114,7 @@ def teacher_prompt(row: dict, data: DataConfig, tokenizer=None) -> tuple[str, st
     """(context, prompt) of an input row: context fitted to ``data.context_max_tokens`` teacher tokens."""
     example = parse_records([json.loads(row["record"])], row["format"], f"rationale row {row['id']}")[0]
     context = build_context(example, mode=data.context_mode, tokenizer=tokenizer, max_tokens=data.context_max_tokens)
-    return context, teacher_rationale_prompt(example.question, context)
+    return context, ROLES["teacher"].build(example.question, context)
 
 
 # -- parsing and scoring -----------------------------------------------------------------
@@ -225,7 +218,7 @@ def generate_rows(generator: Generator, rows: Sequence[dict], cfg: Config, token
     out = []
     for n, items in sorted(by_n.items()):
         generations = generator.generate(
-            [prompt for _, _, prompt in items], max_new_tokens=gen.rationale_max_new_tokens, n=n,
+            [prompt for _, _, prompt in items], max_new_tokens=ROLES["teacher"].reserve(gen), n=n,
             temperature=gen.temperature if sampled else 0.0, top_p=gen.top_p if sampled else 1.0,
             seed=call_seed(gen.seed, [row for row, _, _ in items]),
         )
@@ -253,8 +246,8 @@ def rejudge_from_rationale(generator: Generator, rows: list[dict], golds: dict, 
     """
     todo = [r for r in rows if r["rationale"].strip()]
     answers = generator.generate(
-        [answer_from_rationale_prompt(r["question"], r["context"], r["rationale"]) for r in todo],
-        max_new_tokens=cfg.generation.answer_max_new_tokens,
+        [ROLES["answer"].build(r["question"], r["context"], r["rationale"]) for r in todo],
+        max_new_tokens=ROLES["answer"].reserve(cfg.generation),
     )
     for r, g in zip(todo, answers):
         r.update(judge_output(f"{r['rationale']} {ANSWER_CUE} {parse_answer(g.texts[0])}",
@@ -280,97 +273,15 @@ def teacher_manifest(cfg: Config) -> dict:
 
 
 # -- shards --------------------------------------------------------------------------------
-@dataclass
-class ShardStore:
-    """The parquet shards of ``RUN/rationales/``: resume keys, atomic exactly-once writes, a writer lock.
-
-    Use as a context manager (``with ShardStore(path) as store:``): entering takes the lock,
-    removes temporary files left by a killed run and reads the keys already written.
-    """
-
-    root: Path
-    shard_rows: int = 512
-    expected: int = 0
-    """Rows a complete run holds, for the progress line logged per shard (0: unknown)."""
-
-    def __post_init__(self):
-        self.root = Path(self.root)
-        self.written: set[Key] = set()
-        self._buffer: list[dict] = []
-        self._lock = None
-        self.new_rows = 0
-        self.new_shards = 0
-
-    # lifecycle
-    def __enter__(self) -> "ShardStore":
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = open(RunDir.writer_lock(self.root), "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            self._lock = None
-            raise RuntimeError(f"{self.root} is being written by another generate-rationales run; "
-                               "wait for it to finish or use another --run-dir") from None
-        for tmp in self.root.glob(f".{RunDir.SHARD_PREFIX}*.tmp"):
-            tmp.unlink()  # a shard a killed run never finished: its rows are regenerated
-        self.written = read_keys(self.root)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-    def check_manifest(self, manifest: dict) -> None:
-        """Refuse to mix rationales from another teacher or prompt setting into existing shards."""
-        path = RunDir.shard_manifest(self.root)
-        if path.is_file() and self.written:
-            old = json.loads(path.read_text())
-            diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-            if diff:
-                changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                raise ValueError(f"{self.root} holds rationales written with other settings ({changes}); "
-                                 "use a new --run-dir, or delete that directory to regenerate")
-        write_json(path, manifest)
-
-    # writing
-    def add(self, rows: Iterable[dict]) -> int:
-        """Buffer rows whose key is not written yet; flush full shards. Returns the rows accepted."""
-        accepted = 0
-        pending = {(r["dataset"], r["id"], int(r["sample"])) for r in self._buffer}
-        for row in rows:
-            key = (row["dataset"], row["id"], int(row["sample"]))
-            if key in self.written or key in pending:
-                continue
-            pending.add(key)
-            self._buffer.append(row)
-            accepted += 1
-        while len(self._buffer) >= self.shard_rows:
-            self._write(self._buffer[: self.shard_rows])
-            self._buffer = self._buffer[self.shard_rows:]
-        return accepted
-
-    def flush(self) -> None:
-        """Write the buffered rows as a last, possibly short, shard."""
-        if self._buffer:
-            self._write(self._buffer)
-            self._buffer = []
-
-    def _write(self, rows: list[dict]) -> Path:
-        final = write_shard(RunDir.shard(self.root, next_shard_index(self.root)), rows_to_table(rows))
-        self.written.update((r["dataset"], r["id"], int(r["sample"])) for r in rows)
-        self.new_rows += len(rows)
-        self.new_shards += 1
-        total = f"{len(self.written)}/{self.expected}" if self.expected else str(len(self.written))
-        log.info("rationales: wrote %s (%d rows; %s rows written)", final.name, len(rows), total)
-        return final
+KEY_COLUMNS = ("dataset", "id", "sample")
+"""The columns of a row's :data:`Key`: a key is written once."""
 
 
-def read_keys(root: Path) -> set[Key]:
-    """The (dataset, id, sample) keys of every finished shard."""
-    t = read_rationales(root, ["dataset", "id", "sample"])
-    return set(zip(t["dataset"].to_pylist(), t["id"].to_pylist(), t["sample"].to_pylist()))
+def rationale_store(root: Path, shard_rows: int = 512, expected: int = 0) -> ShardStore:
+    """The writer of ``RUN/rationales/`` (:class:`~lmcot.runs.shards.ShardStore`): rows of
+    :data:`SCHEMA`, each (dataset, id, sample) key once; ``expected`` rows when complete (0: unknown)."""
+    return ShardStore(root, schema=SCHEMA, key_columns=KEY_COLUMNS, shard_rows=shard_rows, expected=expected,
+                      command="generate-rationales")
 
 
 def read_rationales(root: Path, columns: Sequence[str] | None = None) -> pa.Table:

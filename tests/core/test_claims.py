@@ -56,13 +56,18 @@ def test_details_carry_per_question_scores_and_the_metrics_do_not(run):
 
 
 def test_each_claims_verdict_follows_its_interval(run):
-    from lmcot.evaluation.claims import load_details
+    from lmcot.runs.evals import read_details
 
-    details = {label: load_details(run.eval_details(label)) for label in run.eval_labels()}
+    details = {label: read_details(run.eval_dir(label)) for label in run.eval_labels()}
     verdicts = {c.name: cells["all"].verdict for c, cells in claim_rows(details)}
-    assert verdicts == {"a rationale matters: gold > empty": HOLDS, "LM-guided CoT > standard prompting": NOISE,
-                        "LM-guided CoT > CoT prompting": REVERSED, "refinement helps: refined > distilled": NOISE,
-                        "self-consistency helps: refined + SC > refined": NOISE}
+    assert verdicts == {
+        "the large LM reads rationales: gold chain of thought > empty rationale": HOLDS,
+        "the small LM's rationale helps: LM-guided (refined) > empty rationale": HOLDS,
+        "the distilled small LM's rationale helps: LM-guided (distilled) > empty rationale": HOLDS,
+        "LM-guided CoT (refined) > standard prompting": NOISE,
+        "LM-guided CoT (refined) > the large LM's own CoT": REVERSED,
+        "refinement helps: LM-guided refined > distilled": NOISE,
+        "self-consistency helps: refined, k samples voted > one greedy rationale": NOISE}
     gold = next(cells for c, cells in claim_rows(details) if c.better == "gold-rationale")
     assert (gold["all"].n, gold["all"].wins, gold["all"].losses) == (N, 70, 0)
     assert gold["binary"].n == gold["open"].n == N // 2
@@ -70,7 +75,8 @@ def test_each_claims_verdict_follows_its_interval(run):
 
 def test_report_shows_claims_intervals_and_what_a_vote_can_reach(run):
     text = write_report(run).read_text()
-    assert "| a rationale matters: gold > empty | `gold-rationale` vs `empty-rationale` | 120 | +58.3 [" in text
+    assert ("| the large LM reads rationales: gold chain of thought > empty rationale | `gold-rationale` vs "
+            "`empty-rationale` | 120 | +58.3 [") in text
     assert "| **holds** |" in text and "| **reversed** |" in text and "| **not distinguishable from noise** |" in text
     assert "| lm_guided-refined-sc5 | 3 | " in text, "per-sample and best-of-k beside the vote"
     assert "hotpotqa binary F1 (n)" in text

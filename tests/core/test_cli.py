@@ -57,6 +57,18 @@ def test_bad_override_fails_cleanly_without_traceback(tmp_path):
     assert "did you mean 'eval.limit'" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("override, message", [
+    ("refine.reward_weights={taks: 1.0}", "refine: reward_weights names unknown reward 'taks'"),
+    ("search.space={fluncy: [0, 1]}", "search: space names unknown reward 'fluncy'"),
+])
+def test_bad_reward_names_fail_before_the_pipeline_writes_anything(tmp_path, capsys, override, message):
+    """The config loads (it knows no reward names); ``lmcot run`` refuses it before its first stage."""
+    run = tmp_path / "run"
+    assert main(["run", "--run-dir", str(run), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_malformed_dataset_names_file_record_and_field(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"_id": "r1", "question": "q?", "answer": "a", "supporting_facts": [],
@@ -95,10 +107,13 @@ def test_plan_and_prompts_print_only_json_on_a_cold_cache_and_import_no_training
 
 def test_an_evaluation_run_alone_is_reused_by_the_pipeline(tmp_path, monkeypatch):
     """``lmcot eval`` records its step; ``lmcot run`` on the same run dir skips that report row
-    (the pipeline runs for real here, with every other stage and evaluation stubbed)."""
+    (the pipeline runs for real here, with every other stage and evaluation stubbed), writes the
+    record of every step it runs once, and skips every step when run again."""
+    from pathlib import Path
     from types import SimpleNamespace
 
     from lmcot.config import load_config
+    from lmcot.runs import step
     from lmcot.runs.rundir import RunDir
     from lmcot.stages import cluster, evaluate, pipeline
 
@@ -110,7 +125,16 @@ def test_an_evaluation_run_alone_is_reused_by_the_pipeline(tmp_path, monkeypatch
     for stage in ("distill", "refine"):  # what the stubbed training stages would have exported
         run_dir.model(stage).mkdir(parents=True)
         run_dir.model_meta(run_dir.model(stage)).write_text(json.dumps({"identity": stage}))
-    evaluated = []
+    evaluated, written = [], []
+    record = step.record
+
+    def counted(folder, *args, **kw):
+        written.append(Path(folder).relative_to(run_dir.root).as_posix())
+        record(folder, *args, **kw)
+
+    def rationales(cfg, run_dir):  # records itself when it finishes, as the real stage does
+        step.record(run_dir.rationales, "rationales", "r", {"rows": 1})
+        return {"rows": 1}
 
     class Evaluator:
         def evaluate(self, ecfg, run_dir, judge):
@@ -121,7 +145,7 @@ def test_an_evaluation_run_alone_is_reused_by_the_pipeline(tmp_path, monkeypatch
             pass
 
     stages = {
-        "rationales": SimpleNamespace(stage_identity=lambda cfg: "r", run=lambda cfg, run_dir: {}),
+        "rationales": SimpleNamespace(stage_identity=lambda cfg: "r", run=rationales),
         "distill": SimpleNamespace(run=lambda cfg, run_dir: {"skipped": True}),
         "refine": SimpleNamespace(run=lambda cfg, run_dir: {"skipped": True}),
         "evaluate": SimpleNamespace(open_evaluator=lambda cfg: Evaluator(), with_small_lm=evaluate.with_small_lm),
@@ -130,6 +154,16 @@ def test_an_evaluation_run_alone_is_reused_by_the_pipeline(tmp_path, monkeypatch
     monkeypatch.setattr(pipeline, "ensure_ray", lambda: None)
     monkeypatch.setattr(cluster, "require_resources", lambda need: None)
     monkeypatch.setattr(pipeline, "write_report", lambda run_dir, **kw: run_dir.report)
-    steps = pipeline.run(load_config("tiny", ["eval.limit=2"]), run_dir)["steps"]
+    monkeypatch.setattr(step, "record", counted)
+    cfg = load_config("tiny", ["eval.limit=2"])
+    steps = pipeline.run(cfg, run_dir)["steps"]
     assert steps["standard"] == "skipped" and "standard" not in evaluated
     assert steps["cot"] == "ran" and "cot" in evaluated  # judged in the pipeline: not what `lmcot eval` ran
+    labels = [label for label, *_ in pipeline.eval_plan(cfg, run_dir)]
+    assert evaluated == [label for label in labels if label != "standard"]
+    assert sorted(written) == sorted(["rationales", *(f"eval/{label}" for label in evaluated)]), "each record once"
+
+    evaluated.clear()
+    written.clear()
+    again = pipeline.run(cfg, run_dir)["steps"]
+    assert evaluated == [] and written == [] and set(again.values()) == {"skipped"}

@@ -118,13 +118,13 @@ def stage_identities(tmp_path_factory):
     from lmcot.models.loading import resolve_model_path
     from lmcot.runs.rundir import RunDir
     from lmcot.stages import distill, evaluate, rationales, refine, search
-    from lmcot.training.teacher import ShardStore
+    from lmcot.training.teacher import rationale_store
 
     run_dir = RunDir(tmp_path_factory.mktemp("identity") / "run")
     row = dict(dataset="hotpotqa", id="q1", sample=0, question="Who?", context="A: Ann.", rationale="Ann is A.",
                output="", teacher_answer="Ann", gold_answer="Ann", em=1.0, f1=1.0, kept=True, reason="",
                prompt_tokens=1, completion_tokens=1, teacher="t")
-    with ShardStore(run_dir.rationales) as store:
+    with rationale_store(run_dir.rationales) as store:
         store.add([row, dict(row, id="q2")])
         store.flush()
     run_dir.distill.mkdir(parents=True)

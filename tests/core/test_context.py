@@ -33,10 +33,9 @@ def _texts():
     yield from (f"{p.title}: {' '.join(p.sentences)}" for p in EXAMPLE.paragraphs)
 
 
-@pytest.fixture(scope="module", params=["wordlevel", "bpe"])
-def tokenizer(request):
-    """A word-level and a byte-level BPE tokenizer, built here from the sample texts (no hub)."""
-    if request.param == "wordlevel":
+def build_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A word-level or a byte-level BPE tokenizer, built here from the sample texts (no hub)."""
+    if kind == "wordlevel":
         tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(special_tokens=["[UNK]"])
@@ -48,6 +47,11 @@ def tokenizer(request):
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_texts(), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+@pytest.fixture(scope="module", params=["wordlevel", "bpe"])
+def tokenizer(request):
+    return build_tokenizer(request.param)
 
 
 def count(tokenizer, text):
@@ -182,3 +186,37 @@ def test_budget_on_shipped_samples(tokenizer):
         text = build_context(ex, mode="gold_first", tokenizer=tokenizer, max_tokens=64)
         assert 0 < count(tokenizer, text) <= 64
         assert text.startswith(ex.gold_titles[0])
+
+
+# One shortening rule (lmcot.datasets.context.shorten_lines) serves the context cap and every model's
+# prompt fitter. These outputs were recorded before the two shared it: the same text, to the byte.
+PINNED_CONTEXTS = {
+    9: "Gray Dawn : Gray Dawn is a film directed",  # not one sentence fits: cut token-wise
+    13: "Gray Dawn: Gray Dawn is a film directed by Kel Varo.",  # sentences of the first paragraph
+    26: "Gray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.\nKel Varo: Kel Varo was a director.",
+}
+PINNED_FITS = {  # (limit, tokenizer or a 4-characters-per-token estimate) -> (fitted context part, tokens)
+    (24, True): ("Context:\nGray Dawn : Gray Dawn is a film directed by Kel", 24),
+    (24, False): ("Context:\nGray Dawn: Gray Dawn is a film", 23),
+    (33, True): ("Context:\nGray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.\nKel Varo :", 33),
+    (33, False): ("Context:\nGray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.\nKel", 33),
+    (44, True): ("Context:\nGray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.\n"
+                 "Kel Varo : Kel Varo was a director . He was born in Ostra", 44),
+    (44, False): ("Context:\nGray Dawn: Gray Dawn is a film directed by Kel Varo. It is long.\n"
+                  "Kel Varo: Kel Varo was a director. He was born in", 44),
+}
+
+
+def test_context_cap_and_prompt_fitter_shorten_exactly_as_pinned():
+    from lmcot.prompting.fitting import PromptFitter
+    from lmcot.prompting.prompts import Prompt
+
+    tok = build_tokenizer("wordlevel")
+    for budget, expected in PINNED_CONTEXTS.items():
+        assert build_context(EXAMPLE, mode="gold_first", tokenizer=tok, max_tokens=budget) == expected, budget
+    full = build_context(EXAMPLE, mode="gold_first")
+    prompt = Prompt.build("test", "Context:\n{context}\n\nQuestion: {question}", full, question=EXAMPLE.question)
+    for (limit, with_tokenizer), (expected, tokens) in PINNED_FITS.items():
+        fitted = PromptFitter(model="m", limit=limit, tokenizer=tok if with_tokenizer else None).fit(prompt)
+        assert fitted.context_cut and fitted.tokens == tokens, (limit, with_tokenizer)
+        assert fitted.text == expected + "\n\nQuestion: " + EXAMPLE.question, (limit, with_tokenizer)

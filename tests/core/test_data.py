@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lmcot.datasets.data import (DataError, Example, Paragraph, load_hub, load_json_file, load_split, resolve_path,  # noqa: E402
                         to_official_json)
-from lmcot.evaluation.metrics import normalize_answer  # noqa: E402
+from lmcot.scoring.metrics import normalize_answer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = {

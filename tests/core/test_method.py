@@ -131,3 +131,5 @@ def test_self_consistency_can_start_from_the_greedy_rationale():
     assert r.usage["small"].calls == 1 and r.usage["small"].completion_tokens == 1 + 4
     plain = method.lm_guided(QS, GreedyAwareLM(["s1", "s2"]), large, GenerationConfig(), k=3)[0]
     assert plain.rationales == ["s1", "s2", "s1"]
+    pair = method.lm_guided(QS, GreedyAwareLM(["s1", "s2"]), large, gen, k=2)[0]
+    assert pair.rationales == ["greedy", "s1"], "k = 2: the greedy rationale and one sample, not two greedy ones"

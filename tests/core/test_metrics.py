@@ -6,7 +6,7 @@ import re
 import pytest
 
 from lmcot.datasets.data import DataError, load_json_file
-from lmcot.evaluation.metrics import (answer_metrics, exact_match_score, f1_score, load_aliases, normalize_answer,
+from lmcot.scoring.metrics import (answer_metrics, exact_match_score, f1_score, load_aliases, normalize_answer,
                            score_files, score_predictions)
 
 

@@ -8,7 +8,7 @@ from lmcot.cli import main
 from lmcot.config import load_config
 from lmcot.planning.memory import GIB, Shape, training_bytes
 from lmcot.planning.plan import PlanError, check_plan, describe_model, known_model, make_plan
-from lmcot.prompting.listing import list_prompts
+from lmcot.commands.prompts import list_prompts
 
 CUES = {"teacher": "Rationale:", "small": "Rationale:", "answer": "Answer:", "standard": "Answer:",
         "cot": "<answer>.\"", "judge": "Answer:"}

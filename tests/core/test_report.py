@@ -1,4 +1,4 @@
-"""Step records, training logs and the paper-style report, from run-directory files alone.
+"""The paper-style report, from run-directory files alone.
 
 The report's input here is written by the same functions the stages write with (the
 JSONL helpers, ``RunDir`` paths); ``tests/stages/test_pipeline.py`` checks the report on
@@ -7,29 +7,9 @@ the tiny pipeline's real output.
 
 import pytest
 
-from lmcot.evaluation.report import append_jsonl, load_jsonl, truncate_jsonl, write_jsonl, write_report
-from lmcot.runs.rundir import RunDir, finished, record_finished, write_json
-
-
-def test_a_step_is_finished_only_with_the_same_identity(tmp_path):
-    record = RunDir.step_record(tmp_path / "distill")
-    assert finished(record, "abc") is None
-    record_finished(record, "distill", "abc", {"steps": 3})
-    assert finished(record, "abc") == {"steps": 3}
-    assert finished(record, "abd") is None
-    record.write_text("{broken")
-    assert finished(record, "abc") is None
-
-
-def test_a_resumed_log_drops_the_steps_after_the_checkpoint(tmp_path):
-    path = tmp_path / "refine" / "metrics.jsonl"
-    for step in (1, 2, 3):
-        append_jsonl(path, {"step": step, "reward": step / 10})
-    truncate_jsonl(path, 2)
-    append_jsonl(path, {"step": 3, "reward": 0.5})
-    assert [(e["step"], e["reward"]) for e in load_jsonl(path)] == [(1, 0.1), (2, 0.2), (3, 0.5)]
-    write_jsonl(path, [])
-    assert load_jsonl(path) == [] and load_jsonl(tmp_path / "missing.jsonl") == []
+from lmcot.evaluation.report import write_report
+from lmcot.runs.jsonl import write_jsonl
+from lmcot.runs.rundir import RunDir, write_json
 
 
 def _metrics(label, k, f1, tokens, context_mode="all"):

@@ -5,8 +5,9 @@ import pytest
 from lmcot.training import rewards
 from lmcot.config import ConfigError, ModelSpec, load_config
 from lmcot.models.generation import HFGenerator
-from lmcot.evaluation.metrics import answer_metrics
+from lmcot.scoring.metrics import answer_metrics
 from lmcot.prompting.prompts import ASPECTS, judge_prompt
+from lmcot.training.search_space import check_reward_config
 
 QUESTIONS = ["Who was born first?", "Who was born first?", "Which city is larger?"]
 CONTEXTS = ["Ann was born in 1901. Bob was born in 1910.", "Ann was born in 1901. Bob was born in 1910.",
@@ -133,10 +134,11 @@ def test_bad_reward_weights_fail_clearly(weights, mode, message):
         rewards.check_reward_weights(weights, mode)
 
 
-def test_bad_reward_weights_fail_when_the_config_loads():
-    with pytest.raises(ConfigError, match=r"refine.*unknown reward 'taks'"):
-        load_config("tiny", ["refine.reward_weights={taks: 1.0}"])
-    with pytest.raises(ConfigError, match="all zero"):
-        load_config("tiny", ["refine.reward_weights={task: 0.0}"])
+def test_bad_reward_weights_fail_before_a_stage_starts():
+    with pytest.raises(ConfigError, match=r"refine: reward_weights names unknown reward 'taks'"):
+        check_reward_config(load_config("tiny", ["refine.reward_weights={taks: 1.0}"]))
+    with pytest.raises(ConfigError, match="refine: reward_weights are all zero"):
+        check_reward_config(load_config("tiny", ["refine.reward_weights={task: 0.0}"]))
     cfg = load_config("tiny", ["refine.aspect_mode=mean", "refine.reward_weights={task: 1.0, quality: 0.3}"])
+    check_reward_config(cfg)
     assert cfg.refine.reward_weights == {"task": 1.0, "quality": 0.3}

@@ -1,4 +1,5 @@
-"""The RL math: advantages, log-probs and masks of both families, clipping, KL."""
+"""The RL math: advantages, log-probs and masks of both families, clipping, KL; the registries that pick
+an algorithm by name; the seq2seq loop's step on a batch whose task reward is flat."""
 
 import pytest
 import torch
@@ -35,18 +36,16 @@ def test_equal_rewards_give_zero_advantages():
 
 def test_rloo_uses_the_leave_one_out_baseline():
     rewards = torch.tensor([1.0, 2.0, 6.0])
-    adv = rl.group_advantages(rewards, 3, "rloo", scale="none")
+    adv = rl.rloo_advantages(rewards, 3)
     expected = [1.0 - 4.0, 2.0 - 3.5, 6.0 - 1.5]
     assert adv.tolist() == pytest.approx(expected)
-    grpo = rl.group_advantages(rewards, 3, "grpo", scale="none")
+    grpo = rl.group_advantages(rewards, 3, scale="none")
     assert adv.tolist() == pytest.approx((grpo * 3 / 2).tolist())  # k/(k-1) times the GRPO centring
 
 
 def test_bad_groups_are_rejected():
     with pytest.raises(ValueError, match="groups of 4"):
         rl.group_advantages(torch.zeros(6), 4)
-    with pytest.raises(ValueError, match="algorithm"):
-        rl.group_advantages(torch.zeros(4), 2, "ppo")
 
 
 def test_completion_mask_stops_after_first_eos():
@@ -303,10 +302,11 @@ def test_two_ranks_normalise_by_the_global_batch(tmp_path):
     assert torch.allclose(torch.cat([r0["batch"], r1["batch"]]), rl.group_advantages(whole_rewards, 2, scale="batch"))
 
 
-def test_normalize_then_sum_lets_no_small_reward_decide_a_group_whose_task_reward_is_flat():
+def test_normalize_then_sum_keeps_a_flat_group_small_only_beside_groups_whose_task_reward_moves():
     """Group 1: the task reward is the same for both samples, a 0.1-weighted aspect differs by noise.
     Summed first and group-scaled, that noise becomes a full unit advantage; normalised per reward, it
-    stays a tenth of the task reward's say."""
+    stays a tenth of the task reward's say, as long as another group's task reward moves. When every
+    group's task reward is flat, the batch normalisation scales the noise back to unit size."""
     task = torch.tensor([1.0, 1.0, 0.0, 1.0])
     aspect = torch.tensor([0.50, 0.52, 0.50, 0.50])
     summed = rl.group_advantages(task + 0.1 * aspect, 2, scale="group")
@@ -314,3 +314,195 @@ def test_normalize_then_sum_lets_no_small_reward_decide_a_group_whose_task_rewar
     adv = rl.normalize_then_sum(torch.stack([task, aspect], dim=1), torch.tensor([1.0, 0.1]), 2)
     assert abs(adv[1] - adv[0]).item() < 0.25 * abs(adv[3] - adv[2]).item()
     assert rl.zero_std_fraction(task, 2) == 0.5 and rl.zero_std_fraction(aspect, 2) == 0.5
+    assert not rl.all_groups_flat(task, 2)
+
+    flat_task = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    noise = torch.tensor([0.50, 0.52, 0.51, 0.50])
+    adv = rl.normalize_then_sum(torch.stack([flat_task, noise], dim=1), torch.tensor([1.0, 0.1]), 2)
+    assert rl.all_groups_flat(flat_task, 2)
+    assert adv.abs().min().item() > 0.8, "all groups flat: judge noise alone, scaled to unit size"
+
+
+# -- the registries ----------------------------------------------------------------------------
+def test_every_algorithm_the_config_accepts_has_an_estimator_a_loss_and_a_trl_trainer():
+    from lmcot.config.refine import ALGORITHMS
+    from lmcot.stages.refine_worker import TRL_TRAINERS
+
+    assert set(ALGORITHMS) == set(rl.ADV_ESTIMATORS) == set(rl.POLICY_LOSSES) == set(TRL_TRAINERS)
+
+
+def test_an_unknown_algorithm_names_the_field_and_the_registered_names():
+    with pytest.raises(ValueError, match=r"refine\.algorithm='ppo' names no registered advantage estimator: "
+                                         r"use one of grpo, rloo"):
+        rl.get_adv_estimator("ppo")
+    with pytest.raises(ValueError, match=r"refine\.algorithm='ppo' names no registered policy loss"):
+        rl.get_policy_loss("ppo")
+    with pytest.raises(ValueError, match="registered twice"):
+        rl.register_adv_est("grpo")(lambda scored, cfg: scored.rewards)
+
+
+def test_registered_estimators_and_losses_are_the_tensor_functions():
+    from lmcot.config import RefineConfig
+
+    torch.manual_seed(0)
+    k, n, t = 2, 6, 4
+    rewards, mask = torch.rand(n), torch.ones(n, t)
+    old, ref = -torch.rand(n, t), -torch.rand(n, t)
+    cols = torch.stack([rewards, torch.rand(n)], dim=1)
+    scored = rl.Scored(rewards, k, mask, lambda: (cols, torch.tensor([1.0, 0.1])), old, ref)
+    for scale in ("group", "batch", "none"):
+        cfg = RefineConfig(scale_rewards=scale)
+        assert torch.equal(rl.get_adv_estimator("grpo").fn(scored, cfg), rl.group_advantages(rewards, k, scale))
+    cfg = RefineConfig(reward_aggregation="normalize_then_sum")
+    assert torch.equal(rl.get_adv_estimator("grpo").fn(scored, cfg),
+                       rl.normalize_then_sum(cols, torch.tensor([1.0, 0.1]), k))
+    cfg = RefineConfig(algorithm="rloo", beta=0.05)
+    rloo = rl.get_adv_estimator("rloo")
+    assert rloo.reads_sampling_logps and not rl.get_adv_estimator("grpo").reads_sampling_logps
+    assert torch.equal(rloo.fn(scored, cfg),
+                       rl.rloo_advantages(rl.rloo_rewards(rewards, old, ref, mask, 0.05), k, normalize=True))
+    logps = old + 0.1
+    loss, stats = rl.get_policy_loss("grpo")(logps, old, rewards, mask, ref_logps=ref, cfg=cfg, normalizer=None)
+    want, want_stats = rl.grpo_loss(logps, old, rewards, mask, ref_logps=ref, beta=0.05)
+    assert loss.item() == want.item() and stats == want_stats
+    loss, stats = rl.get_policy_loss("rloo")(logps, old, rewards, mask, ref_logps=ref, cfg=cfg, normalizer=None)
+    assert loss.item() == rl.rloo_loss(logps, old, rewards, mask)[0].item()
+    assert stats["kl"] == pytest.approx(rl.kl_k1(old, ref).mean().item())
+
+
+# -- the seq2seq loop on a batch whose task reward is flat -------------------------------------
+PROMPTS = [{"prompt": f"Question {i}: who wrote the book about the river?"} for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def tiny_t5():
+    """The tiny T5, on one thread (tiny models step fastest so, the more on a busy machine)."""
+    from lmcot.config import ModelSpec
+    from lmcot.models.loading import load_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model(ModelSpec("tiny:t5-small"), for_training=True)
+    torch.set_num_threads(threads)
+
+
+def task_reward(*groups: list[float]):
+    """A reward function whose ``task`` component is ``groups`` (one list per prompt, one value per
+    sample), beside a ``relevance`` aspect of pure noise: what the judge adds on a flat batch."""
+    def reward_fn(prompts, completions, columns):
+        task = [v for group in groups for v in group]
+        noise = torch.rand(len(completions)).tolist()
+        return [t + 0.1 * a for t, a in zip(task, noise)], {"task": task, "relevance": noise}
+    return reward_fn
+
+
+def one_step(lm, reward_fn, **overrides):
+    """One step of the seq2seq loop from ``lm``'s weights; returns (metrics, weights moved)."""
+    import copy
+
+    from lmcot.config import RefineConfig
+    from lmcot.training.grpo_seq2seq import PlainEngine, grpo_step
+
+    cfg = RefineConfig(**{"num_generations": 4, "prompts_per_step": 2, "learning_rate": 1e-3, "temperature": 2.0,
+                          "beta": 0.04, "reward_weights": {"task": 1.0, "relevance": 0.1},
+                          "reward_aggregation": "normalize_then_sum", **overrides})
+    model = copy.deepcopy(lm.model)
+    before = [p.detach().clone() for p in model.parameters()]
+    ref = copy.deepcopy(lm.model).eval().requires_grad_(False)
+    torch.manual_seed(0)
+    metrics = grpo_step(PlainEngine(model, lr=cfg.learning_rate), lm.tokenizer, PROMPTS, reward_fn=reward_fn,
+                        cfg=cfg, max_new_tokens=6, ref_model=ref)
+    moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    return metrics, moved
+
+
+@pytest.mark.parametrize("algorithm, aggregation", [("grpo", "normalize_then_sum"), ("grpo", "sum_then_normalize"),
+                                                    ("rloo", "sum_then_normalize")])
+def test_a_step_whose_every_group_has_a_flat_task_reward_updates_nothing(tiny_t5, algorithm, aggregation):
+    flat = task_reward([1.0] * 4, [0.0] * 4)
+    metrics, moved = one_step(tiny_t5, flat, algorithm=algorithm, reward_aggregation=aggregation)
+    assert metrics["flat_task_reward_step"] is True
+    assert not moved, "no optimizer step on a flat batch"
+    assert metrics["policy_loss"] == 0.0, "zero advantages"
+    assert metrics["kl"] == 0.0 and "loss" in metrics, "still measured (policy == reference here)"
+    # the same batch with the skip off takes the step it took before the skip existed: judge noise moves it
+    metrics, moved = one_step(tiny_t5, flat, algorithm=algorithm, reward_aggregation=aggregation,
+                              skip_flat_steps=False)
+    assert metrics["flat_task_reward_step"] is True and moved
+
+
+def test_a_step_with_one_group_whose_task_reward_moves_still_updates(tiny_t5):
+    metrics, moved = one_step(tiny_t5, task_reward([1.0] * 4, [0.0, 1.0, 0.0, 0.0]))
+    assert metrics["flat_task_reward_step"] is False and moved
+
+
+def test_no_task_reward_never_flags_a_step(tiny_t5):
+    def alternating(prompts, completions, columns):
+        r = [float(i % 2) for i in range(len(completions))]
+        return r, {"digits": r}
+
+    metrics, moved = one_step(tiny_t5, alternating, reward_weights={"digits": 1.0},
+                              reward_aggregation="sum_then_normalize")
+    assert metrics["flat_task_reward_step"] is False and moved
+
+
+def test_skip_off_is_the_plain_step_of_the_registered_algorithm(tiny_t5):
+    """``skip_flat_steps: false`` on a flat batch: the loop's update equals one hand-made GRPO step
+    (normalize_then_sum advantages, the GRPO loss, one optimizer step) on the same rollouts."""
+    import copy
+
+    from lmcot.config import RefineConfig
+    from lmcot.training.grpo_seq2seq import PlainEngine, grpo_step, rollout_logps, sample_rollouts
+
+    cfg = RefineConfig(num_generations=4, prompts_per_step=2, learning_rate=1e-3, temperature=2.0, beta=0.0,
+                       reward_weights={"task": 1.0, "relevance": 0.1}, reward_aggregation="normalize_then_sum",
+                       skip_flat_steps=False)
+    looped = copy.deepcopy(tiny_t5.model)
+    torch.manual_seed(0)
+    metrics = grpo_step(PlainEngine(looped, lr=cfg.learning_rate), tiny_t5.tokenizer, PROMPTS,
+                        reward_fn=task_reward([1.0] * 4, [0.0] * 4), cfg=cfg, max_new_tokens=6)
+    by_hand = copy.deepcopy(tiny_t5.model).eval()
+    engine = PlainEngine(by_hand, lr=cfg.learning_rate)
+    torch.manual_seed(0)
+    r = sample_rollouts(by_hand, tiny_t5.tokenizer, [p["prompt"] for p in PROMPTS], 4, max_new_tokens=6,
+                        temperature=2.0)
+    _, components = task_reward([1.0] * 4, [0.0] * 4)(None, r.texts, {})
+    cols = torch.tensor([components["task"], components["relevance"]]).T
+    advantages = rl.normalize_then_sum(cols, torch.tensor([1.0, 0.1]), 4)
+    logps = rollout_logps(engine, r, 2.0)
+    loss, _ = rl.grpo_loss(logps, logps.detach(), advantages, r.mask)
+    loss.backward()
+    engine.step()
+    assert metrics["flat_task_reward_step"] is True and metrics["loss"] == pytest.approx(loss.item(), abs=1e-7)
+    for a, b in zip(looped.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_metrics_count_flat_steps_and_resume_counting(tiny_t5):
+    import copy
+
+    from lmcot.config import RefineConfig
+    from lmcot.training.grpo_seq2seq import PlainEngine, train
+
+    steps = iter([[[1.0] * 4, [0.0] * 4], [[1.0] * 4, [0.0, 1.0, 1.0, 0.0]], [[0.5] * 4, [0.5] * 4]])
+
+    def reward_fn(prompts, completions, columns):
+        return task_reward(*next(steps))(prompts, completions, columns)
+
+    cfg = RefineConfig(num_generations=4, prompts_per_step=2, max_steps=3, learning_rate=1e-3, temperature=2.0,
+                       beta=0.0, reward_weights={"task": 1.0, "relevance": 0.1},
+                       reward_aggregation="normalize_then_sum")
+    model = copy.deepcopy(tiny_t5.model)
+    history = train(PlainEngine(model, lr=cfg.learning_rate), tiny_t5.tokenizer, PROMPTS * 4, reward_fn=reward_fn,
+                    cfg=cfg, max_new_tokens=6, flat_steps_before=5)
+    assert [h["flat_task_reward_step"] for h in history] == [True, False, True]
+    assert [h["flat_steps_total"] for h in history] == [6, 6, 7]
+
+
+def test_skip_flat_steps_is_a_boolean():
+    from lmcot.config import RefineConfig, load_config
+
+    with pytest.raises(ValueError, match="skip_flat_steps"):
+        RefineConfig(skip_flat_steps="no")
+    assert load_config("tiny", ["refine.skip_flat_steps=false"]).refine.skip_flat_steps is False
+    assert RefineConfig().skip_flat_steps is True

@@ -10,6 +10,7 @@ from lmcot.training.search_space import (
     TrialResult,
     best_trial,
     best_weights_yaml,
+    check_reward_config,
     check_space,
     grid_points,
     num_trials,
@@ -71,8 +72,8 @@ def test_trial_weights_overlay_the_base_weights():
 def test_search_config_validates_before_anything_starts():
     cfg = load_config("tiny", ["search.space={task: [1.0], fluency: [0, 1]}", "search.sampler=random"])
     assert cfg.search.space == {"task": (1.0,), "fluency": (0.0, 1.0)}
+    check_reward_config(cfg)
     for override, message in (
-        ("search.space={fluncy: [0, 1]}", "search: space names unknown reward 'fluncy'"),
         ("search.sampler=bayes", "sampler='bayes' is not one of random, grid"),
         ("search.grace_period=9", "grace_period=9 must be <= rounds=3"),
         ("search.reduction_factor=1", "reduction_factor must be >= 2"),
@@ -83,6 +84,20 @@ def test_search_config_validates_before_anything_starts():
         with pytest.raises(ConfigError) as exc:
             load_config("tiny", [override])
         assert message in str(exc.value), (override, str(exc.value))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.space={fluncy: [0, 1]}", "search: space names unknown reward 'fluncy' (did you mean 'fluency'?)"),
+    ("search.space={fluency: [0.0, 0.5, 1.0]}", "search: space.fluency has 3 values"),
+    ("search.space={}", "search: space is empty"),
+    ("refine.reward_weights={taks: 1.0}", "refine: reward_weights names unknown reward 'taks'"),
+])
+def test_reward_names_are_checked_with_the_section_before_a_stage(override, message):
+    """The config loads (it knows no reward names); the check every stage command runs first refuses it."""
+    cfg = load_config("tiny", [override])
+    with pytest.raises(ConfigError) as exc:
+        check_reward_config(cfg)
+    assert message in str(exc.value)
 
 
 # -- results ----------------------------------------------------------------------------------

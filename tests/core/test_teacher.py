@@ -1,4 +1,5 @@
-"""Teacher core: prompt rows, parsing and filtering, generation rows, and the shard store's resume bookkeeping."""
+"""Teacher core: prompt rows, parsing and filtering, generation rows, and the rationale shards (the shard
+store itself is tested in test_shards.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lmcot.config import ModelSpec, RationalesConfig, load_config  # noqa: E402
 from lmcot.datasets.data import load_split  # noqa: E402
-from lmcot.evaluation.metrics import load_aliases  # noqa: E402
+from lmcot.scoring.metrics import load_aliases  # noqa: E402
 from lmcot.models.loading import context_tokenizer  # noqa: E402
-from lmcot.training.teacher import (SCHEMA, ShardStore, check_generation_settings, expected_keys, generate_rows,  # noqa: E402
-                           judge_output, next_shard_index, question_rows, read_keys, read_rationales, refilter,
-                           rows_to_table, shard_paths, split_evenly, summarize, teacher_manifest,
-                           teacher_prompt)
+from lmcot.runs.shards import read_keys, shard_paths  # noqa: E402
+from lmcot.training.teacher import (KEY_COLUMNS, SCHEMA, check_generation_settings, expected_keys,  # noqa: E402
+                                    generate_rows, judge_output, question_rows, rationale_store, read_rationales,
+                                    refilter, rows_to_table, split_evenly, summarize, teacher_manifest,
+                                    teacher_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -185,64 +187,34 @@ def test_filter_can_judge_the_answer_the_large_lm_gives_from_the_rationale(cfg, 
     assert r["prompt_tokens"] == 20 and rows_to_table(guided).schema == SCHEMA
 
 
-# -- the shard store --------------------------------------------------------------------------
-def test_store_writes_whole_shards_and_never_a_key_twice(tmp_path):
-    with ShardStore(tmp_path, shard_rows=3) as store:
-        assert store.add([row(id=f"q{i}") for i in range(5)]) == 5
-        assert len(shard_paths(tmp_path)) == 1  # 3 rows flushed, 2 buffered
-        assert store.add([row(id="q0"), row(id="q4"), row(id="q4", sample=1), row(id="q4", sample=1)]) == 1
+# -- the rationale shards ----------------------------------------------------------------------
+def test_a_rationale_row_is_one_sample_of_one_question_of_one_dataset(tmp_path):
+    with rationale_store(tmp_path, shard_rows=10) as store:
+        assert store.add([row(), row(sample=1), row(dataset="2wiki"), row(id="q2"), row()]) == 4
         store.flush()
-        assert store.new_rows == 6 and store.new_shards == 2
-    assert read_keys(tmp_path) == {("hotpotqa", f"q{i}", 0) for i in range(5)} | {("hotpotqa", "q4", 1)}
-    assert read_rationales(tmp_path).num_rows == 6
-    with ShardStore(tmp_path, shard_rows=3) as store:  # a rerun: what is on disk is never written again
-        assert store.add([row(id=f"q{i}") for i in range(5)]) == 0
-        store.flush()
-        assert store.new_rows == 0
-    assert [p.name for p in shard_paths(tmp_path)] == ["part-000000.parquet", "part-000001.parquet"]
-
-
-def test_store_ignores_and_removes_a_killed_runs_temporary_shard(tmp_path):
-    with ShardStore(tmp_path, shard_rows=2) as store:
-        store.add([row(id="a"), row(id="b")])
-    (tmp_path / ".part-000001.parquet.tmp").write_bytes(b"PAR1 half a file")
-    assert read_keys(tmp_path) == {("hotpotqa", "a", 0), ("hotpotqa", "b", 0)}
-    with ShardStore(tmp_path, shard_rows=2) as store:
-        assert not list(tmp_path.glob(".*.tmp"))
-        assert next_shard_index(tmp_path) == 1
-        store.add([row(id="c")])
-        store.flush()
-    assert [p.name for p in shard_paths(tmp_path)] == ["part-000000.parquet", "part-000001.parquet"]
+    assert read_keys(tmp_path, KEY_COLUMNS) == {("hotpotqa", "q1", 0), ("hotpotqa", "q1", 1), ("2wiki", "q1", 0),
+                                                ("hotpotqa", "q2", 0)}
 
 
 def test_store_shards_have_the_schema(tmp_path):
-    with ShardStore(tmp_path, shard_rows=10) as store:
+    with rationale_store(tmp_path, shard_rows=10) as store:
         store.add([row(), row(id="q2", kept=False, reason="no_answer", teacher_answer="")])
         store.flush()
     assert pq.read_schema(shard_paths(tmp_path)[0]).remove_metadata() == SCHEMA
 
 
-def test_one_writer_at_a_time(tmp_path):
-    with ShardStore(tmp_path):
-        with pytest.raises(RuntimeError, match="another generate-rationales run"):
-            with ShardStore(tmp_path):
-                pass
-    with ShardStore(tmp_path):  # released on exit (and by the OS when a run is killed)
-        pass
-
-
 def test_manifest_refuses_mixing_teachers(cfg, tmp_path):
-    with ShardStore(tmp_path, shard_rows=1) as store:
+    with rationale_store(tmp_path, shard_rows=1) as store:
         store.check_manifest(teacher_manifest(cfg))
         store.add([row()])
-    with ShardStore(tmp_path) as store:
+    with rationale_store(tmp_path) as store:
         store.check_manifest(teacher_manifest(cfg))  # same teacher: resumes
         with pytest.raises(ValueError, match="teacher.*--run-dir"):
             store.check_manifest(teacher_manifest(cfg.replace(large=ModelSpec("tiny:causal-large"))))
 
 
 def test_summarize_counts_rows_kept_reasons_and_tokens(tmp_path):
-    with ShardStore(tmp_path, shard_rows=2) as store:
+    with rationale_store(tmp_path, shard_rows=2) as store:
         store.add([row(id="a"), row(id="b", kept=False, reason="no_answer", em=0.0, f1=0.0),
                    row(dataset="2wiki", id="c", kept=False, reason="wrong_answer", em=0.0, f1=0.5)])
         store.flush()
@@ -255,7 +227,7 @@ def test_summarize_counts_rows_kept_reasons_and_tokens(tmp_path):
 
 def test_a_changed_filter_refilters_the_rows_already_written(tmp_path):
     """A rerun with another filter decides again from the stored scores, not from the old decisions."""
-    with ShardStore(tmp_path, shard_rows=2) as store:
+    with rationale_store(tmp_path, shard_rows=2) as store:
         store.add([row(id="a"), row(id="b", kept=False, reason="wrong_answer", em=0.0, f1=0.5),
                    row(id="c", kept=False, reason="no_answer", em=0.0, f1=0.0)])
         store.flush()
@@ -268,7 +240,7 @@ def test_a_changed_filter_refilters_the_rows_already_written(tmp_path):
     assert refilter(tmp_path, RationalesConfig()) == 2  # back to em: b and c dropped
     t = read_rationales(tmp_path, ["id", "kept", "reason"]).to_pylist()
     assert [(r["kept"], r["reason"]) for r in t] == [(True, ""), (False, "wrong_answer"), (False, "no_answer")]
-    assert read_keys(tmp_path) == {("hotpotqa", k, 0) for k in "abc"}
+    assert read_keys(tmp_path, KEY_COLUMNS) == {("hotpotqa", k, 0) for k in "abc"}
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error():
@@ -293,24 +265,3 @@ def test_require_faithful_drops_a_right_answer_from_an_invented_name():
     assert judge_output(lucky, ["Lisbra Tides"], loose, context)["kept"]
     assert (judge_output(lucky, ["Lisbra Tides"], strict, context)["reason"]) == "unfaithful"
     assert judge_output(faithful, ["Lisbra Tides"], strict, context)["kept"]
-
-
-def test_one_shard_reader_and_writer_for_every_shard_folder(tmp_path):
-    """Names come from RunDir (a killed run's temporary file is no shard); the writer replaces a
-    shard whole; the reader takes the columns each shard has and refuses one lacking a required one."""
-    import pyarrow as pa
-
-    from lmcot.runs.rundir import RunDir
-    from lmcot.runs.shards import ShardError, read_shards, write_shard
-
-    assert RunDir.shard_index(RunDir.shard(tmp_path, 12)) == 12
-    assert RunDir.shard_index(tmp_path / ".part-000012.parquet.tmp") is None
-    write_shard(RunDir.shard(tmp_path, 0), pa.table({"id": ["a"], "kept": [True]}))
-    write_shard(RunDir.shard(tmp_path, 1), pa.table({"id": ["b"], "kept": [False], "context": ["C"]}))
-    write_shard(RunDir.shard(tmp_path, 1), pa.table({"id": ["c"], "kept": [False], "context": ["C"]}))  # replaced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-000000.parquet", "part-000001.parquet"]
-    assert read_shards(tmp_path, ["id", "context"]).to_pylist() == [{"id": "a", "context": None},
-                                                                   {"id": "c", "context": "C"}]
-    with pytest.raises(ShardError, match=r"part-000000.parquet lacks the columns \['context'\]"):
-        read_shards(tmp_path, ["id"], required=["context"])
-    assert read_shards(tmp_path / "none", ["id", "nope"], empty=SCHEMA).column_names == ["id"]

@@ -19,10 +19,10 @@ from lmcot.config import ModelSpec, load_config
 from lmcot.datasets.context import build_context
 from lmcot.datasets.data import load_split
 from lmcot.models.generation import HFGenerator
-from lmcot.evaluation.metrics import normalize_answer
+from lmcot.scoring.metrics import normalize_answer
 from lmcot.models.loading import load_tokenizer, resolve_model_path
 from lmcot.prompting.prompts import small_rationale_prompt
-from lmcot.evaluation.report import load_jsonl
+from lmcot.runs.jsonl import load_jsonl
 from lmcot.runs.rundir import RunDir
 from lmcot.training.sft_data import NoRationalesError
 from lmcot.stages import distill

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lmcot.config import load_config
-from lmcot.evaluation.report import load_jsonl
+from lmcot.runs.jsonl import load_jsonl
 from lmcot.runs.rundir import RunDir
 from lmcot.stages import pipeline
 

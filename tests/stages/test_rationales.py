@@ -28,7 +28,7 @@ import pytest
 from lmcot.config import load_config
 from lmcot.datasets.data import load_split
 from lmcot.runs.rundir import RunDir
-from lmcot.runs.rundir import finished as recorded_step
+from lmcot.runs.step import done as recorded_step
 from lmcot.training.teacher import read_rationales, shard_paths
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -214,7 +214,7 @@ def test_killed_driver_resumes_without_duplicates_or_gaps(ray_cluster, tmp_path)
     assert not record.exists(), "a killed run records no step"
     result = rationales.run(cfg, run_dir)
     # the command run alone records its step, which `lmcot run` then skips (the pipeline's rule)
-    assert recorded_step(record, rationales.stage_identity(cfg)) == json.loads(json.dumps(result))
+    assert recorded_step(run_dir.rationales, rationales.stage_identity(cfg)) == json.loads(json.dumps(result))
     after = written(run_dir.root)
     assert after == want and max(after.values()) == 1
     assert result["new_rows"] == sum(want.values()) - sum(before.values())

@@ -10,6 +10,7 @@ the large LM in its own actor, checkpoints on disk, a worker killed mid-run.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -211,6 +212,10 @@ def test_seq2seq_refine_two_deepspeed_workers_judge_actor_and_a_killed_worker(ra
     assert out["resumed_from_step"] == 2, "the restarted group resumed from the checkpoint"
     lines = check_outputs(run_dir, out, 4, {"task", "fluency", "relevance", "degenerate"})
     assert all(m["rollouts"] == 4 for m in lines), "2 workers x 1 prompt x 2 samples"
+    flags = [m["flat_task_reward_step"] for m in lines]
+    assert all(isinstance(f, bool) for f in flags), flags
+    assert [m["flat_steps_total"] for m in lines] == list(itertools.accumulate(map(int, flags))), \
+        "flat steps are counted on across the restart"
     # every worker's rewards went through the judge actor: per step and worker, one answer call
     # (2 prompts) and one aspect call (2 aspects x 2 rationales), steps 3-4 after the restart
     served = sum(s["prompts"] for s in out["judge"])

@@ -26,7 +26,7 @@ from lmcot.cli import main
 from lmcot.config import ModelSpec, load_config
 from lmcot.models.loading import load_model
 from lmcot.runs.rundir import RunDir
-from lmcot.runs.rundir import finished as recorded_step
+from lmcot.runs.step import done as recorded_step
 from lmcot.stages import refine, search
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,7 +206,7 @@ def test_four_trials_survive_a_killed_driver_and_the_best_weights_are_refined(ra
     assert prep["plan"] == {k: v for k, v in weights.items() if v != 0}
 
     # run alone, the search records its step, which `lmcot run` then skips (the pipeline's rule)
-    assert recorded_step(run_dir.step_record(run_dir.search), search.search_identity(cfg, run_dir))["trials"] == 4
+    assert recorded_step(run_dir.search, search.search_identity(cfg, run_dir))["trials"] == 4
 
     # the same command once more finds every trial done
     again = search.run(cfg, run_dir)

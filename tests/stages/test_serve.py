@@ -9,7 +9,6 @@ real ``openai`` client: the exception classes it raises are what callers catch.
 
 from __future__ import annotations
 
-import doctest
 import json
 import os
 import socket
@@ -20,28 +19,25 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
 from lmcot.prompting import prompts
 from lmcot.config import ConfigError, ModelSpec
 from lmcot.models.generation import HFGenerator
 from lmcot.models.openai_backend import OpenAIError, OpenAIGenerator
-from lmcot.stages import serve as serve_module
-from lmcot.stages import serve_worker
-from lmcot.stages import serve_http
-from lmcot.evaluation.metrics import normalize_answer
+from lmcot.serving.proxy import PROXY_CALLBACK
+from lmcot.scoring.metrics import normalize_answer
 from lmcot.inference.method import majority_vote
-from lmcot.stages.serve import AppArgs, Ingress, build_app, config_from_args
+from lmcot.serving.app_args import AppArgs, config_from_args
+from lmcot.stages.serve import Ingress, build_app
 
 pytestmark = pytest.mark.ray
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ENV = "LMCOT_TEST_SERVE_TOKEN"
 TOKEN = "test-token-123"
 # Set before the module's Ray cluster starts: ensure_ray forwards LMCOT_* variables to every worker,
 # and the cluster's processes (Serve's HTTP proxy among them) inherit this environment.
 os.environ[TOKEN_ENV] = TOKEN
-os.environ.setdefault(*serve_http.PROXY_CALLBACK)
+os.environ.setdefault(*PROXY_CALLBACK)
 
 SERVE = {
     "max_k": 8, "max_question_chars": 300, "max_context_chars": 4000, "max_body_bytes": 20000,
@@ -91,24 +87,7 @@ def served(ray_cluster):
     serve.shutdown()
 
 
-# -- builder, config files and pure helpers (no cluster) ---------------------------------------------
-@pytest.mark.parametrize("module", [serve_module, serve_worker, serve_http])
-def test_doctests(module):
-    assert doctest.testmod(module).failed == 0
-
-
-@pytest.mark.parametrize("name", ["lmcot.cpu.yaml", "lmcot.gpu.yaml"])
-def test_serve_config_files_parse_into_the_config(name):
-    doc = yaml.safe_load((ROOT / "serve_configs" / name).read_text())
-    (app,) = doc["applications"]
-    assert app["import_path"] == "lmcot.stages.serve:build_app"
-    cfg = config_from_args(app["args"])
-    assert cfg.serve.max_k >= 1
-    if name == "lmcot.gpu.yaml":
-        assert cfg.serve.answerer.num_gpus >= 1 and cfg.serve.answerer.autoscaling
-        assert cfg.serve.auth_token_env
-
-
+# -- builder (no cluster; the Ray-free rules are tested in tests/core/test_serving.py) -------------------
 def test_bad_args_fail_before_any_replica_starts(monkeypatch):
     with pytest.raises(ConfigError, match=r"serve\.answerer\.num_gpus"):
         config_from_args({"config": "tiny", "serve": {"answerer": {"num_gpu": 1}}})
@@ -119,67 +98,15 @@ def test_bad_args_fail_before_any_replica_starts(monkeypatch):
         build_app(AppArgs(config="tiny", serve={"auth_token_env": "LMCOT_UNSET_TOKEN"}))
 
 
-def run_proxy_middleware(app) -> tuple[int, dict, dict]:
-    """Status, headers and JSON body that ``JsonErrorsMiddleware`` sends for a request to ``app``."""
-    import asyncio
-
-    sent: list[dict] = []
-
-    async def send(message):
-        sent.append(message)
-
-    async def receive():
-        return {"type": "http.request", "body": b""}
-
-    scope = {"type": "http", "headers": [(b"x-request-id", b"rid-1")]}
-    asyncio.run(serve_http.JsonErrorsMiddleware(app)(scope, receive, send))
-    (start,) = [m for m in sent if m["type"] == "http.response.start"]
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
-
-
-def test_the_proxy_answers_its_own_errors_in_the_json_shape():
-    async def plain_503(scope, receive, send):  # what Serve's proxy sends for a full queue
-        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"Request dropped due to backpressure"})
-
-    async def replica_died(scope, receive, send):  # the proxy sends nothing; uvicorn would say 500
-        return None
-
-    async def app_error(scope, receive, send):  # the application's own JSON answers pass through
-        body = json.dumps(serve_http.error_body("k: bad", "k", 422, None, "rid-1")).encode()
-        await send({"type": "http.response.start", "status": 422, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-
-    for app, retry in ((plain_503, "1"), (replica_died, str(serve_http.REPLACED_RETRY_AFTER_S))):
-        status, headers, body = run_proxy_middleware(app)
-        assert status == 503 and headers["retry-after"] == retry and headers["x-request-id"] == "rid-1"
-        assert set(body["error"]) == ERROR_KEYS and body["error"]["request_id"] == "rid-1"
-        assert "backpressure" not in body["error"]["message"]
-    assert run_proxy_middleware(app_error)[0] == 422
-    assert run_proxy_middleware(app_error)[2]["error"]["param"] == "k"
-
-
-def test_an_unexpected_error_is_a_500_without_internals(caplog):
-    from fastapi.testclient import TestClient
-
-    api = serve_http.new_api()
-
-    @api.get("/boom")
-    def boom():
-        raise RuntimeError("ActorDiedError pid=4242 ip=10.0.0.7 actor_id=abc123")
-
-    with TestClient(api, raise_server_exceptions=False) as client:
-        r = client.get("/boom", headers={"x-request-id": "rid-9"})
-    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
-    assert set(r.json()["error"]) == ERROR_KEYS and r.json()["error"]["request_id"] == "rid-9"
-    assert "pid" not in r.text and "10.0.0.7" not in r.text and "rid-9" in r.json()["error"]["message"]
-    assert "10.0.0.7" in caplog.text  # the details are in the server log, under the request id
-
-
 # -- the graph ----------------------------------------------------------------------------------------
 def test_health_and_models(served):
     assert served.get("/healthz").json() == {"status": "ok"}
+    ready = served.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+    deployments = ready.json()["deployments"]
+    assert set(deployments) == {"Ingress", "Rationalizer", "Answerer"}, deployments
+    assert all(d["ready"] and d["replicas"]["RUNNING"] >= 1 for d in deployments.values()), deployments
+    assert served.head("/readyz").status_code == 200
     ids = {m["id"]: m["role"] for m in served.get("/v1/models").json()["data"]}
     assert ids == {"tiny:t5-small": "rationalizer", LARGE: "answerer"}
     assert [m["id"] for m in served.get("/openai/v1/models").json()["data"]] == [LARGE]
@@ -264,6 +191,12 @@ OPENAI_BAD_INPUTS = [
     ("completions", {"model": LARGE, "prompt": "p", "logprobs": 5000}, 400, "logprobs"),
     ("completions", {"model": "gpt-4", "prompt": "p"}, 404, "model"),
     ("chat/completions", {"model": LARGE, "messages": []}, 400, "messages"),
+    ("chat/completions", {"model": LARGE, "messages": [{"role": "user", "content": "hi"}],
+                          "max_completion_tokens": 100000}, 400, "max_completion_tokens"),
+    ("chat/completions", {"model": LARGE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                          "max_completion_tokens": 0}, 400, "max_completion_tokens"),
+    ("chat/completions", {"model": LARGE, "messages": [{"role": "user", "content": "hi"}], "n": 8,
+                          "max_completion_tokens": 256}, 400, "max_completion_tokens"),  # 2,048 over the budget
     ("chat/completions", {"model": LARGE, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
 ]
 
@@ -413,6 +346,14 @@ def test_a_full_queue_answers_503_with_retry_after(ray_cluster, served):
         for r in answers:
             if r.status_code == 503:
                 assert_error(r, 503)
+        # the proxy answered these itself: their request ids are in its Serve log, not only on its stderr
+        logs = Path(ray_cluster._private.worker._global_node.get_logs_dir_path()) / "serve"
+        rids = {r.headers["x-request-id"] for r in answers if r.status_code == 503}
+        deadline = time.monotonic() + 20
+        while (missing := {rid for rid in rids if not any(rid in f.read_text(errors="replace")
+                                                          for f in logs.glob("proxy_*.log"))}):
+            assert time.monotonic() < deadline, f"503 request ids in no proxy log: {missing}"
+            time.sleep(0.5)
     finally:
         serve.delete("tight")
 

@@ -1,4 +1,4 @@
-"""The serve graph against a hostile client: every case of issue "serving at its edges", replayed.
+"""The serve graph against a hostile client: over-long prompts, hostile headers and bodies, load, replayed.
 
 One application on the tiny models (its own Ray session, loopback only), small limits so each
 case is quick, and a bounded number of requests. A case fails on any 5xx, any error that is not
@@ -19,11 +19,12 @@ import httpx
 import openai
 import pytest
 
-from lmcot.stages import serve_http
-from lmcot.stages.serve import AppArgs, build_app
+from lmcot.serving.app_args import AppArgs
+from lmcot.serving.proxy import PROXY_CALLBACK
+from lmcot.stages.serve import build_app
 
 pytestmark = pytest.mark.ray
-os.environ.setdefault(*serve_http.PROXY_CALLBACK)
+os.environ.setdefault(*PROXY_CALLBACK)
 
 LARGE = "tiny:t5-large"  # input limit 512 tokens
 TIMEOUT_S = 30.0
@@ -93,26 +94,34 @@ def request(method: str, path: str, headers: list[tuple[bytes, bytes]], body: by
     return b"\r\n".join(lines) + b"\r\n", body
 
 
-# -- 1. over-long prompts: 400 context_length_exceeded, naming the field --------------------------------
+def log_lines(logs: Path, pattern: str, text: str) -> list[str]:
+    """The lines holding ``text`` in the Serve logs matching ``pattern``."""
+    return [line for f in logs.glob(pattern) for line in f.read_text(errors="replace").splitlines() if text in line]
+
+
+# -- 1. over-long prompts: context_length_exceeded (bad input of the route), naming the field ------------
 LONG_WORDS = " ".join(["ab"] * 650)  # 1,949 characters (under serve.max_question_chars), over 512 tokens
 OVER_LONG = [
-    ("/v1/answer", {"question": LONG_WORDS, "method": "standard"}, "question"),
-    ("/v1/answer", {"question": LONG_WORDS, "method": "lm_guided"}, "question"),
-    ("/openai/v1/completions", {"model": LARGE, "prompt": " ".join(["word"] * 1200), "max_tokens": 2}, "prompt"),
+    ("/v1/answer", {"question": LONG_WORDS, "method": "standard"}, "question", 422),
+    ("/v1/answer", {"question": LONG_WORDS, "method": "lm_guided"}, "question", 422),
+    ("/openai/v1/completions", {"model": LARGE, "prompt": " ".join(["word"] * 1200), "max_tokens": 2}, "prompt", 400),
     ("/openai/v1/completions", {"model": LARGE, "prompt": ["short", LONG_WORDS], "max_tokens": 2,
-                                "logprobs": 2}, "prompt"),
+                                "logprobs": 2}, "prompt", 400),
     ("/openai/v1/chat/completions", {"model": LARGE, "max_tokens": 2,
-                                     "messages": [{"role": "user", "content": "hi there"}] * 1000}, "messages"),
+                                     "messages": [{"role": "user", "content": "hi there"}] * 1000}, "messages", 400),
 ]
 
 
-@pytest.mark.parametrize("route,payload,param", OVER_LONG, ids=[f"{r}-{p}" for r, _, p in OVER_LONG])
-def test_an_over_long_prompt_is_a_400_naming_the_limit_and_the_field(app, route, payload, param):
-    client, _, _ = app
+@pytest.mark.parametrize("route,payload,param,status", OVER_LONG, ids=[f"{r}-{p}" for r, _, p, _ in OVER_LONG])
+def test_an_over_long_prompt_is_bad_input_naming_the_limit_and_the_field(app, route, payload, param, status):
+    client, _, logs = app
     r = client.post(route, json=payload)
-    error = check_error(r.status_code, r.headers, r.content, 400)
+    error = check_error(r.status_code, r.headers, r.content, status)
     assert error["code"] == "context_length_exceeded" and error["param"] == param, error
     assert "maximum context length is 512 tokens" in error["message"] and error["message"].startswith(param)
+    # the client's mistake: no failed request, no traceback in the model replicas' logs
+    assert not [line for line in log_lines(logs, "replica_*.log", error["request_id"])
+                if "ERROR" in line or "Traceback" in line or "Request failed" in line]
 
 
 def test_the_openai_client_gets_a_bad_request_it_does_not_retry(app):
@@ -230,6 +239,38 @@ def test_logprob_tokens_are_cut_at_the_stop(app):
     lp = cut["logprobs"]
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) < len(full["logprobs"]["tokens"])
     assert stop not in "".join(lp["tokens"][-1:]) or not lp["tokens"]
+
+
+def test_a_client_that_disconnects_mid_body_costs_no_500_and_no_traceback(app):
+    client, port, logs = app
+    rid = "gone-mid-body-1"
+    head, _ = request("POST", "/v1/answer", [(b"Content-Type", b"application/json"), (b"X-Request-ID", rid.encode())],
+                      b"x" * 200)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n" + b'{"question": "Who')
+        time.sleep(1.0)  # past edges.SLOW_AFTER_S: the ingress is reading the body
+    time.sleep(3.0)
+    assert client.post("/v1/answer", json={"question": "Who?", "method": "standard"}).status_code == 200
+    lines = log_lines(logs, "replica_*Ingress*.log", rid)
+    assert not [line for line in lines if " 500 " in line or "ERROR" in line], lines
+    assert not log_lines(logs, "replica_*Ingress*.log", "Traceback")
+    workers = logs.parent.glob("worker-*.err")
+    assert not [f.name for f in workers if "Task exception was never retrieved" in f.read_text(errors="replace")]
+
+
+def test_header_bytes_uvicorn_refuses_get_its_plain_text_400(app):
+    """Documented in README's error contract: uvicorn answers these before any lmcot code runs."""
+    _, port, _ = app
+    for bad in (b"X-Bad: a\x00b", b"X-Bad: a\rb"):
+        status, headers, _ = raw(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                                       + bad + b"\r\n")
+        assert status == 400 and headers.get("content-type", "").startswith("text/plain"), (bad, status, headers)
+
+
+def test_readiness_reports_each_deployment_without_a_token(app):
+    client, _, _ = app
+    r = client.get("/readyz")
+    assert r.status_code == 200 and set(r.json()["deployments"]) == {"Ingress", "Rationalizer", "Answerer"}, r.text
 
 
 # -- 7. minor edges ------------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ from lmcot.config import ModelSpec, load_config
 from lmcot.datasets.data import load_split
 from lmcot.evaluation.evaluator import prepare_questions
 from lmcot.models.generation import HFGenerator
-from lmcot.evaluation.metrics import answer_metrics, dataset_aliases, gold_answers
+from lmcot.scoring.metrics import answer_metrics, dataset_aliases, gold_answers
 from lmcot.models.loading import TINY_WORLD_DIR
-from lmcot.evaluation.report import load_jsonl
+from lmcot.runs.jsonl import load_jsonl
 from lmcot.runs.rundir import RunDir
 from lmcot.stages import distill, rationales, refine
 

@@ -1,0 +1,121 @@
+"""Does a small LM ground its rationales? Measured on tuning worlds only (never the evaluation world).
+
+For each small LM given (a distilled or refined model folder): its greedy rationales on the dev
+questions of tuning worlds (:data:`lmcot.tinyworld.seeds.TUNING`), with the preset's contexts, and
+
+- the share the faithful check accepts (:func:`lmcot.training.faithfulness.is_faithful`: every name and
+  number occurs in the context);
+- name recall: the share of the gold supporting facts' names and numbers the rationale states
+  (:func:`lmcot.training.faithfulness.name_recall`);
+- what the rationale does for the large LM: LM-guided F1 against the empty rationale in the same prompt,
+  paired on the same questions, with its 95% interval (and the gold chain of thought's, as the ceiling).
+
+These are the success criterion of the small T5's pretraining (``docs/design.md``)::
+
+    python tools/measure_grounding.py --small runs/tiny_world/distill/model --limit 200 --out grounding.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from lmcot.config import ModelSpec, load_config
+from lmcot.datasets.data import load_json_file
+from lmcot.evaluation.evaluator import prepare_questions, question_scores
+from lmcot.evaluation.statistics import fmt_interval, paired
+from lmcot.inference import method
+from lmcot.models.generation import HFGenerator
+from lmcot.scoring.metrics import load_aliases
+from lmcot.tinyworld import seeds
+from lmcot.training.faithfulness import is_faithful, name_recall
+
+
+def world_questions(world: int, limit: int, cfg, tokenizer):
+    """(examples, questions, aliases) of both datasets of a tuning world's dev split, as the preset builds them."""
+    folder = Path(tempfile.mkdtemp(prefix=f"tuning-world-{world}-"))
+    for name, text in seeds.evaluation_world_files(world).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    aliases = load_aliases(folder / "2wiki_id_aliases.json")
+    out = []
+    for ds in ("hotpotqa", "2wiki"):
+        examples = load_json_file(folder / f"{ds}_dev.json", ds)[:limit]
+        out.append((ds, examples, prepare_questions(examples, mode=cfg.data.context_mode, tokenizer=tokenizer,
+                                                    max_tokens=cfg.data.context_max_tokens)))
+    return out, aliases
+
+
+def f1_by_question(key: str, examples, results, aliases) -> dict[str, float]:
+    return {f"{key}/{qid}": s["f1"] for qid, s in question_scores(examples, results, aliases).items()}
+
+
+def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
+    large = HFGenerator(dataclasses.replace(cfg.large, device="cpu"), config=cfg.generation)
+    smalls = {str(d): HFGenerator(ModelSpec(str(d), device="cpu"), config=cfg.generation) for d in small_dirs}
+    f1: dict[str, dict[str, float]] = {}
+    grounding: dict[str, dict[str, list[float]]] = {name: {"faithful": [], "recall": []} for name in smalls}
+    for world in worlds:
+        sets, aliases = world_questions(world, limit, cfg, large.tokenizer)
+        for ds, examples, qs in sets:
+            key = f"{world}/{ds}"
+            for row, results in (("empty", method.empty_rationale(qs, large, cfg.generation)),
+                                 ("gold", method.gold_rationale(qs, large, cfg.generation))):
+                f1.setdefault(row, {}).update(f1_by_question(key, examples, results, aliases))
+            for name, small in smalls.items():
+                results = method.lm_guided(qs, small, large, cfg.generation, 1)
+                f1.setdefault(name, {}).update(f1_by_question(key, examples, results, aliases))
+                for ex, q, r in zip(examples, qs, results):
+                    grounding[name]["faithful"].append(float(is_faithful(r.rationales[0], q.context)))
+                    grounding[name]["recall"].append(name_recall(r.rationales[0], ex.evidence))
+                print(f"{key} {name}: e.g. {results[0].rationales[0]!r}", file=sys.stderr, flush=True)
+    out = {"worlds": worlds, "questions": len(f1["empty"]), "empty_f1": 100 * sum(f1["empty"].values()) / len(f1["empty"]),
+           "gold_vs_empty": paired(f1["empty"], f1["gold"]).as_dict(), "small": {}}
+    for name, g in grounding.items():
+        out["small"][name] = {"faithful_share": sum(g["faithful"]) / len(g["faithful"]),
+                              "name_recall": sum(g["recall"]) / len(g["recall"]),
+                              "lm_guided_f1": 100 * sum(f1[name].values()) / len(f1[name]),
+                              "lm_guided_vs_empty": paired(f1["empty"], f1[name]).as_dict()}
+    return out
+
+
+def table(result: dict) -> str:
+    g = result["gold_vs_empty"]
+    rows = [f"Tuning worlds {', '.join(map(str, result['worlds']))}: {result['questions']} questions; empty rationale "
+            f"{result['empty_f1']:.1f} F1, gold chain of thought {fmt_interval(g['delta'], g['low'], g['high'])} over it.",
+            "", "| small LM | faithful share | name recall | LM-guided F1 | LM-guided - empty (95% CI) |",
+            "|---|---:|---:|---:|---:|"]
+    for name, r in result["small"].items():
+        p = r["lm_guided_vs_empty"]
+        rows.append(f"| `{name}` | {100 * r['faithful_share']:.1f}% | {100 * r['name_recall']:.1f}% | "
+                    f"{r['lm_guided_f1']:.1f} | {fmt_interval(p['delta'], p['low'], p['high'])} ({p['verdict']}) |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", type=Path, action="append", required=True, help="a small LM folder (repeatable)")
+    p.add_argument("--config", default="tiny_world")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--world", type=int, action="append", default=None, help="tuning world seed (repeatable; default all)")
+    p.add_argument("--limit", type=int, default=200, help="questions per dataset and world")
+    p.add_argument("--out", type=Path, default=None, help="write the figures here (JSON) and beside it a .md table")
+    args = p.parse_args(argv)
+    worlds = args.world or list(seeds.TUNING)
+    for w in worlds:
+        if seeds.purpose(w) != "tuning":
+            p.error(f"--world {w} is a {seeds.purpose(w)} world: the criterion is measured on tuning worlds only")
+    result = measure(args.small, worlds, args.limit, load_config(args.config, args.overrides))
+    text = table(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
