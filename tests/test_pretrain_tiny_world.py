@@ -73,13 +73,22 @@ def test_pretraining_cannot_reach_a_held_out_world(tool):
     from lmcot.tinyworld import seeds
 
     assert not {101, 777} & set(tool.world_seeds(0, 1000))  # the preset's train world, the unseen-world test's
-    held_out = [seeds.SHIPPED_DEV, *seeds.TUNING, *seeds.EVALUATION]
+    held_out = [seeds.SHIPPED_DEV, *seeds.TUNING, *seeds.EVALUATION, *seeds.SPENT]
     assert all(s >= seeds.PRETRAINING_LIMIT for s in held_out)
     assert max(tool.world_seeds(9, 99_999)) < seeds.PRETRAINING_LIMIT
     for seed, n in ((10, 1), (0, 100_000), (202, 1)):
         with pytest.raises(ValueError, match="reserved seeds"):
             tool.world_seeds(seed, n)
-    assert {seeds.purpose(s) for s in held_out} == {"shipped dev sets (tests)", "tuning", "evaluation"}
+    assert {seeds.purpose(s) for s in held_out} == {"shipped dev sets (tests)", "tuning", "evaluation",
+                                                    "spent evaluation"}
+
+
+@pytest.mark.parametrize("world", [2_000_001, 2_000_002])
+def test_the_tool_refuses_to_probe_models_on_an_evaluation_world(tool, world, capsys):
+    """Probing on the world the report is measured on (or one a diagnosis spent) would make it a tuning world."""
+    with pytest.raises(SystemExit):
+        tool.main(["--eval", "unused", "--eval-world", str(world)])
+    assert "reserved" in capsys.readouterr().err
 
 
 def test_each_corruption_changes_the_rationale(tool):

@@ -28,10 +28,10 @@ step alone, ``--minutes`` only decides where training stops (the steps taken are
 recorded), and a rerun with ``--large-steps`` / ``--small-steps`` set to the recorded
 numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain torch loops, no Ray; run it niced::
 
-    nice -n 19 python tools/pretrain_tiny_world.py --minutes 30 --out lmcot/tiny_world
+    nice -n 19 python tools/pretrain_tiny_world.py --minutes 30 --out lmcot/weights/tiny_world
     python tools/pretrain_tiny_world.py --smoke --out /tmp/tw          # seconds
-    python tools/pretrain_tiny_world.py --eval lmcot/tiny_world        # dev EM/F1 through lmcot.inference.method
-    python tools/pretrain_tiny_world.py --only large --continue-from lmcot/tiny_world --out DIR \\
+    python tools/pretrain_tiny_world.py --eval lmcot/weights/tiny_world  # dev EM/F1 through lmcot.inference.method
+    python tools/pretrain_tiny_world.py --only large --continue-from lmcot/weights/tiny_world --out DIR \\
         --large-steps 6065 --critic-steps 3000                         # the critic phase alone
 """
 
@@ -255,7 +255,7 @@ def evaluate_dir(folder: Path, limit: int = 0, context_tokens: int = 256, judge_
     data_dir = world_gen.OUT_DIR
     if world_seed is not None:  # a world no model has seen, generated as the shipped one (only the seed differs)
         data_dir = Path(tempfile.mkdtemp(prefix=f"tiny-world-{world_seed}-"))
-        shape = seeds.EVAL_WORLD_SHAPE if world_seed in seeds.TUNING + seeds.EVALUATION else {}
+        shape = seeds.EVAL_WORLD_SHAPE if world_seed in seeds.TUNING + seeds.EVALUATION + seeds.SPENT else {}
         for name, text in world_gen.generate(seed=world_seed, rationales=bool(shape), **shape).items():
             (data_dir / name).write_text(text, encoding="utf-8")
     world, _ = world_gen.generate_world(**({} if world_seed is None else dict(seed=world_seed, **shape)))
@@ -312,7 +312,7 @@ def judge_separation(large, world, examples, questions, ds: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "lmcot" / "tiny_world", help="output folder")
+    p.add_argument("--out", type=Path, default=ROOT / "lmcot" / "weights" / "tiny_world", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds, the data order and the init")
     p.add_argument("--worlds", type=int, default=400, help="training worlds (seeds derived from --seed): many, each seen little")
     p.add_argument("--questions", type=int, default=10, help="train questions per dataset and world")
@@ -353,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --eval: the dev split of the world of SEED instead of the shipped dev sets")
     args = p.parse_args(argv)
     if args.eval is not None:
+        if args.eval_world is not None and seeds.purpose(args.eval_world) in ("evaluation", "spent evaluation"):
+            p.error(f"--eval-world {args.eval_world} is reserved ({seeds.purpose(args.eval_world)}): probe the "
+                    f"models on a tuning world ({', '.join(map(str, seeds.TUNING))}) or an unassigned one, never on "
+                    "the worlds the report is measured on")
         torch.set_num_threads(args.threads)
         result = evaluate_dir(args.eval, args.eval_limit, args.context_tokens, world_seed=args.eval_world)
         name = "dev_eval.json" if args.eval_world is None else f"world_{args.eval_world}_eval.json"

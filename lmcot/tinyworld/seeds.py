@@ -9,7 +9,8 @@ results are reported (evaluation) are never used to choose anything:
 - **preset training**: the world the ``tiny_world`` preset distils and refines on;
 - **tuning**: where recipe choices are made (sampling of self-consistency, the rationale filter,
   refinement's settings); ``docs/design.md`` records each choice with the tuning figure that made it;
-- **evaluation**: what ``make run``'s report is measured on; never used for a choice;
+- **evaluation**: what ``make run``'s report is measured on; never used for a choice; a world a failure
+  was diagnosed on is **spent** (:data:`SPENT`) and replaced by a fresh one;
 - **tests**: the shipped dev sets and the unseen-world test.
 
 Reserved seeds sit at or above :data:`PRETRAINING_LIMIT` (the shipped dev world, tuning, evaluation) or are
@@ -27,8 +28,11 @@ UNSEEN_TEST = 777
 """The unseen-world test (``tests/test_tiny_world.py``)."""
 TUNING = (1_000_001, 1_000_002)
 """Worlds where recipe choices are made."""
-EVALUATION = (2_000_001,)
+EVALUATION = (2_000_002,)
 """Worlds ``make run`` reports on (``lmcot/data/tiny_world/eval/``); no choice is made on them."""
+SPENT = (2_000_001,)
+"""Earlier evaluation worlds a diagnosis was read off (which rows fail and why): they informed later choices,
+so they are never reported as unseen again and never used to choose; their figures stay on record."""
 PRETRAINING_LIMIT = 1_000_000
 """Pretraining seeds are below this; every held-out purpose above it (by range, not by listing)."""
 LEGACY_RESERVED = (PRESET_TRAIN, UNSEEN_TEST)
@@ -65,8 +69,8 @@ def pretraining_seeds(seed: int, n: int) -> list[int]:
 def purpose(seed: int) -> str:
     """What a world seed is for.
 
-    >>> purpose(5), purpose(101), purpose(2_000_001), purpose(1_000_002)
-    ('pretraining', 'preset training', 'evaluation', 'tuning')
+    >>> purpose(5), purpose(101), purpose(2_000_002), purpose(1_000_002), purpose(2_000_001)
+    ('pretraining', 'preset training', 'evaluation', 'tuning', 'spent evaluation')
     """
     named = {SHIPPED_DEV: "shipped dev sets (tests)", PRESET_TRAIN: "preset training", UNSEEN_TEST: "unseen-world test"}
     if seed in named:
@@ -75,6 +79,8 @@ def purpose(seed: int) -> str:
         return "tuning"
     if seed in EVALUATION:
         return "evaluation"
+    if seed in SPENT:
+        return "spent evaluation"
     return "pretraining" if 0 < seed < PRETRAINING_LIMIT else "unassigned (held out)"
 
 
