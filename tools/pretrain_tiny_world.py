@@ -1,7 +1,7 @@
 """Pretrain the tiny world's two T5s from scratch, on CPU, on synthetic worlds the dev sets never use.
 
 Why: lmcot's random tiny models only show plumbing (every accuracy is 0). These two
-models make the method visible offline (issue 13):
+models make the method visible offline:
 
 - ``large``: a T5 of a few M parameters, instruction-tuned on lmcot's own prompt
   templates (:mod:`lmcot.prompting.prompts`): direct answer, CoT ending in the answer cue, answer
@@ -123,7 +123,7 @@ def build_pairs(args, tokenizer) -> tuple[list, list, list, dict]:
     """All training pairs of both models (the large one's mixture, the small one's, the critic phase's),
     and a record of where they came from."""
     rng, small_rng = random.Random(args.seed), random.Random(args.seed + 3)  # either model's data alone can change
-    critic_rng = random.Random(args.seed + 4)  # the critic phase came later: the mixture's data stays as it was
+    critic_rng = random.Random(args.seed + 4)  # a stream of its own: the mixture's data is the same with or without it
     worlds = world_seeds(args.seed, args.worlds)
     large, small, critic = [], [], []
     for world, examples in pretraining_worlds(args.seed, args.worlds, args.questions):

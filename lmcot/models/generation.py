@@ -7,7 +7,7 @@ the cost of each method (large-LM calls and tokens per question) is measured, no
 estimated. Prompts are fitted to the model's input limit first (:mod:`lmcot.prompting.fitting`);
 the prompt tokens reported are those of the fitted prompt the model received.
 
-Throughput (issue 12, ``docs/design.md`` "Generation throughput"): a batch is counted in
+Throughput (``docs/design.md`` "Generation throughput"): a batch is counted in
 rows (prompts x samples) under :attr:`GenerationConfig.batch_size` and a token budget
 (``max_batch_tokens``), never splitting one prompt's samples. With ``static_cache`` the
 prompts are padded up to a few bucket lengths (and the prompts of a batch up to a power

@@ -36,7 +36,7 @@ def tiny_cache_dir() -> Path:
     return Path(os.environ.get("LMCOT_TINY_DIR", Path.home() / ".cache" / "lmcot" / "tiny-models"))
 
 
-TINY_WORLD_DIR = Path(__file__).resolve().parents[1] / "tiny_world"
+TINY_WORLD_DIR = Path(__file__).resolve().parents[1] / "weights" / "tiny_world"
 """The tiny world's pretrained T5s (``tools/pretrain_tiny_world.py``), shipped with the package."""
 
 

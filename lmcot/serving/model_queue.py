@@ -36,8 +36,8 @@ def admission_fitter(generator):
 
     Why a copy: admission runs on the caller's thread while the model thread encodes batches, and a
     fast tokenizer's padding settings are per instance state that each call sets; shared across two
-    threads, one call's ``no padding`` landed inside the other's batch (seen in refinement: "expected
-    sequence of length 309 at dim 1 (got 311)" from the judge)."""
+    threads, one call's ``no padding`` can land inside the other's batch (refinement's judge then fails
+    with "expected sequence of length 309 at dim 1 (got 311)")."""
     fitter = getattr(generator, "fitter", None)
     if fitter is None:
         return None

@@ -2,10 +2,11 @@
 
 Why one queue: a large LM is expensive per call and cheap per extra row, so calls that arrive
 together (Serve requests, the reward calls of several training workers) should share a forward
-pass; but one caller's long or broken work must not cost the others their answers. Three
-mechanisms used to do this separately (Serve's ``@serve.batch`` plus a chunk scheduler, a
-hand-written chunk loop for logprobs, a per-operation batcher in the judge actor); this module is
-the one that replaces them, with no Ray in it, so it is tested in milliseconds.
+pass; but one caller's long or broken work must not cost the others their answers. Every
+operation (generation, logprobs, yes/no scores) and every caller (Serve replicas, the refinement
+judge actors) goes through this one queue, which has no Ray in it, so it is tested in milliseconds.
+Left out: Serve's ``@serve.batch``, which merges calls of one method only and cannot split a long
+request into pieces.
 
 How it works. A caller submits a *job*: a key (the operation and its decoding settings: only jobs
 with equal keys can share a model call) and a list of items (prompts). One thread runs the model.
@@ -20,9 +21,9 @@ waited``: a full-size piece concedes ``aging_s`` seconds to a tiny one, and no m
 request waits for about one batch of a long one, and a piece that has waited ``aging_s`` seconds
 goes before every piece that arrived after it, whatever their costs: a piece's wait is at most
 ``aging_s`` plus the work queued ahead of it when it arrived (first come, first served from there
-on). A large request is therefore answered after its pieces, each waiting at most that long; the
-earlier policy (cost / (1 + seconds waited)) let a 2,048-token piece lose to fresh 6-token pieces
-for minutes.
+on). A large request is therefore answered after its pieces, each waiting at most that long. Left
+out: a priority of cost / (1 + seconds waited), under which a 2,048-token piece loses to a stream
+of fresh 6-token pieces for minutes.
 
 Failures stay with their caller. A merged batch that raises is run again caller by caller, so only
 the jobs whose own items fail get the exception. A job whose caller gave up (its future cancelled:

@@ -20,8 +20,7 @@ The driver hands every worker one :class:`WorkerConfig`. ``refine.algorithm`` pi
 trainer through :data:`TRL_TRAINERS` and the seq2seq loop's estimator and loss through the
 registries of :mod:`lmcot.training.rl`. ``refine.skip_flat_steps`` is the seq2seq loop's: TRL
 1.16's trainers have no way to skip an optimizer step from a reward, so on a step whose task
-reward is flat in every group they update on what the other rewards (and the KL term) leave,
-as they always did.
+reward is flat in every group they update on what the other rewards (and the KL term) leave.
 """
 
 from __future__ import annotations

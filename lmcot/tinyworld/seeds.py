@@ -14,7 +14,7 @@ results are reported (evaluation) are never used to choose anything:
 - **tests**: the shipped dev sets and the unseen-world test.
 
 Reserved seeds sit at or above :data:`PRETRAINING_LIMIT` (the shipped dev world, tuning, evaluation) or are
-listed in :data:`LEGACY_RESERVED` (two worlds reserved before the ranges existed), so no ``--worlds N``
+listed in :data:`LEGACY_RESERVED` (two held-out worlds below the limit), so no ``--worlds N``
 or ``--seed S`` of the pretraining tool can reach them: :func:`pretraining_seeds` refuses instead.
 """
 
@@ -36,7 +36,7 @@ so they are never reported as unseen again and never used to choose; their figur
 PRETRAINING_LIMIT = 1_000_000
 """Pretraining seeds are below this; every held-out purpose above it (by range, not by listing)."""
 LEGACY_RESERVED = (PRESET_TRAIN, UNSEEN_TEST)
-"""Held-out worlds inside the pretraining range, reserved before the ranges existed: skipped by seed."""
+"""Held-out worlds inside the pretraining range (the preset's train split, the unseen-world test): skipped by seed."""
 EVAL_WORLD_SHAPE = {"train": 1000, "dev": 400}
 """How an evaluation or tuning world is drawn: the shipped samples' 5:2 train:dev draw order scaled up
 (the dev split drawn after the train split, whose questions it never repeats), so its question types

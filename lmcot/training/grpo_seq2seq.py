@@ -27,7 +27,7 @@ loss and KL are still measured). Zeroing its advantages alone would not do: the 
 would still step, pulling the policy back toward the distilled model by as much as flat
 steps happen to come, and Adam's momentum would carry earlier steps on. Every step's metrics
 carry ``flat_task_reward_step`` and the running ``flat_steps_total``; with
-``skip_flat_steps: false`` the step is taken as it always was and only flagged. A reward
+``skip_flat_steps: false`` the step is taken like any other and only flagged. A reward
 function without a ``task`` component never flags a step.
 
 The optimiser is behind an *engine*: anything with ``module``, ``__call__``
