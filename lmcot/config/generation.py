@@ -7,6 +7,9 @@ from dataclasses import dataclass
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 """Attention kernels transformers offers for T5 and Qwen2 (``attn_implementation``)."""
 
+ENGINES = ("static", "continuous")
+"""How the HF backend batches free generation (``engine``)."""
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -54,6 +57,16 @@ class GenerationConfig:
     """Attention kernel of HF-loaded generation models: ``sdpa`` (transformers' default), ``eager`` or
     ``flex_attention``. T5's relative-position bias is an additive mask, which keeps SDPA off its
     fastest kernels; compile fuses around it (docs/benchmarks.md)."""
+    engine: str = "static"
+    """HF backend, free generation: ``static`` batches prompts up to ``batch_size`` rows and runs each
+    batch with ``model.generate`` until its longest row ends (the static cache and ``compile`` apply
+    here); ``continuous`` (:mod:`lmcot.models.continuous`) schedules at every decoding step: a row that
+    ends frees its slot at once and a waiting prompt takes it at the next step, ``batch_size`` rows at
+    most (and ``max_batch_tokens``). Greedy text is the same with either; sampled text is drawn from
+    per-row seeds, so it differs from the static engine's. Pick ``continuous`` where output lengths
+    vary (rationales, self-consistency samples) and for many concurrent requests; ``static`` for
+    compiled static-cache decoding on a GPU, which the continuous engine does not do (it decodes
+    eagerly; yes/no scoring and log-probabilities run on the static path either way)."""
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -72,6 +85,8 @@ class GenerationConfig:
             raise ValueError("bucket_step must be >= 1")
         if any(b < 1 for b in self.length_buckets) or list(self.length_buckets) != sorted(set(self.length_buckets)):
             raise ValueError(f"length_buckets must be positive and strictly ascending, got {list(self.length_buckets)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
                              f"got {self.attn_implementation!r}")

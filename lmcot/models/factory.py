@@ -13,9 +13,14 @@ from lmcot.models.generation import Generator, HFGenerator
 
 
 def make_generator(spec: ModelSpec, gen: GenerationConfig | None = None) -> Generator:
-    """The generator for a model spec's backend (``hf``, ``vllm`` or ``openai``); vLLM and httpx are
-    imported only when their backend is chosen."""
+    """The generator for a model spec's backend (``hf``, ``vllm`` or ``openai``; ``hf`` with
+    ``gen.engine: continuous`` gets the continuous-batching engine); vLLM and httpx are imported only
+    when their backend is chosen."""
     gen = gen or GenerationConfig()
+    if spec.backend == "hf" and gen.engine == "continuous":
+        from lmcot.models.continuous import ContinuousGenerator
+
+        return ContinuousGenerator(spec, config=gen)
     if spec.backend == "hf":
         return HFGenerator(spec, config=gen)
     if spec.backend == "openai":
