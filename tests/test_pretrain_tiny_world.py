@@ -44,13 +44,26 @@ def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
         assert record["sha256"]["model.safetensors"] == digest == summary["models"][name]["sha256"]["model.safetensors"]
         assert record["train"]["steps"] == 2 and record["world_seeds"] == summary["data"]["world_seeds"]
         assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+    import torch
+
     from lmcot.config import ModelSpec
     from lmcot.models.generation import HFGenerator
+    from lmcot.tinyworld.training import SMOKE_SIZES, build_t5
 
     large = HFGenerator(ModelSpec(str(tmp_path / "large"), device="cpu"))
     assert large.tokenizer.model_max_length == 512 and large.family == "seq2seq"
+    record = json.loads((tmp_path / "large" / "lmcot_tiny_world.json").read_text())
+    config = large.model.config
+    assert {k: getattr(config, k) for k in SMOKE_SIZES["large"]} == record["size"] == SMOKE_SIZES["large"]
+    assert sum(p.numel() for p in large.model.parameters()) == record["parameters"]
+    # the trained weights were saved, not the initial ones (same seed, same shapes)
+    initial = build_t5(SMOKE_SIZES["large"], large.tokenizer, seed=0).state_dict()
+    saved = large.model.state_dict()
+    assert initial.keys() == saved.keys() and any(not torch.equal(initial[k], saved[k]) for k in saved)
+    # the saved generation settings suppress <pad>: a barely trained T5 would otherwise write nothing
+    assert large.model.generation_config.suppress_tokens == [large.tokenizer.pad_token_id]
     [out] = large.generate(["Question: who?\nAnswer:"], max_new_tokens=3)
-    assert out.texts[0] is not None
+    assert out.texts[0].strip() and 1 <= out.completion_tokens <= 3, out
 
 
 def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer):

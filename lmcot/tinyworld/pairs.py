@@ -168,9 +168,13 @@ def small_line_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str,
 
 
 def sentences_about(ex: Example, context: str, entities: list[str], own: int = 4) -> list[str]:
-    """The context's sentences about ``entities``, in context order: the first ``own`` sentences of a
-    paragraph titled with one of them, and every other sentence that names one, as long as the context
-    keeps it whole."""
+    """The context's sentences about ``entities``: the first ``own`` sentences of a paragraph titled with one
+    of them, and every other sentence that names one, as long as the context keeps it whole.
+
+    They come in the example's paragraph order, not the (shuffled) context's, and sentences naming an
+    entity elsewhere come on top of ``own``, so a few two-entity targets pass :data:`MAX_TARGET` and are
+    cut: two defects of the data the shipped small T5 learned from, kept so the code reproduces it
+    (``tests/core/test_tinyworld_pairs.py`` marks both)."""
     out = []
     for p in ex.paragraphs:
         for i, s in enumerate(p.sentences):

@@ -370,6 +370,87 @@ def test_registered_estimators_and_losses_are_the_tensor_functions():
     assert stats["kl"] == pytest.approx(rl.kl_k1(old, ref).mean().item())
 
 
+# -- RLOO through the registry: what it does to a policy -----------------------------------------
+def test_rloo_baseline_leaves_each_sample_out():
+    """d advantage_i / d reward_j is 1 for i == j and -1/(k-1) within the group, 0 across groups:
+    a sample's own reward is not in its baseline (a group-mean baseline gives 1 - 1/k on the diagonal)."""
+    from lmcot.config import RefineConfig
+
+    k = 4
+    cfg = RefineConfig(algorithm="rloo", beta=0.0, scale_rewards="none")
+    estimator = rl.get_adv_estimator("rloo")
+    mask = torch.ones(2 * k, 3)
+
+    def advantages(rewards):
+        return estimator.fn(rl.Scored(rewards, k, mask), cfg)
+
+    jacobian = torch.autograd.functional.jacobian(advantages, torch.rand(2 * k))
+    block = torch.eye(k) - (1 - torch.eye(k)) / (k - 1)
+    assert torch.allclose(jacobian, torch.block_diag(block, block))
+    # each group's advantages sum to 0, so normalising over the batch leaves a flat group at exactly 0
+    normed = estimator.fn(rl.Scored(torch.tensor([0.3] * k + [0.0, 1.0, 0.0, 0.0]), k, mask),
+                          RefineConfig(algorithm="rloo", beta=0.0))
+    assert normed[:k].abs().max().item() < 1e-6 and normed[k + 1] > 0 > normed[k]
+
+
+class ToyPolicy:
+    """A position-wise categorical policy over 5 tokens; each row of ``labels`` is one rollout."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.labels = labels
+        self.logits = torch.zeros(labels.shape[1], 5, requires_grad=True)
+
+    def token_logps(self) -> torch.Tensor:
+        return rl.token_logps(self.logits.expand(len(self.labels), -1, -1), self.labels)
+
+    def sequence_logps(self) -> torch.Tensor:
+        with torch.no_grad():
+            return rl.sequence_logps(self.token_logps(), torch.ones_like(self.labels))
+
+
+def rloo_update(policy: ToyPolicy, rewards, k: int, *, beta: float = 0.0, ref_logps=None) -> torch.Tensor:
+    """One RLOO step through the registered estimator and loss (plain SGD); the change in each
+    rollout's sequence log-probability."""
+    from lmcot.config import RefineConfig
+
+    cfg = RefineConfig(algorithm="rloo", beta=beta)
+    before = policy.sequence_logps()
+    mask = torch.ones_like(policy.labels)
+    logps = policy.token_logps()
+    old = logps.detach()
+    advantages = rl.get_adv_estimator("rloo").fn(rl.Scored(torch.tensor(rewards), k, mask, None, old, ref_logps), cfg)
+    loss, _ = rl.get_policy_loss("rloo")(logps, old, advantages, mask, ref_logps=ref_logps, cfg=cfg, normalizer=None)
+    loss.backward()
+    with torch.no_grad():
+        policy.logits -= 0.5 * policy.logits.grad
+    return policy.sequence_logps() - before
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_rloo_moves_the_policy_toward_the_higher_reward_rollout(sign):
+    """Two prompts, two rollouts each, no token shared between rollouts: one step makes the rewarded
+    rollouts likelier and the others less likely; with the reward negated, the reverse."""
+    labels = torch.tensor([[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]])
+    change = rloo_update(ToyPolicy(labels), [sign * r for r in (1.0, 0.0, 0.0, 1.0)], k=2)
+    rewarded, other = change[[0, 3]], change[[1, 2]]
+    if sign > 0:
+        assert (rewarded > 0.05).all() and (other < -0.05).all(), change
+    else:
+        assert (rewarded < -0.05).all() and (other > 0.05).all(), change
+
+
+def test_rloo_kl_penalty_pulls_the_drifted_rollout_back_toward_the_reference():
+    """Equal rewards, but rollout 0 is likelier under the policy than under the reference: with
+    ``beta`` > 0 its penalised reward is lower, so the step makes it less likely; with ``beta`` 0
+    the step moves nothing."""
+    labels = torch.tensor([[1, 1, 1], [2, 2, 2]])
+    policy = ToyPolicy(labels)
+    ref = policy.token_logps().detach() - torch.tensor([[0.5], [0.0]])  # rollout 0 drifted by 1.5 nats
+    assert rloo_update(ToyPolicy(labels), [1.0, 1.0], k=2, beta=0.0, ref_logps=ref).abs().max() < 1e-6
+    change = rloo_update(policy, [1.0, 1.0], k=2, beta=0.1, ref_logps=ref)
+    assert change[0] < -0.05 and change[1] > 0.05, change
+
+
 # -- the seq2seq loop on a batch whose task reward is flat -------------------------------------
 PROMPTS = [{"prompt": f"Question {i}: who wrote the book about the river?"} for i in range(2)]
 
@@ -506,3 +587,67 @@ def test_skip_flat_steps_is_a_boolean():
         RefineConfig(skip_flat_steps="no")
     assert load_config("tiny", ["refine.skip_flat_steps=false"]).refine.skip_flat_steps is False
     assert RefineConfig().skip_flat_steps is True
+
+
+# -- the seq2seq loop's direction: toward the reward, away from its negation ----------------------
+MARKED = [{"prompt": f"Question {i}: who wrote the book about the {thing}?"}
+          for i, thing in enumerate(("river", "mill", "bridge", "harbour"))]
+
+
+@pytest.fixture(scope="module")
+def marker(tiny_t5):
+    """A word the tiny T5 writes in some of its sampled rationales and not in others (the reward's
+    spread), and those rollouts: the probe whose log-probabilities the direction test follows."""
+    import collections
+
+    from lmcot.training.grpo_seq2seq import sample_rollouts
+
+    torch.manual_seed(0)
+    probe = sample_rollouts(tiny_t5.model, tiny_t5.tokenizer, [p["prompt"] for p in MARKED], 8, max_new_tokens=8,
+                            temperature=1.0)
+    seen = collections.Counter(w for text in probe.texts for w in set(text.split()))
+    word = min(seen, key=lambda w: (abs(seen[w] - len(probe.texts) / 2), w))
+    has = torch.tensor([word in text.split() for text in probe.texts])
+    assert 0 < has.sum() < len(has), (word, probe.texts)
+    return word, probe, has
+
+
+def rewarded_gap(model, probe, has) -> float:
+    """Mean log-probability of the probe's rollouts that hold the marker minus that of the others."""
+    from lmcot.training.grpo_seq2seq import rollout_logps
+
+    with torch.no_grad():
+        seq = rl.sequence_logps(rollout_logps(model.eval(), probe), probe.mask)
+    return (seq[has].mean() - seq[~has].mean()).item()
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_seq2seq_loop_moves_toward_the_reward_and_away_from_its_negation(tiny_t5, marker, algorithm, sign):
+    """A few steps with reward ``sign`` x (the rationale holds the marker word): rollouts holding it
+    become likelier than the others (their log-probability gap grows) and are sampled more often with
+    ``sign`` +1; with the reward negated, both go the other way. A loop that followed the reward's
+    sign the wrong way (a flipped advantage or loss) fails one of the two."""
+    import copy
+
+    from lmcot.config import RefineConfig
+    from lmcot.training.grpo_seq2seq import PlainEngine, train
+
+    word, probe, has = marker
+
+    def reward_fn(prompts, completions, columns):
+        r = [sign * float(word in text.split()) for text in completions]
+        return r, {"marker": r}
+
+    cfg = RefineConfig(algorithm=algorithm, num_generations=4, prompts_per_step=4, max_steps=3, learning_rate=5e-4,
+                       temperature=1.0, beta=0.0, reward_weights={"marker": 1.0})
+    model = copy.deepcopy(tiny_t5.model)
+    before = rewarded_gap(model, probe, has)
+    history = train(PlainEngine(model, lr=cfg.learning_rate), tiny_t5.tokenizer, MARKED, reward_fn=reward_fn,
+                    cfg=cfg, max_new_tokens=8, seed=0)
+    moved = rewarded_gap(model, probe, has) - before
+    share = [sign * h["reward/marker"] for h in history]  # share of the step's rollouts holding the marker
+    if sign > 0:
+        assert moved > 1.0 and share[-1] > share[0], (moved, share)
+    else:
+        assert moved < -1.0 and share[-1] < share[0], (moved, share)

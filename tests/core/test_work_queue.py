@@ -183,16 +183,124 @@ def test_an_over_long_prompt_is_refused_before_any_queueing():
     assert (again.limit, again.tokens, str(again)) == (8, 12, str(exc.value))
 
 
-def test_admission_counts_tokens_with_a_tokenizer_the_model_thread_does_not_share():
-    """Admission runs on callers' threads while the model thread encodes padded batches; a fast
-    tokenizer's padding state is per instance, so sharing one broke the judge's batches in refinement."""
-    from types import SimpleNamespace
+# -- admission beside the model thread: one fast tokenizer each -----------------------------------
+# Admission counts a prompt's tokens on the caller's thread while the model thread encodes padded
+# batches. A fast tokenizer keeps its padding setting as per-instance state that every call sets
+# (``padding=True`` for a batch, none for a count) and its Rust encoder runs without the GIL, so a
+# tokenizer shared by the two threads can lose a batch's padding between the set and the encode.
+BATCH = ["short", "a longer prompt about the river and the mill " * 3, "mid length prompt about a bridge", "x"]
+PROBE = "Question: who wrote the book about the river? " * 2
 
-    from lmcot.prompting.fitting import PromptFitter
-    from lmcot.serving.model_queue import QueuedModel, QueueLimits
 
-    tokenizer = SimpleNamespace(state=[])
-    generator = SimpleNamespace(fitter=PromptFitter(model="m", limit=8, tokenizer=tokenizer), tokenizer=tokenizer)
+@pytest.fixture(scope="module")
+def generator():
+    """The tiny T5 behind HFGenerator: its real fast tokenizer and its real batch encoder."""
+    from lmcot.config import ModelSpec
+    from lmcot.models.generation import HFGenerator
+
+    return HFGenerator(ModelSpec("tiny:t5-small"))
+
+
+def check_batch(enc, lengths: list[int], padded_to: int | None) -> None:
+    """``enc`` is BATCH padded as asked: one row per prompt, each prompt's own tokens unmasked."""
+    assert tuple(enc["input_ids"].shape) == (len(BATCH), padded_to or max(lengths))
+    assert enc["attention_mask"].sum(dim=1).tolist() == lengths
+
+
+def test_admission_and_the_model_thread_hammer_their_tokenizers_without_corrupting_either(generator):
+    """Two threads for real, in a bounded loop: the model thread encodes padded batches (longest and
+    fixed-length, the static-cache path) through ``HFGenerator._encode`` while admission counts a prompt
+    with the queue's fitter as fast as it can. Every batch keeps its padding and every count stays
+    exact (a fixed-length padding leaking into a count would inflate it)."""
     model = QueuedModel(generator, QueueLimits(max_rows=4, max_cost=64))
-    assert model.fitter is not generator.fitter and model.fitter.tokenizer is not tokenizer
-    assert model.fitter.limit == 8
+    lengths = [len(generator.tokenizer(t)["input_ids"]) for t in BATCH]
+    assert len(set(lengths)) == len(BATCH) and max(lengths) < 64  # padding is visible in every row
+    probe_tokens = model.fitter.fit(PROBE).tokens
+    done, failures, admitted = threading.Event(), [], [0]
+
+    def admission():
+        while not done.is_set():
+            tokens = model.fitter.fit(PROBE).tokens
+            if tokens != probe_tokens:
+                failures.append(f"admission counted {tokens} tokens, not {probe_tokens}")
+            admitted[0] += 1
+
+    counter = threading.Thread(target=admission)
+    counter.start()
+    try:
+        for i in range(200):
+            padded_to = 64 if i % 2 else None
+            try:
+                check_batch(generator._encode(BATCH, padded_to), lengths, padded_to)
+            except (AssertionError, ValueError) as exc:
+                failures.append(f"batch {i}: {exc!r}"[:200])
+    finally:
+        done.set()
+        counter.join(10)
+    assert not failures, failures[:5]
+    assert admitted[0] >= 200, "admission ran beside the batches, not after them"
+
+
+class HandOff:
+    """A fast tokenizer's Rust backend that, just before it encodes a batch whose padding is set, runs
+    ``admit`` on another thread and waits for it: the interleaving a race can produce, made certain."""
+
+    def __init__(self, backend, admit):
+        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_admit", admit)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._backend, name, value)
+
+    def encode_batch(self, *args, **kwargs):
+        if self._backend.padding is not None:
+            other = threading.Thread(target=self._admit)
+            other.start()
+            other.join(10)
+        return self._backend.encode_batch(*args, **kwargs)
+
+
+def encode_with_admission_in_between(generator, admission_fitter) -> tuple[list, list]:
+    """The model thread encodes BATCH padded while admission fits PROBE with ``admission_fitter`` at the
+    worst moment; returns (the model thread's outcome, admission's token counts)."""
+    counts, outcome = [], []
+    backend = generator.tokenizer._tokenizer
+    generator.tokenizer._tokenizer = HandOff(backend, lambda: counts.append(admission_fitter.fit(PROBE).tokens))
+
+    def model_thread():
+        try:
+            outcome.append(generator._encode(BATCH))
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test reads
+            outcome.append(exc)
+
+    try:
+        worker = threading.Thread(target=model_thread)
+        worker.start()
+        worker.join(30)
+    finally:
+        generator.tokenizer._tokenizer = backend
+    return outcome, counts
+
+
+def test_the_queue_admits_with_its_own_tokenizer_so_a_batch_keeps_its_padding(generator):
+    model = QueuedModel(generator, QueueLimits(max_rows=4, max_cost=64))
+    assert model.fitter.limit == generator.fitter.limit
+    lengths = [len(generator.tokenizer(t)["input_ids"]) for t in BATCH]
+    expected = generator.fitter.fit(PROBE).tokens
+    [enc], counts = encode_with_admission_in_between(generator, model.fitter)
+    assert counts == [expected], "admission ran while the batch was being encoded"
+    check_batch(enc, lengths, None)
+
+
+def test_one_tokenizer_shared_by_admission_and_the_model_thread_loses_the_batchs_padding(generator):
+    """What the queue's own copy prevents, shown deterministically: admission through the generator's
+    own fitter (the model thread's tokenizer) turns the batch's padding off before it is encoded.
+    Left to the scheduler, a loop like the hammer above with one shared tokenizer lost the padding of
+    about 1 batch in 25 (on 2 busy cores); how often is not asserted, since it depends on timing."""
+    [outcome], counts = encode_with_admission_in_between(generator, generator.fitter)
+    assert len(counts) == 1
+    assert isinstance(outcome, ValueError) and "padding" in str(outcome), outcome
+    check_batch(generator._encode(BATCH), [len(generator.tokenizer(t)["input_ids"]) for t in BATCH], None)

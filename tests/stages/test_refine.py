@@ -126,17 +126,50 @@ def test_causal_trl_grpo_learns_a_checkable_reward(tmp_path, one_thread):
     assert [h for h in trainer.state.log_history if "reward" in h][0]["rewards/digit_share/mean"] == rewards[0]
 
 
-def test_causal_rloo_trainer_runs(tmp_path, one_thread):
+def test_causal_rloo_trainer_gives_lmcot_leave_one_out_advantages(tmp_path, one_thread):
+    """TRL's ``RLOOTrainer`` as lmcot configures it (``refine.algorithm: rloo``) gives each completion the
+    advantage lmcot's own RLOO gives (:func:`lmcot.training.rl.rloo_advantages`) of the reward it was
+    scored with, so the causal and seq2seq families train one algorithm. ``scale_rewards: none`` turns
+    TRL's batch normalisation off: normalised, a leave-one-out baseline and the group mean give
+    proportional advantages (``k/(k-1)`` apart), so only raw advantages show which baseline was used.
+    On the first step the policy is the reference, so the KL penalty in the reward is 0. Whether RLOO
+    moves a policy the right way: ``tests/core/test_rl.py``."""
+    from lmcot.training import rl
+
     run_dir = distilled_run(tmp_path, "tiny:causal-small")
-    cfg = RefineConfig(algorithm="rloo", num_generations=2, prompts_per_step=2, max_steps=2, beta=0.04)
+    cfg = RefineConfig(algorithm="rloo", num_generations=2, prompts_per_step=2, max_steps=1, beta=0.04,
+                       scale_rewards="none")
     common = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=cfg.learning_rate,
                   use_cpu=True, report_to="none", seed=0, disable_tqdm=True, save_strategy="no")
-    trainer = refine_worker.build_causal_trainer(str(run_dir.distill_model), ROWS, cfg, common=common, max_new_tokens=4,
-                                          reward_funcs=[digit_share], reward_weights=[1.0])
+    scored: list[list[float]] = []
+
+    def distinct_chars(prompts, completions, **_) -> list[float]:
+        """A reward that differs between almost any two completions, recorded as scored."""
+        scored.append([len(set(t)) / max(1, len(t)) for t in completions])
+        return scored[-1]
+
+    trainer = refine_worker.build_causal_trainer(str(run_dir.distill_model), ROWS, cfg, common=common, max_new_tokens=6,
+                                          reward_funcs=[distinct_chars], reward_weights=[1.0])
     assert type(trainer).__name__ == "RLOOTrainer"
+    assert (trainer.beta, trainer.normalize_advantages, trainer.num_generations) == (0.04, False, 2)
+    batches = []
+    generate = trainer._generate_and_score_completions
+
+    def recorded(*args, **kwargs):
+        batches.append(generate(*args, **kwargs))
+        return batches[-1]
+
+    trainer._generate_and_score_completions = recorded
     trainer.train()
-    logged = [h for h in trainer.state.log_history if "reward" in h]
-    assert len(logged) == 2 and "kl" in logged[0]
+    assert len(scored) == len(batches) == 1
+    rewards = torch.tensor(scored[0])
+    assert len(rewards) == 4 and rewards.view(2, 2).std(dim=1).max() > 0, "the reward has spread in a group"
+    advantages = batches[0]["advantages"]
+    torch.testing.assert_close(advantages, rl.rloo_advantages(rewards, 2), atol=1e-5, rtol=1e-4)
+    pairs = rewards.view(2, 2)
+    assert advantages.view(2, 2)[:, 0].tolist() == pytest.approx((pairs[:, 0] - pairs[:, 1]).tolist(), abs=1e-5), \
+        "k=2: each completion's baseline is the other completion's reward, not the group mean"
+    assert [h for h in trainer.state.log_history if "reward" in h][0]["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
 def free_port() -> int:

@@ -3,8 +3,8 @@
 The production stages run for real (a local 2-CPU Ray cluster, Ray Data teacher actors, Ray
 Train + DeepSpeed ZeRO-2 workers, the large LM as the judge actor) on the ``tiny_world``
 preset, trained on world 101 and measured on the shipped dev sets of another world:
-distillation teaches the small LM to write the evidence (its rationales' token F1 against the
-gold supporting facts rises), and refinement moves the policy.
+distillation teaches the small LM to write rationales grounded in the context (the faithful share and
+the recall of the evidence's names), and refinement moves the policy.
 """
 
 from __future__ import annotations
@@ -62,16 +62,21 @@ def dev(trained):
     return out
 
 
-def rationale_f1(cfg, small: str, dev) -> float:
-    """Mean token F1 of the small LM's greedy rationales against the gold supporting facts."""
+def grounding(cfg, small: str, dev) -> tuple[float, float]:
+    """(faithful share, name recall) of the small LM's greedy rationales: the share every name and number of
+    which occurs in the context, and the mean share of the gold supporting facts' names they state."""
+    from lmcot.training.faithfulness import is_faithful, name_recall
+
     gen = HFGenerator(ModelSpec(small, device="cpu"), config=cfg.generation)
-    scores = []
+    faithful, recall = [], []
     for examples, questions, _ in dev:
         outs = gen.generate([prompts.small_rationale_prompt(q.question, q.context) for q in questions],
                             max_new_tokens=cfg.generation.rationale_max_new_tokens)
-        scores += [answer_metrics(prompts.split_rationale(o.texts[0])[0], [e.evidence])["f1"]
-                   for o, e in zip(outs, examples)]
-    return 100 * sum(scores) / len(scores)
+        for o, e, q in zip(outs, examples, questions):
+            rationale = prompts.split_rationale(o.texts[0])[0]
+            faithful.append(is_faithful(rationale, q.context))
+            recall.append(name_recall(rationale, e.evidence))
+    return sum(faithful) / len(faithful), sum(recall) / len(recall)
 
 
 def test_the_teacher_keeps_rationales_that_lead_to_the_right_answer(trained):
@@ -79,11 +84,15 @@ def test_the_teacher_keeps_rationales_that_lead_to_the_right_answer(trained):
     assert kept["kept"] >= 100, kept
 
 
-def test_distillation_raises_the_small_lms_rationale_f1_against_the_evidence(trained, dev):
+def test_distillation_teaches_the_small_lm_rationales_grounded_in_the_context(trained, dev):
+    """Distilled, the small LM copies the evidence's names from the context instead of inventing them: on
+    the 80 shipped dev questions a quarter or more of its greedy rationales pass the faithful check and they
+    state 30% or more of the gold facts' names (on tuning worlds the preset's distilled model: 41% and 43%;
+    a small LM that writes the right frame with invented names scores 0% and 6%). Token F1 against the
+    evidence could not tell the two apart."""
     cfg, run_dir, _ = trained
-    before = rationale_f1(cfg, cfg.small.name_or_path, dev)
-    after = rationale_f1(cfg, str(run_dir.distill_model), dev)
-    assert after >= before + 10, (before, after)
+    faithful, recall = grounding(cfg, str(run_dir.distill_model), dev)
+    assert faithful >= 0.25 and recall >= 0.30, (faithful, recall)
 
 
 def greedy_rationales(cfg, small: str, dev) -> list[str]:
