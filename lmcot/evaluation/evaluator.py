@@ -24,7 +24,7 @@ from lmcot.runs.rundir import RunDir
 
 
 def prepare_questions(examples: Sequence[Example], *, mode: str, tokenizer=None, max_tokens: int = 0) -> list[Question]:
-    """Contexts built and fitted to the token budget (gold paragraphs first)."""
+    """Contexts built in ``mode``'s paragraph order and fitted to ``max_tokens`` (:func:`~lmcot.datasets.context.build_context`)."""
     return [
         Question(ex.id, ex.question, build_context(ex, mode=mode, tokenizer=tokenizer, max_tokens=max_tokens),
                  evidence=ex.rationale or ex.evidence)
@@ -146,12 +146,8 @@ def render_report(summary: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def judge_rationales(questions: Sequence[Question], results: Sequence[MethodResult], judge) -> dict[str, float]:
-    """Mean large-LM aspect score (P(yes)) of every rationale the method wrote.
-
-    ``judge`` is a :class:`lmcot.training.rewards.RewardJudge`; all aspects of all rationales go
-    to the large LM in one batched scoring call.
-    """
+def rationale_rows(questions: Sequence[Question], results: Sequence[MethodResult]) -> tuple[list, list, list]:
+    """(questions, contexts, rationales): one row per rationale the method wrote, as the judge reads them."""
     by_id = {q.id: q for q in questions}
     qs, ctxs, rats = [], [], []
     for r in results:
@@ -160,6 +156,16 @@ def judge_rationales(questions: Sequence[Question], results: Sequence[MethodResu
             qs.append(q.question)
             ctxs.append(q.context)
             rats.append(rationale)
+    return qs, ctxs, rats
+
+
+def judge_rationales(questions: Sequence[Question], results: Sequence[MethodResult], judge) -> dict[str, float]:
+    """Mean large-LM aspect score (P(yes)) of every rationale the method wrote.
+
+    ``judge`` is a :class:`lmcot.training.rewards.RewardJudge`; all aspects of all rationales go
+    to the large LM in one batched scoring call.
+    """
+    qs, ctxs, rats = rationale_rows(questions, results)
     if not rats:
         return {}
     scores = judge.aspect_scores(qs, ctxs, rats)

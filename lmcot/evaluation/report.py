@@ -3,8 +3,10 @@
 Reads only files in the run directory (each evaluation's metrics, per-question details and aspect
 scores and the training stages' logs through :mod:`lmcot.runs`, the rationale stats), so it
 can be rebuilt at any time without models: accuracy per dataset and method (the paper's
-table), rationale aspect scores per model, the large-LM cost per question, training
-curves, and one finding on whether rationale quality and accuracy moved together.
+table), rationale aspect scores per model (marked where the judge rates a row above the gold
+chain of thought, beside how well the judge tells gold from corrupted rationales), the large-LM
+cost per question, training curves, and one finding on whether rationale quality and accuracy
+moved together.
 Refinement draws its own curves with :func:`plot_refine_curves`, while it finishes.
 """
 
@@ -16,8 +18,9 @@ from pathlib import Path
 from lmcot.config.evaluation import ORACLE_METHODS
 from lmcot.evaluation.claims import claims_table, interval_table, sample_table
 from lmcot.evaluation.claims import scores as question_scores
+from lmcot.evaluation.judge_probe import DESCRIPTIONS
 from lmcot.evaluation.statistics import HOLDS, REVERSED, fmt_interval, paired
-from lmcot.runs.evals import read_aspects, read_details, read_metrics
+from lmcot.runs.evals import read_aspects, read_details, read_judge_separation, read_metrics
 from lmcot.runs.jsonl import load_jsonl
 from lmcot.runs.rundir import RunDir, write_atomic
 
@@ -80,13 +83,77 @@ def cost_table(evals: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def aspect_table(aspects: dict[str, dict[str, float]]) -> str:
+def gold_row(evals: dict[str, dict], aspects: dict[str, dict[str, float]]) -> str | None:
+    """The label of the judged gold-rationale reference row (the aspect table's yardstick), if any."""
+    return next((label for label, m in evals.items() if m.get("method") == "gold_rationale" and label in aspects),
+                None)
+
+
+def above_gold(aspects: dict[str, dict[str, float]], gold: str | None) -> dict[str, list[str]]:
+    """label -> the aspects on which the judge rates that row's rationales above the gold chain of thought
+    (as the table shows them, to three decimals); rows judged above it on none are left out."""
+    ref = aspects.get(gold) if gold else None
+    if not ref:
+        return {}
+    above = {label: [a for a, x in scores.items() if a in ref and round(x, 3) > round(ref[a], 3)]
+             for label, scores in aspects.items() if label != gold}
+    return {label: marked for label, marked in above.items() if marked}
+
+
+def aspect_table(aspects: dict[str, dict[str, float]], evals: dict[str, dict] | None = None, gold: str | None = None,
+                 separation: dict | None = None) -> str:
+    """Mean P(yes) per aspect and row. With the ``gold`` row, a † marks each score above the gold chain of
+    thought's (a footnote per row gives its F1 against gold's, from ``evals``); with the judge's
+    ``separation`` (:mod:`lmcot.evaluation.judge_probe`), a last line says on which aspects the judge
+    tells the gold chain of thought from a corrupted copy."""
     if not aspects:
         return "_No rationales were judged._"
     names = list(next(iter(aspects.values())))
+    above = above_gold(aspects, gold)
     rows = ["| rationales of | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, scores in aspects.items():
-        rows.append(f"| {label} | " + " | ".join(f"{scores[a]:.3f}" for a in names) + " |")
+        rows.append(f"| {label} | " + " | ".join(f"{scores[a]:.3f}" + (" †" if a in above.get(label, ()) else "")
+                                                 for a in names) + " |")
+    probed = (separation or {}).get("aspects", {})
+    if probed:
+        says = {a: f"{'yes' if s['separates'] else 'no'} ({s['auc']:.2f})" if s.get("n") else "—"
+                for a, s in probed.items()}
+        rows.append("| *judge separates gold from corrupted (AUC)* | " + " | ".join(says.get(a, "") for a in names)
+                    + " |")
+    notes = []
+    for label, marked in above.items():
+        separated = sum(bool(probed.get(a, {}).get("separates")) for a in marked)
+        note = (f"† `{label}` is judged above the gold chain of thought (`{gold}`) on {len(marked)} of "
+                f"{len(names)} aspects" + (f" ({separated} of them aspects the judge separates)" if probed else ""))
+        if evals and label in evals and gold in evals:
+            d_f1 = 100 * (mean_f1(evals[label]) - mean_f1(evals[gold]))
+            note += f" while its answers are {abs(d_f1):.1f} F1 {'worse' if d_f1 < 0 else 'better'}"
+            if d_f1 < 0:
+                note += ": the judge rewards what it likes, not what helps the large LM answer, so it can be gamed"
+        notes.append(note + ".")
+    return "\n".join(rows + ([""] + notes if notes else []))
+
+
+SEPARATION_INTRO = ("How well the judge tells the gold chain of thought from a copy corrupted to violate each aspect, "
+                    "on the questions `{gold}` judged: both are judged on the same question and context; Δ is gold − "
+                    "corrupted mean P(yes), paired, with its 95% bootstrap interval; AUC is the chance that a random "
+                    "gold rationale scores above a random corrupted one (ties count half; 0.5 is chance). The judge "
+                    "separates an aspect when the interval is above zero; a row's score on an aspect it does not "
+                    "separate says nothing about that aspect.")
+
+
+def separation_table(separation: dict) -> str:
+    """Per aspect: the corruption, n, mean P(yes) of gold and corrupted, Δ with its interval, AUC, the verdict."""
+    rows = ["| aspect | corrupted by | n | gold P(yes) | corrupted P(yes) | Δ gold − corrupted | AUC | separates |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
+    for aspect, s in separation["aspects"].items():
+        kind = DESCRIPTIONS.get(s["corruption"], s["corruption"])
+        if not s.get("n"):
+            rows.append(f"| {aspect} | {kind} | 0 | | | | | not measured (no question it applies to) |")
+            continue
+        verdict = "yes" if s["separates"] else "no, reversed" if s["verdict"] == REVERSED else "no"
+        rows.append(f"| {aspect} | {kind} | {s['n']} | {s['gold']:.3f} | {s['corrupted']:.3f} | "
+                    f"{s['delta']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] | {s['auc']:.2f} | {verdict} |")
     return "\n".join(rows)
 
 
@@ -294,7 +361,15 @@ def write_report(run_dir: RunDir, *, before: str = "lm_guided-distilled", after:
     stats = json.loads(run_dir.rationale_stats.read_text()) if run_dir.rationale_stats.is_file() else {}
     if rationale_table(stats):
         parts += ["## Distillation data (the teacher's rationales and the filter)", "", rationale_table(stats), ""]
-    parts += ["## Rationale quality (large-LM judge, P(yes) per aspect)", "", aspect_table(aspects), ""]
+    gold = gold_row(evals, aspects)
+    separation = read_judge_separation(run_dir.eval_dir(gold)) if gold else None
+    parts += ["## Rationale quality (large-LM judge, P(yes) per aspect)", "",
+              aspect_table(aspects, evals, gold, separation), ""]
+    if separation:
+        parts += [SEPARATION_INTRO.format(gold=gold), "", separation_table(separation), ""]
+    elif gold:
+        parts += [f"The judge's separation of gold from corrupted rationales was not measured: evaluate `{gold}` "
+                  "again with judging on.", ""]
     if aspects:
         parts += [figure("aspects", plot_aspects, aspects), ""]
     if distill or refine:

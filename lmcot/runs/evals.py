@@ -52,3 +52,14 @@ def read_aspects(folder: Path) -> dict[str, float] | None:
     """The mean aspect scores, None when the evaluation's rationales were not judged."""
     path = RunDir.aspects_in(folder)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_judge_separation(folder: Path, record: dict) -> None:
+    """The judge's scores of gold rationales against corrupted copies (:mod:`lmcot.evaluation.judge_probe`)."""
+    write_json(RunDir.judge_separation_in(folder), record)
+
+
+def read_judge_separation(folder: Path) -> dict | None:
+    """What :func:`write_judge_separation` wrote, None when the folder's rationales were not probed."""
+    path = RunDir.judge_separation_in(folder)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -20,8 +20,10 @@ No other module spells a run-directory file name.
     RUN/search/                         Ray Tune storage, trials, best_reward_weights.yaml
     RUN/search/trials/<trial>/round-<r>/  one search round: a run directory of its own
     RUN/eval/<label>/                   predictions.json, metrics.json, details.jsonl (per question),
-                                        aspects.json, report.md
+                                        aspects.json, report.md; the gold-rationale row also
+                                        judge_separation.json (the judge on gold vs corrupted rationales)
     RUN/report.md, RUN/report/*.png     the paper-style report
+    RUN/seeds/seed-<s>/, RUN/seeds.md   ``lmcot seeds``: a run directory per other training seed, the claims per seed
 
 What is read and written through these paths lives beside this module: the step records
 and the skip rule (:mod:`lmcot.runs.step`), the training logs (:mod:`lmcot.runs.jsonl`), an
@@ -293,6 +295,11 @@ class RunDir:
         return Path(eval_folder) / "aspects.json"
 
     @staticmethod
+    def judge_separation_in(eval_folder: Path) -> Path:
+        """How well the judge tells the evaluation's (gold) rationales from corrupted copies, per aspect."""
+        return Path(eval_folder) / "judge_separation.json"
+
+    @staticmethod
     def report_in(eval_folder: Path) -> Path:
         return Path(eval_folder) / "report.md"
 
@@ -304,6 +311,9 @@ class RunDir:
 
     def eval_aspects(self, label: str) -> Path:
         return self.aspects_in(self.eval_dir(label))
+
+    def eval_judge_separation(self, label: str) -> Path:
+        return self.judge_separation_in(self.eval_dir(label))
 
     def eval_details(self, label: str) -> Path:
         return self.details_in(self.eval_dir(label))

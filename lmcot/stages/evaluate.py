@@ -20,13 +20,15 @@ from pathlib import Path
 
 from lmcot.config import Config, ModelSpec, identity, to_dict
 from lmcot.datasets.data import load_split
-from lmcot.evaluation.evaluator import evaluate, judge_rationales, prepare_questions, summarize, write_outputs
+from lmcot.evaluation.evaluator import (evaluate, judge_rationales, prepare_questions, rationale_rows, summarize,
+                                        write_outputs)
+from lmcot.evaluation.judge_probe import probe
 from lmcot.models.factory import make_generator
 from lmcot.scoring.metrics import dataset_aliases
 from lmcot.planning.resources import eval_actor_resources, eval_need
 from lmcot.training.rewards import RewardJudge
 from lmcot.runs import step
-from lmcot.runs.evals import write_aspects
+from lmcot.runs.evals import write_aspects, write_judge_separation
 from lmcot.runs.rundir import TRAINING_STAGES, RunDir
 
 UNTRAINED = "base"
@@ -161,7 +163,9 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
     """Evaluate ``cfg.eval`` with loaded generators; writes ``RUN/eval/<label>/``.
 
     With ``judge_aspects``, the large LM also scores every rationale on the eight aspects
-    (their means beside the metrics: :func:`lmcot.runs.evals.write_aspects`).
+    (their means beside the metrics: :func:`lmcot.runs.evals.write_aspects`); for the gold-rationale
+    reference row it also judges each gold chain of thought against copies corrupted to violate each
+    aspect, the report's measure of what the judge can tell apart (:mod:`lmcot.evaluation.judge_probe`).
     """
     ev = cfg.eval
     datasets = {spec.name: (spec, load_split(spec, "dev")) for spec in cfg.data.datasets}
@@ -186,4 +190,10 @@ def evaluate_with(cfg: Config, run_dir: RunDir, *, small, large, judge_aspects: 
     if judge_aspects and any(r.rationales for r in judged[1]):
         judge = RewardJudge(large, answer_max_new_tokens=cfg.generation.answer_max_new_tokens)
         write_aspects(run_dir.eval_dir(ev.output_label), judge_rationales(judged[0], judged[1], judge))
+        if ev.method == "gold_rationale":
+            def score(aspect, qs, cs, rs):  # the same judge, asked one aspect
+                return RewardJudge(large, aspects=(aspect,)).aspect_scores(qs, cs, rs)[aspect]
+
+            rows = rationale_rows(*judged)  # the rows judge_rationales scored: their scores are remembered
+            write_judge_separation(run_dir.eval_dir(ev.output_label), probe(*rows, judge.aspect_scores(*rows), score))
     return summary

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import random
 
+from lmcot.evaluation.judge_probe import CORRUPTIONS, JUDGE_CORRUPTION  # noqa: F401 (the one table; pairs read it here)
 from lmcot.prompting import prompts
 
-CORRUPTIONS = {  # corruption -> the judge aspects it violates
-    "wrong_entity": ("factuality",), "unrelated": ("relevance",), "shuffled": ("logicality", "coherence"),
-    "contradiction": ("consistency",), "broken": ("fluency", "naturalness", "readability"),
-    "repeated": ("naturalness", "readability"),
-}
-JUDGE_CORRUPTION = {aspect: kind for kind, aspects in CORRUPTIONS.items() for aspect in aspects}
-"""The corruption each aspect is judged against (the last one listed that violates it)."""
+
 def with_conclusion(rationale: str, answer: str) -> str:
     return f"{rationale} {prompts.ANSWER_CUE} {answer}.".strip()
 

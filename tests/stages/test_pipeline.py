@@ -6,6 +6,7 @@ import json
 import pytest
 
 from lmcot.config import load_config
+from lmcot.runs.evals import read_judge_separation
 from lmcot.runs.jsonl import load_jsonl
 from lmcot.runs.rundir import RunDir
 from lmcot.stages import pipeline
@@ -39,9 +40,12 @@ def test_pipeline_fills_the_report_and_reruns_only_what_changed(ray_cluster, tmp
         assert metrics["oracle"] is (label == "gold-rationale"), label
     assert {"gold-rationale", "empty-rationale"} <= set(labels) and len(set(labels)) == len(labels)
     assert "## Claims (paired on the same questions)" in report
-    assert "| LM-guided CoT > standard prompting | `lm_guided-refined` vs `standard` | 2 |" in report  # eval.limit=2
+    assert "| LM-guided CoT (refined) > standard prompting | `lm_guided-refined` vs `standard` | 2 |" in report  # eval.limit=2
     assert "**Oracle**: gold-rationale (gold_rationale)" in report
     assert "| lm_guided-refined | 0." in report  # aspect scores of the refined model's rationales
+    # the judge's separation of gold from corrupted rationales: recorded by the gold row alone, shown in the report
+    assert [label for label in labels if read_judge_separation(run_dir.eval_dir(label))] == ["gold-rationale"]
+    assert "| *judge separates gold from corrupted (AUC)* |" in report and "| aspect | corrupted by |" in report
     assert run_dir.report_figure("accuracy").is_file()
     # the training curves come from the logs the training stages wrote: both have points
     distill_log, refine_log = load_jsonl(run_dir.metrics("distill")), load_jsonl(run_dir.metrics("refine"))
