@@ -18,6 +18,11 @@ send small chat completions (greedy, 4 tokens) and 3 clients send maximal ones
 ``serve.max_request_tokens`` admits), for ``--seconds`` in three phases: normal alone, maximal
 alone, both together. It prints p50/p99 of each kind in each phase side by side, and every
 non-200 answer (the goal: every request answered within ``serve.request_timeout_s``, no 5xx).
+``--engine static,continuous`` deploys one graph per ``generation.engine`` side by side on the same
+cluster (each under its own route prefix) and runs each phase on each engine in turn, so both meet
+the same machine load; the table adds normal requests' p99 mixed over alone per engine.
+``--maximal-logprobs 0`` sends the maximal requests without logprobs (free generation, which the
+continuous engine runs; log-probabilities run on the static path with either engine).
 ``--src DIR`` deploys the lmcot package found in DIR instead of this checkout (replicas get it
 through ``PYTHONPATH``), so an older version can be measured with the same script:
 ``git archive REV lmcot configs | tar -x -C /tmp/before``.
@@ -25,6 +30,7 @@ through ``PYTHONPATH``), so an older version can be measured with the same scrip
     python bench/serve_latency.py                       # the full run (~3 min on 2 CPUs)
     python bench/serve_latency.py --clients 8 --seconds 10 --repeats 5   # a quick look
     python bench/serve_latency.py --contention --seconds 30 [--src /tmp/before]   # ~2 min
+    python bench/serve_latency.py --contention --seconds 15 --engine static,continuous   # ~5 min
 """
 
 from __future__ import annotations
@@ -129,8 +135,10 @@ async def load(url: str, body: dict, clients: int, seconds: float, timeout_s: fl
     return {"requests": len(latencies), "errors": errors, "wall_s": wall, "latencies": latencies}
 
 
-def deploy(cfg) -> int:
-    """Start a local 2-CPU cluster and the graph on a free loopback port; returns the port."""
+def deploy(cfg, apps: dict | None = None) -> int:
+    """Start a local 2-CPU cluster and the graph on a free loopback port; returns the port.
+
+    ``apps`` ({route prefix: config}) deploys several graphs side by side instead (default: ``cfg`` at /)."""
     from ray import serve
 
     from lmcot.stages.cluster import ensure_ray
@@ -141,7 +149,9 @@ def deploy(cfg) -> int:
     ensure_ray(num_cpus=2)
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-    serve.run(graph(cfg), name="lmcot", route_prefix="/", logging_config=quiet)
+    for prefix, app_cfg in (apps or {"/": cfg}).items():
+        name = "-".join(["lmcot"] + [part for part in prefix.split("/") if part])
+        serve.run(graph(app_cfg), name=name, route_prefix=prefix, logging_config=quiet)
     return port
 
 
@@ -152,14 +162,19 @@ def contention(args) -> dict:
 
     import lmcot
 
-    cfg = config_from_args({"config": "tiny", "serve": {"request_timeout_s": args.timeout}})
-    port = deploy(cfg)
-    base = f"http://127.0.0.1:{port}/openai/v1"
+    engines = args.engine.split(",")
+    cfgs = {e: config_from_args({"config": "tiny", "serve": {"request_timeout_s": args.timeout},  # static: the default
+                                 **({"generation": {"engine": e}} if e != "static" else {})}) for e in engines}
+    port = deploy(None, {f"/{e}": cfg for e, cfg in cfgs.items()})
+    bases = {e: f"http://127.0.0.1:{port}/{e}/openai/v1" for e in engines}
+    cfg = cfgs[engines[0]]
     model = cfg.large.name_or_path
     small = {"model": model, "messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}],
              "max_tokens": 4, "temperature": 0}
     large = {"model": model, "prompt": [f"Question {i}: who was born first, Alpha or Beta?" for i in range(args.large_prompts)],
-             "n": 4, "max_tokens": 256, "temperature": 1.0, "logprobs": 20}
+             "n": 4, "max_tokens": 256, "temperature": 1.0}
+    if args.maximal_logprobs:
+        large["logprobs"] = args.maximal_logprobs
 
     def summary(latencies: list[float], statuses: list) -> dict:
         ok = sorted(latencies)
@@ -167,7 +182,7 @@ def contention(args) -> dict:
                 "p99_ms": round(1000 * pct(ok, 0.99)) if ok else None, "max_ms": round(1000 * ok[-1]) if ok else None,
                 "not_200": {str(s): statuses.count(s) for s in set(statuses)}}
 
-    async def phase(normal: bool, maximal: bool) -> dict:
+    async def phase(base: str, normal: bool, maximal: bool) -> dict:
         stop_at = time.perf_counter() + args.seconds
         lat = {"normal": [], "maximal": []}
         bad = {"normal": [], "maximal": []}
@@ -191,33 +206,46 @@ def contention(args) -> dict:
         return {kind: summary(lat[kind], bad[kind]) for kind in ("normal", "maximal")
                 if (normal if kind == "normal" else maximal)}
 
+    phases = {e: {} for e in engines}
     try:
         warm = args.seconds
         args.seconds = 5
-        asyncio.run(phase(True, False))  # warm every path
+        for e in engines:
+            asyncio.run(phase(bases[e], True, False))  # warm every path
         args.seconds = warm
-        normal_alone = asyncio.run(phase(True, False))["normal"]
-        maximal_alone = asyncio.run(phase(False, True))["maximal"]
-        mixed = asyncio.run(phase(True, True))
+        for name, normal, maximal in (("normal_alone", True, False), ("maximal_alone", False, True),
+                                      ("mixed", True, True)):
+            for e in engines:  # each phase on each engine in turn: both meet the same machine load
+                phases[e][name] = asyncio.run(phase(bases[e], normal, maximal))
     finally:
         serve.shutdown()
         ray.shutdown()
+    results = {}
+    for e, p in phases.items():
+        normal = {"alone": p["normal_alone"]["normal"], "mixed": p["mixed"]["normal"]}
+        p99 = normal["alone"]["p99_ms"], normal["mixed"]["p99_ms"]
+        results[e] = {"normal": normal, "maximal": {"alone": p["maximal_alone"]["maximal"],
+                                                    "mixed": p["mixed"]["maximal"]},
+                      "normal_p99_mixed_over_alone": round(p99[1] / p99[0], 2) if all(p99) else None}
     return {"lmcot": str(Path(lmcot.__file__).parent), "seconds_per_phase": args.seconds,
             "request_timeout_s": args.timeout, "normal_clients": args.normal_clients, "maximal_clients": 3,
+            "generation_batch_size": cfg.generation.batch_size, "max_chunk_tokens": cfg.serve.max_chunk_tokens,
             "maximal_request": {k: v for k, v in large.items() if k != "prompt"} | {"prompts": args.large_prompts},
-            "normal": {"alone": normal_alone, "mixed": mixed["normal"]},
-            "maximal": {"alone": maximal_alone, "mixed": mixed["maximal"]}}
+            "engines": results}
 
 
 def print_contention(out: dict) -> None:
-    print("| request | alone p50 / p99 (ok, not 200) | mixed p50 / p99 (ok, not 200) |")
-    print("|---|---|---|")
-    for kind in ("normal", "maximal"):
-        cells = []
-        for when in ("alone", "mixed"):
-            s = out[kind][when]
-            cells.append(f"{s['p50_ms']} / {s['p99_ms']} ms ({s['ok']} ok, {s['not_200'] or 'none'})")
-        print(f"| {kind} | {cells[0]} | {cells[1]} |")
+    print("| engine | request | alone p50 / p99 (ok, not 200) | mixed p50 / p99 (ok, not 200) | p99 mixed / alone |")
+    print("|---|---|---|---|---|")
+    for engine, res in out["engines"].items():
+        for kind in ("normal", "maximal"):
+            cells = []
+            for when in ("alone", "mixed"):
+                s = res[kind][when]
+                cells.append(f"{s['p50_ms']} / {s['p99_ms']} ms ({s['ok']} ok, {s['not_200'] or 'none'})")
+            a, m = res[kind]["alone"]["p99_ms"], res[kind]["mixed"]["p99_ms"]
+            ratio = f"{m / a:.1f}x" if a and m else "-"
+            print(f"| {engine} | {kind} | {cells[0]} | {cells[1]} | {ratio} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--normal-clients", type=int, default=2, help="clients sending normal requests (--contention)")
     p.add_argument("--timeout", type=float, default=60.0, help="serve.request_timeout_s (--contention)")
     p.add_argument("--large-prompts", type=int, default=16, help="prompts per maximal request (--contention)")
+    p.add_argument("--engine", default="static",
+                   help="generation.engine(s) to measure side by side, comma-separated (--contention)")
+    p.add_argument("--maximal-logprobs", type=int, default=20,
+                   help="logprobs of the maximal requests; 0: none (--contention)")
     p.add_argument("--src", default=None, help="deploy the lmcot package in this directory (--contention)")
     args = p.parse_args(argv)
     if args.contention:

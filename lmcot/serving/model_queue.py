@@ -9,6 +9,11 @@ Admission happens here, before any queueing: a prompt over the model's input lim
 the model's own :class:`~lmcot.prompting.fitting.PromptFitter`, chat template and reserve included)
 raises :class:`ContextLengthExceeded` at once, with the limit and the count, so the HTTP edge
 answers 400 ``context_length_exceeded`` instead of a 500 after a wait.
+
+A generator with a continuous-batching ``engine`` (``generation.engine: continuous``) gets an
+:class:`~lmcot.serving.engine_queue.EngineQueue`: its ``generate`` jobs run on the engine step by
+step, one engine request per prompt, seeded as the generator's own ``generate`` seeds them; scores
+and log-probabilities keep the static path.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
+import torch
+
+from lmcot.models.continuous import Request, derive_seed
 from lmcot.prompting.fitting import PromptTooLong
+from lmcot.serving.engine_queue import EngineQueue
 from lmcot.serving.work_queue import QueueLimits, WorkQueue
 
 
@@ -66,13 +75,25 @@ def check_fits(fitter, prompts: Sequence[str], reserve: int) -> None:
                 "tokens; shorten it", budget, tokens) from None
 
 
+def engine_requests(key: tuple, prompts: Sequence[str]) -> list | None:
+    """A ``generate`` job's prompts as continuous-engine requests (None for the other operations): prompt
+    ``i`` is seeded ``derive_seed(seed, i)``, as :meth:`ContinuousGenerator.generate` seeds it."""
+    if key[0] != "generate":
+        return None
+    _, max_new_tokens, n, temperature, top_p, seed = key
+    base = seed if seed is not None else int(torch.randint(0, 2**62, ()))
+    return [Request(p, max_new_tokens, n, temperature, top_p, derive_seed(base, i)) for i, p in enumerate(prompts)]
+
+
 class QueuedModel:
     """``generator``'s operations as coroutines that share one work queue (one model thread)."""
 
     def __init__(self, generator, limits: QueueLimits, name: str = "lmcot-model"):
         self.generator = generator
         self.fitter = admission_fitter(generator)
-        self.queue = WorkQueue(self._run, limits, name)
+        engine = getattr(generator, "engine", None)
+        self.queue = (WorkQueue(self._run, limits, name) if engine is None
+                      else EngineQueue(self._run, limits, engine, engine_requests, name))
 
     def _run(self, key: tuple, items: list) -> list:
         op, *settings = key

@@ -6,7 +6,8 @@ pass; but one caller's long or broken work must not cost the others their answer
 operation (generation, logprobs, yes/no scores) and every caller (Serve replicas, the refinement
 judge actors) goes through this one queue, which has no Ray in it, so it is tested in milliseconds.
 Left out: Serve's ``@serve.batch``, which merges calls of one method only and cannot split a long
-request into pieces.
+request into pieces. With a continuous-batching engine (``generation.engine: continuous``),
+:class:`~lmcot.serving.engine_queue.EngineQueue` runs generation step by step instead of in pieces.
 
 How it works. A caller submits a *job*: a key (the operation and its decoding settings: only jobs
 with equal keys can share a model call) and a list of items (prompts). One thread runs the model.
@@ -127,9 +128,13 @@ class WorkQueue:
                    None if timeout_s is None else now + timeout_s, tag, next(self._seq), now, [None] * len(items))
         future.add_done_callback(self._wake_if_cancelled)
         with self._ready:
-            self._jobs.append(job)
+            self._accept(job)
             self._ready.notify()
         return future
+
+    def _accept(self, job: _Job) -> None:
+        """Queue a new job (the caller holds the lock)."""
+        self._jobs.append(job)
 
     async def run(self, key: Hashable, items: Sequence, **kwargs) -> list:
         """:meth:`submit` from a coroutine; cancelling the coroutine cancels the job."""
@@ -159,14 +164,18 @@ class WorkQueue:
             elif job.future.cancelled():
                 self.counts["dropped_items"] += len(job.items) - job.next
             elif job.deadline is not None and now >= job.deadline:
-                self.counts["expired_jobs"] += 1
-                log.warning("%s: request %s timed out in the model queue after %d of %d items", self.name,
-                            job.tag or "-", job.next, len(job.items))
-                _settle(job.future, error=TimeoutError(f"the model queue did not finish this request within its "
-                                                       f"timeout ({job.next} of {len(job.items)} prompts done)"))
+                self._time_out(job, job.next)
             else:
                 keep.append(job)
         self._jobs = keep
+
+    def _time_out(self, job: _Job, done: int) -> None:
+        """Fail ``job`` for its timeout, ``done`` of its items served."""
+        self.counts["expired_jobs"] += 1
+        log.warning("%s: request %s timed out in the model queue after %d of %d items", self.name,
+                    job.tag or "-", done, len(job.items))
+        _settle(job.future, error=TimeoutError(f"the model queue did not finish this request within its "
+                                               f"timeout ({done} of {len(job.items)} prompts done)"))
 
     def _next_batch(self) -> list[tuple[_Job, int, int]]:
         """Wait for work, then pick the head job and fill its batch (the caller holds the lock)."""
@@ -250,20 +259,23 @@ class WorkQueue:
         while True:
             with self._ready:
                 batch = self._next_batch()
-            failures = self._execute(batch)
-            with self._ready:
-                now = time.monotonic()
-                for job, _, _ in batch:
-                    job.running, job.since = False, now
-                    error = failures.get(job.seq)
-                    if error is not None:
-                        self.counts["failed_jobs"] += 1
-                        log.warning("%s: request %s failed in the model: %s: %s", self.name, job.tag or "-",
-                                    type(error).__name__, error)
-                        _settle(job.future, error=error)
-                    elif job.next < len(job.items):
-                        continue
-                    else:
-                        self.counts["jobs"] += 1
-                        _settle(job.future, job.results)
-                    self._jobs.remove(job)
+            self._finish(batch, self._execute(batch))
+
+    def _finish(self, batch: list[tuple[_Job, int, int]], failures: dict[int, BaseException]) -> None:
+        """Answer the jobs of a batch that ran: failed, complete, or back in the queue for their next piece."""
+        with self._ready:
+            now = time.monotonic()
+            for job, _, _ in batch:
+                job.running, job.since = False, now
+                error = failures.get(job.seq)
+                if error is not None:
+                    self.counts["failed_jobs"] += 1
+                    log.warning("%s: request %s failed in the model: %s: %s", self.name, job.tag or "-",
+                                type(error).__name__, error)
+                    _settle(job.future, error=error)
+                elif job.next < len(job.items):
+                    continue
+                else:
+                    self.counts["jobs"] += 1
+                    _settle(job.future, job.results)
+                self._jobs.remove(job)

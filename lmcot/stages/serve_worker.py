@@ -6,7 +6,10 @@ through that one queue, which merges concurrent requests of equal settings into 
 long requests in pieces so short ones wait for about one piece, answers every admitted request
 within its timeout, and keeps a merged call's failure with the request that caused it (see
 :mod:`lmcot.serving.work_queue`). No ``@serve.batch``: the queue merges callers itself, across
-operations and settings.
+operations and settings. With ``generation.engine: continuous`` the generator carries a
+continuous-batching engine and the queue feeds it step by step instead of in pieces
+(:mod:`lmcot.serving.engine_queue`): a request joins the running batch at the next decoding step
+and is answered as soon as it ends.
 
 The request id Serve's proxy gave the HTTP request travels with every call to a model replica
 (the ingress keeps Serve's request context in its worker threads), so the queue's log lines about a
