@@ -100,7 +100,7 @@ class WorkerConfig:
     def from_loop_config(cls, config: dict) -> "WorkerConfig":
         """The config :meth:`loop_config` made, with the keys added on the way to the workers.
 
-        >>> wc = WorkerConfig(RefineConfig(), None, "m", "seq2seq", {"task": 1.0}, (), 0, 8, 4, 64, "metrics.jsonl")
+        >>> wc = WorkerConfig(RefineConfig(), None, "m", "seq2seq", {"task": 1.0}, (), 0, 8, 4, 64, "/tmp/log")
         >>> got = WorkerConfig.from_loop_config({**wc.loop_config(), "judges": ["j"], "output_dir": "/tmp/o"})
         >>> got.judges, got.output_dir, got.plan
         (('j',), '/tmp/o', {'task': 1.0})
