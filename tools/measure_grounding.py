@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from lmcot.config import ModelSpec, load_config
@@ -37,9 +36,7 @@ from lmcot.training.faithfulness import is_faithful, name_recall
 
 def world_questions(world: int, limit: int, cfg, tokenizer):
     """(examples, questions, aliases) of both datasets of a tuning world's dev split, as the preset builds them."""
-    folder = Path(tempfile.mkdtemp(prefix=f"tuning-world-{world}-"))
-    for name, text in seeds.evaluation_world_files(world).items():
-        (folder / name).write_text(text, encoding="utf-8")
+    folder = seeds.write_evaluation_world(world)
     aliases = load_aliases(folder / "2wiki_id_aliases.json")
     out = []
     for ds in ("hotpotqa", "2wiki"):

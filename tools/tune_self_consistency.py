@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from lmcot.config import ModelSpec, load_config
@@ -48,9 +47,7 @@ def main(argv=None) -> int:
     run = RunDir(args.run_dir)
     small = HFGenerator(ModelSpec(str(run.refine_model), device="cpu"), config=cfg.generation)
     large = HFGenerator(dataclasses.replace(cfg.large, device="cpu"), config=cfg.generation)
-    folder = Path(tempfile.mkdtemp(prefix="tuning-world-"))
-    for name, text in seeds.evaluation_world_files(args.world).items():
-        (folder / name).write_text(text, encoding="utf-8")
+    folder = seeds.write_evaluation_world(args.world)
     aliases = load_aliases(folder / "2wiki_id_aliases.json")
     per_q = {}
     samples = {}

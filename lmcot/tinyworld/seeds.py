@@ -92,3 +92,15 @@ def evaluation_world_files(seed: int) -> dict[str, str]:
     files = synthetic.generate(seed=seed, rationales=True, **EVAL_WORLD_SHAPE)
     return {"hotpotqa_dev.json": files["hotpotqa_synthetic_dev.json"], "2wiki_dev.json": files["2wiki_synthetic_dev.json"],
             "2wiki_id_aliases.json": files["2wiki_synthetic_id_aliases.json"]}
+
+
+def write_evaluation_world(seed: int):
+    """:func:`evaluation_world_files` of ``seed`` written to a fresh temporary folder, which is returned
+    (the tuning tools read a tuning world's dev split from files, as the preset reads its own)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix=f"tiny-world-{seed}-"))
+    for name, text in evaluation_world_files(seed).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
