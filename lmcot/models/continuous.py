@@ -21,13 +21,18 @@ Any other logits setting in the model's generation config raises
 sampled row draws from a generator of its own, seeded from its request's seed and its sample
 index, so its text does not depend on which rows share its batch or when it arrived.
 
+A request may ask for log-probabilities (``Request.logprobs``): each generated token's, and its
+likeliest alternatives', read off the same step's logits (the model's own distribution, before
+temperature and suppressed tokens, as the static path reports them), so a scored request decodes
+beside the others instead of as a static batch of its own.
+
 A request fails alone: an invalid setting or a prompt over the model's limit fails at ``submit``,
 and a prefill that raises is retried prompt by prompt, so only the prompt that fails is lost. A
 decode step that raises (out of memory) fails the rows running in it.
 
 :class:`ContinuousGenerator` is the :class:`~lmcot.models.generation.Generator` Protocol on top:
-``generate`` submits every prompt and steps until all are done; ``score_yes_no`` and
-``generate_with_logprobs`` are not free generation and run on the static path. Left out: stop
+``generate`` and ``generate_with_logprobs`` submit every prompt and step until all are done;
+``score_yes_no`` (one forward pass, no decoding) runs on the static path. Left out: stop
 strings (the Protocol has none), beam search, static caches and compiled decoding (the engine's
 caches grow by concatenation, as ``generate``'s dynamic cache does), and thread safety (one thread
 owns an engine: it submits, steps and cancels).
@@ -44,7 +49,7 @@ import torch
 
 from lmcot.config import GenerationConfig, ModelSpec
 from lmcot.models.continuous_batch import ROWS, RowSampler
-from lmcot.models.generation import Generation, HFGenerator
+from lmcot.models.generation import Generation, HFGenerator, Scored, TokenNames
 from lmcot.prompting.fitting import FittedPrompt
 
 def derive_seed(seed: int, index: int) -> int:
@@ -68,6 +73,8 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     """Seeds the request's samples (sample ``j`` draws from ``derive_seed(seed, j)``); None: drawn from torch's RNG."""
+    logprobs: int | None = None
+    """Report each token's log-probability and its ``logprobs`` likeliest alternatives (``Handle.scored``); None: not."""
 
     def problem(self) -> str:
         """Why the request cannot run ('' when it can)."""
@@ -79,6 +86,8 @@ class Request:
             return "temperature must be >= 0 and top_p in (0, 1]"
         if self.n > 1 and self.temperature <= 0:
             return "n > 1 samples need temperature > 0 (greedy decoding gives one answer)"
+        if self.logprobs is not None and self.logprobs < 0:
+            return "logprobs must be >= 0"
         return ""
 
 
@@ -89,13 +98,16 @@ class Cancelled(Exception):
 @dataclass(eq=False)
 class Handle:
     """A submitted request: its state (``queued``, ``running``, ``done``, ``failed``, ``cancelled``),
-    each sample's token ids so far, and at the end its :class:`Generation` or its error."""
+    each sample's token ids so far, and at the end its :class:`Generation` (and with ``logprobs``, each
+    sample's :class:`~lmcot.models.generation.Scored`) or its error."""
 
     request: Request
     state: str = "queued"
     prompt_ids: list[int] = field(default_factory=list, repr=False)
     samples: list[list[int]] = field(default_factory=list, repr=False)
     generation: Generation | None = None
+    scored: list[Scored] | None = None
+    traces: list["_Trace"] = field(default_factory=list, repr=False)  # per sample, with logprobs
     error: BaseException | None = None
     _running: int = field(default=0, repr=False)  # samples still decoding
 
@@ -115,6 +127,15 @@ class Handle:
 
 
 @dataclass(eq=False)
+class _Trace:
+    """A sample's log-probabilities so far: per generated token, its own and its alternatives' (ids, values)."""
+
+    chosen: list[float] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_values: list[list[float]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class _Row:
     """One sample of a running request: a row of the batch."""
 
@@ -123,6 +144,7 @@ class _Row:
     generator: torch.Generator | None
     temperature: float
     top_p: float
+    trace: _Trace | None = None
 
 
 @dataclass(eq=False)
@@ -184,6 +206,7 @@ class ContinuousEngine:
         self._queue: deque[Handle] = deque()
         self._running: _Running | None = None
         self._reported: list[Handle] = []  # ended outside a step (failed at submit, cancelled while queued)
+        self._names: TokenNames | None = None  # decoded on the first request with logprobs
 
     # -- scheduler API ------------------------------------------------------------------------
     @property
@@ -238,6 +261,7 @@ class ContinuousEngine:
             try:
                 logits = running.batch.decode(running.pending)
                 tokens = self.sampler(logits, running.rows, running.seen, first=False)
+                self._trace(logits, running.rows, tokens)
             except Exception as exc:  # noqa: BLE001 - a failed step fails the rows in it, not the engine
                 for handle in {id(r.handle): r.handle for r in running.rows if r.handle.state == "running"}.values():
                     self._end(handle, "failed", ended, exc)
@@ -264,7 +288,29 @@ class ContinuousEngine:
             texts = tuple(self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in handle.samples)
             handle.generation = Generation(texts=texts, prompt_tokens=len(handle.prompt_ids),
                                            completion_tokens=sum(len(s) for s in handle.samples))
+            if handle.traces:
+                handle.scored = [self._names.scored(s, len(s), t.chosen, t.top_ids, t.top_values,
+                                                    ended=bool(s) and s[-1] in self.sampler.eos)
+                                 for s, t in zip(handle.samples, handle.traces)]
         ended.append(handle)
+
+    def _trace(self, logits: torch.Tensor, rows: list[_Row], tokens: torch.Tensor) -> None:
+        """Record, for the rows that asked for log-probabilities, each one's new token's and its
+        likeliest alternatives' (from ``logits``, the model's own distribution)."""
+        wanted = [r for r, row in enumerate(rows) if row.trace is not None]
+        if not wanted:
+            return
+        if self._names is None:
+            self._names = TokenNames(self.tokenizer)
+        index = torch.tensor(wanted, device=logits.device)
+        logp = torch.log_softmax(logits[index].float(), dim=-1)
+        chosen = logp.gather(-1, tokens[index][:, None]).squeeze(-1).tolist()
+        values, ids = (t.tolist() for t in self._names.top(logp, max(rows[r].handle.request.logprobs for r in wanted)))
+        for j, r in enumerate(wanted):
+            trace, k = rows[r].trace, rows[r].handle.request.logprobs
+            trace.chosen.append(chosen[j])
+            trace.top_ids.append(ids[j][:k])
+            trace.top_values.append(values[j][:k])
 
     def _advance(self, running: _Running, tokens: torch.Tensor, ended: list[Handle], skip=frozenset()) -> list[int]:
         """Append each row's new token (also the next step's input), but the rows in ``skip``; returns
@@ -347,11 +393,13 @@ class ContinuousEngine:
         for handle in group:
             request = handle.request
             handle.samples = [[] for _ in range(request.n)]
+            handle.traces = [_Trace() for _ in range(request.n)] if request.logprobs is not None else []
             for j, tokens in enumerate(handle.samples):
                 generator = None
                 if request.temperature > 0:
                     generator = torch.Generator(device=self.device).manual_seed(derive_seed(request.seed, j))
-                rows.append(_Row(handle, tokens, generator, request.temperature, request.top_p))
+                trace = handle.traces[j] if handle.traces else None
+                rows.append(_Row(handle, tokens, generator, request.temperature, request.top_p, trace))
         seen = None
         if self.sampler.penalty != 1.0:
             seen = torch.zeros(len(rows), logits.shape[-1], dtype=torch.bool, device=self.device)
@@ -359,14 +407,16 @@ class ContinuousEngine:
                 context = row.handle.prompt_ids if self.family == "causal" else [self.start_id]
                 seen[r, torch.tensor(context, dtype=torch.long, device=self.device)] = True
         running = _Running(batch, rows, logits.new_zeros(0, dtype=torch.long), seen)
-        return running, self.sampler(logits, rows, seen, first=True)
+        tokens = self.sampler(logits, rows, seen, first=True)
+        self._trace(logits, rows, tokens)
+        return running, tokens
 
 
 class ContinuousGenerator:
     """The :class:`~lmcot.models.generation.Generator` Protocol on a :class:`ContinuousEngine`.
 
     Loads the model as :class:`~lmcot.models.generation.HFGenerator` does (and keeps one as
-    ``static`` for yes/no scoring and log-probabilities); ``max_slots`` is ``batch_size`` and the
+    ``static`` for yes/no scoring); ``max_slots`` is ``batch_size`` and the
     token budget ``config.max_batch_tokens``. ``engine`` is the scheduler a serving queue can feed.
     """
 
@@ -386,20 +436,32 @@ class ContinuousGenerator:
     def encode_prompts(self, prompts: Sequence[str], reserve: int = 0) -> dict:
         return self.static.encode_prompts(prompts, reserve)
 
-    def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
+    def _run(self, prompts, max_new_tokens, n, temperature, top_p, seed, logprobs=None) -> list[Handle]:
+        """Each prompt as an engine request (prompt ``i`` seeded ``derive_seed(seed, i)``), stepped to the end."""
         if n > 1 and temperature <= 0:
             raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives one answer)")
         fitted = self.fit(prompts, reserve=max_new_tokens)  # an over-long prompt fails the call, as the static path
         base = seed if seed is not None else int(torch.randint(0, 2**62, ()))
         handles: dict[int, Handle] = {}
         for i in sorted(range(len(fitted)), key=lambda i: (fitted[i].tokens, i)):  # short prompts share prefills
-            request = Request(prompts[i], max_new_tokens, n, temperature, top_p, derive_seed(base, i))
+            request = Request(prompts[i], max_new_tokens, n, temperature, top_p, derive_seed(base, i), logprobs)
             handles[i] = self.engine.submit(request, fitted=fitted[i])
         self.engine.run(handles.values())
-        return [handles[i].result() for i in range(len(fitted))]
+        ordered = [handles[i] for i in range(len(fitted))]
+        for handle in ordered:
+            handle.result()  # raises the first failed request's error
+        return ordered
+
+    def generate(self, prompts, *, max_new_tokens, n=1, temperature=0.0, top_p=1.0, seed=None) -> list[Generation]:
+        return [h.result() for h in self._run(prompts, max_new_tokens, n, temperature, top_p, seed)]
 
     def score_yes_no(self, prompts: Sequence[str]) -> list[float]:
         return self.static.score_yes_no(prompts)
 
-    def generate_with_logprobs(self, prompts: Sequence[str], **kwargs):
-        return self.static.generate_with_logprobs(prompts, **kwargs)
+    def generate_with_logprobs(self, prompts: Sequence[str], *, max_new_tokens: int, n: int = 1,
+                               temperature: float = 0.0, top_p: float = 1.0, top: int = 5,
+                               seed: int | None = None) -> tuple[list[Scored], int]:
+        """As :meth:`HFGenerator.generate_with_logprobs <lmcot.models.generation.HFGenerator.generate_with_logprobs>`,
+        decoded by the engine (``seed``: as :meth:`generate`'s)."""
+        handles = self._run(prompts, max_new_tokens, n, temperature, top_p, seed, logprobs=top)
+        return [s for h in handles for s in h.scored], sum(len(h.prompt_ids) for h in handles)

@@ -147,12 +147,46 @@ class Scored:
 
 
 class TokenNames:
-    """Each vocabulary id's text, decoded once, and the special ids (padding, end of sequence...)."""
+    """Each vocabulary id's text, decoded once, and the special ids (padding, end of sequence...);
+    turns a completion's token ids and log-probabilities into a :class:`Scored`, as the OpenAI API
+    lists them (the static path and the continuous engine share it)."""
 
     def __init__(self, tokenizer):
         size = len(tokenizer)
+        self.tokenizer = tokenizer
         self.names = tokenizer.batch_decode([[i] for i in range(size)])
         self.special = sorted({i for i in tokenizer.all_special_ids if i is not None and 0 <= i < size})
+
+    def top(self, logp: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``top`` likeliest ordinary tokens of each distribution in ``logp`` ([..., vocab]
+        log-probabilities): their log-probabilities and ids, special tokens and ids past the
+        tokenizer's vocabulary (padding rows of the embedding) left out."""
+        ordinary = logp.clone()
+        ordinary[..., self.special] = float("-inf")
+        ordinary[..., len(self.names):] = float("-inf")
+        top = min(top, len(self.names) - len(self.special))
+        values, ids = ordinary.topk(max(top, 1), dim=-1)
+        return values[..., :top], ids[..., :top]
+
+    def scored(self, ids: list[int], length: int, token_logprobs: list[float], top_ids: list[list[int]],
+               top_logprobs: list[list[float]], ended: bool) -> Scored:
+        """One completion: its first ``length`` generated ``ids``, each one's log-probability and the
+        ids and log-probabilities of its likeliest alternatives (per position). Special tokens (end of
+        sequence, padding) are left out of both the tokens and the alternatives; two ids that spell
+        the same text are one alternative (their probabilities added)."""
+        special = set(self.special)
+        listed = [t for t in range(length) if ids[t] not in special]
+        alternatives = []
+        for t in listed:
+            merged: dict[str, float] = {}
+            for i, lp in zip(top_ids[t], top_logprobs[t]):
+                name = self.names[i]
+                merged[name] = _logaddexp(merged[name], lp) if name in merged else lp
+            alternatives.append(merged)
+        return Scored(text=self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip(),
+                      tokens=[self.names[ids[t]] for t in listed],
+                      token_logprobs=[token_logprobs[t] for t in listed],
+                      top_logprobs=alternatives, completion_tokens=length, ended=ended)
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -345,31 +379,14 @@ class HFGenerator:
         steps = len(out.logits)
         seqs = out.sequences[:, -steps:]  # the generated tokens, for both families
         logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-        ordinary = logp.clone()
-        ordinary[..., names.special] = float("-inf")
-        ordinary[..., len(names.names):] = float("-inf")  # ids past the tokenizer's vocabulary (padding rows)
-        top = min(top, len(names.names) - len(names.special))
-        top_lp, top_ids = ordinary.topk(max(top, 1), dim=-1)
-        special = set(names.special)
+        chosen = logp.gather(-1, seqs[..., None]).squeeze(-1).tolist()
+        top_lp, top_ids = (t.tolist() for t in names.top(logp, top))
         samples = []
         for r in range(seqs.shape[0]):
             ids = seqs[r].tolist()
             length = self._count_completion(seqs[r])
-            listed = [t for t in range(length) if ids[t] not in special]
-            alternatives = []
-            for t in listed:
-                merged: dict[str, float] = {}
-                for i, lp in zip(top_ids[r, t, :top].tolist(), top_lp[r, t, :top].tolist()):
-                    name = names.names[i]  # two ids may spell the same text: add their probabilities
-                    merged[name] = _logaddexp(merged[name], lp) if name in merged else lp
-                alternatives.append(merged)
-            samples.append(Scored(
-                text=tok.decode(ids[:length], skip_special_tokens=True).strip(),
-                tokens=[names.names[ids[t]] for t in listed],
-                token_logprobs=[logp[r, t, ids[t]].item() for t in listed],
-                top_logprobs=alternatives, completion_tokens=length,
-                ended=length < len(ids) or ids[length - 1] == tok.eos_token_id,
-            ))
+            ended = length < len(ids) or ids[length - 1] == tok.eos_token_id
+            samples.append(names.scored(ids, length, chosen[r], top_ids[r], top_lp[r], ended))
         return samples, int(enc["attention_mask"].sum())
 
     def _answer_token_ids(self) -> tuple[list[int], list[int]]:

@@ -20,12 +20,11 @@ their slots at the next step; its prompts not yet admitted are dropped. A reques
 (a prefill that raises, an invalid setting) fails its own job only: the job's other rows are
 cancelled, the neighbours' rows decode on.
 
-Operations the engine does not run (yes/no scores, log-probabilities: the generator's static path)
-go through :class:`~lmcot.serving.work_queue.WorkQueue`'s batching on the same thread. The thread
-shares its time: after a static piece that took ``d`` seconds, the engine steps for up to ``d``
+Operations the engine does not run (``requests`` gives None for them: yes/no scores) go through
+:class:`~lmcot.serving.work_queue.WorkQueue`'s batching on the same thread. The thread shares its time: after a static piece that took ``d`` seconds, the engine steps for up to ``d``
 seconds before the next piece (or until it is idle), so a short generation beside static work
 waits for about one piece, as it would in the static queue, not one piece per decoding step.
-Left out: preempting running rows, and running those static pieces inside the engine.
+Left out: preempting running rows.
 """
 
 from __future__ import annotations
@@ -53,12 +52,14 @@ class _Stream:
 
 class EngineQueue(WorkQueue):
     """A :class:`WorkQueue` whose jobs that ``requests(key, items)`` turns into engine requests run on
-    ``engine`` step by step (see module docstring); the other jobs run through ``run`` as before."""
+    ``engine`` step by step (see module docstring), each ended request giving its item ``result(handle)``
+    (default: its generation); the other jobs run through ``run`` as before."""
 
     def __init__(self, run: Callable[[Hashable, list], Sequence], limits: QueueLimits, engine,
                  requests: Callable[[Hashable, Sequence], list | None], name: str = "lmcot-model", *,
-                 long_tokens: int = 64, reserve_slots: int | None = None):
-        self.engine, self._requests = engine, requests
+                 long_tokens: int = 64, reserve_slots: int | None = None,
+                 result: Callable[[object], object] = lambda handle: handle.generation):
+        self.engine, self._requests, self._result = engine, requests, result
         self.long_tokens = long_tokens
         self.reserve_slots = max(1, engine.max_slots // 16) if reserve_slots is None else reserve_slots
         self._engine_turn = 0.0  # seconds of steps owed to the engine after the last static piece
@@ -170,7 +171,7 @@ class EngineQueue(WorkQueue):
         stream.live.pop(handle, None)
         stream.rows -= handle.request.n
         if handle.state == "done":
-            job.results[index] = handle.generation
+            job.results[index] = self._result(handle)
             stream.done += 1
             self.counts["items"] += 1
             if stream.done == len(job.items):

@@ -11,9 +11,9 @@ raises :class:`ContextLengthExceeded` at once, with the limit and the count, so 
 answers 400 ``context_length_exceeded`` instead of a 500 after a wait.
 
 A generator with a continuous-batching ``engine`` (``generation.engine: continuous``) gets an
-:class:`~lmcot.serving.engine_queue.EngineQueue`: its ``generate`` jobs run on the engine step by
-step, one engine request per prompt, seeded as the generator's own ``generate`` seeds them; scores
-and log-probabilities keep the static path.
+:class:`~lmcot.serving.engine_queue.EngineQueue`: its ``generate`` and ``logprobs`` jobs run on the
+engine step by step, one engine request per prompt, seeded as the generator's own ``generate`` seeds
+them; yes/no scores (one forward pass, nothing to decode) keep the static path.
 """
 
 from __future__ import annotations
@@ -76,13 +76,27 @@ def check_fits(fitter, prompts: Sequence[str], reserve: int) -> None:
 
 
 def engine_requests(key: tuple, prompts: Sequence[str]) -> list | None:
-    """A ``generate`` job's prompts as continuous-engine requests (None for the other operations): prompt
-    ``i`` is seeded ``derive_seed(seed, i)``, as :meth:`ContinuousGenerator.generate` seeds it."""
-    if key[0] != "generate":
+    """A ``generate`` or ``logprobs`` job's prompts as continuous-engine requests (None for yes/no scores):
+    prompt ``i`` is seeded ``derive_seed(seed, i)``, as :meth:`ContinuousGenerator.generate` seeds it."""
+    if key[0] == "generate":
+        _, max_new_tokens, n, temperature, top_p, seed = key
+        top = None
+    elif key[0] == "logprobs":
+        _, max_new_tokens, n, temperature, top_p, top = key
+        seed = None
+    else:
         return None
-    _, max_new_tokens, n, temperature, top_p, seed = key
     base = seed if seed is not None else int(torch.randint(0, 2**62, ()))
-    return [Request(p, max_new_tokens, n, temperature, top_p, derive_seed(base, i)) for i, p in enumerate(prompts)]
+    return [Request(p, max_new_tokens, n, temperature, top_p, derive_seed(base, i), top) for i, p in enumerate(prompts)]
+
+
+def engine_result(handle):
+    """A finished engine request as its job's item, as :meth:`QueuedModel._run` gives it: the
+    :class:`~lmcot.models.generation.Generation`, or with log-probabilities its samples'
+    :class:`~lmcot.models.generation.Scored` and its prompt tokens."""
+    if handle.request.logprobs is None:
+        return handle.generation
+    return handle.scored, len(handle.prompt_ids)
 
 
 class QueuedModel:
@@ -93,7 +107,7 @@ class QueuedModel:
         self.fitter = admission_fitter(generator)
         engine = getattr(generator, "engine", None)
         self.queue = (WorkQueue(self._run, limits, name) if engine is None
-                      else EngineQueue(self._run, limits, engine, engine_requests, name))
+                      else EngineQueue(self._run, limits, engine, engine_requests, name, result=engine_result))
 
     def _run(self, key: tuple, items: list) -> list:
         op, *settings = key

@@ -211,11 +211,37 @@ def test_settings_the_engine_does_not_apply_are_named():
     assert sampler.eos == {1, 2} and sampler.top_k == 20
 
 
-def test_scoring_and_logprobs_run_on_the_static_path():
+def test_scoring_runs_on_the_static_path():
     gen = ContinuousGenerator(ModelSpec("tiny:t5-small"), batch_size=2)
     assert gen.score_yes_no(PROMPTS[:2]) == gen.static.score_yes_no(PROMPTS[:2])
-    samples, tokens = gen.generate_with_logprobs(PROMPTS[:1], max_new_tokens=3)
-    assert samples[0].completion_tokens == 3 and tokens > 0
+
+
+def test_greedy_logprobs_from_the_engine_equal_the_static_paths(generator):
+    """Decoded by the engine, rows joining and leaving: the same tokens, log-probabilities (to float
+    noise), alternatives, end flags and prompt tokens as ``generate(output_logits=True)`` reports."""
+    ours, our_tokens = generator.generate_with_logprobs(PROMPTS, max_new_tokens=7, top=3)
+    theirs, their_tokens = generator.static.generate_with_logprobs(PROMPTS, max_new_tokens=7, top=3)
+    assert our_tokens == their_tokens
+    for a, b in zip(ours, theirs):
+        assert (a.text, a.tokens, a.completion_tokens, a.ended) == (b.text, b.tokens, b.completion_tokens, b.ended)
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+        assert [list(d) for d in a.top_logprobs] == [list(d) for d in b.top_logprobs]
+        assert all(len(d) <= 3 for d in a.top_logprobs) and any(a.top_logprobs)
+        for d, lp in zip(a.top_logprobs, a.token_logprobs):
+            assert max(d.values()) >= lp - 1e-5  # a greedy token is the likeliest (or ties with one)
+
+
+def test_sampled_logprobs_are_reproducible_and_report_the_sampled_tokens(generator):
+    kw = dict(max_new_tokens=6, n=2, temperature=1.0, top_p=0.9, seed=11)
+    first, _ = generator.generate_with_logprobs(PROMPTS[:2], top=2, **kw)
+    again, _ = generator.generate_with_logprobs(PROMPTS[:2], top=0, **kw)
+    texts = [t for g in generator.generate(PROMPTS[:2], **kw) for t in g.texts]
+    assert [s.text for s in first] == [s.text for s in again] == texts  # the same draws as plain generation
+    assert [s.token_logprobs for s in first] == [s.token_logprobs for s in again]
+    assert all(d == {} for s in again for d in s.top_logprobs) and all(len(d) <= 2 for s in first for d in s.top_logprobs)
+    assert all(lp <= 0 for s in first for lp in s.token_logprobs)
+    with pytest.raises(ValueError, match="logprobs must be >= 0"):
+        engine_of(generator).submit(Request(PROMPTS[0], 3, logprobs=-1)).result()
 
 
 def test_engine_switch():

@@ -1,6 +1,6 @@
 """The work queue on the continuous engine (``generation.engine: continuous``), on the tiny T5: a short
 request overtakes a long one, a caller gone frees its slot, a failing request fails alone, and greedy
-outputs equal the static queue's."""
+outputs and log-probabilities equal the static queue's."""
 
 import asyncio
 import threading
@@ -84,8 +84,20 @@ def test_a_continuous_generator_gets_the_engine_queue_and_greedy_outputs_equal_t
     ours, theirs = asyncio.run(both(model)), asyncio.run(both(static))
     assert [[g.texts for g in call] for call in ours] == [[g.texts for g in call] for call in theirs]
     assert model.stats()["engine_requests"] == 4 and model.stats()["jobs"] == 2
-    # scores and log-probabilities keep the static path, on the same model thread
+    # scores keep the static path, on the same model thread
     assert asyncio.run(model.score_yes_no(PROMPTS[:2])) == pytest.approx(asyncio.run(static.score_yes_no(PROMPTS[:2])))
+    assert model.stats()["engine_requests"] == 4
+
+    # log-probabilities run on the engine, and come back as the static queue gives them
+    kw = dict(max_new_tokens=6, n=1, temperature=0.0, top_p=1.0, top=3)
+    ours = asyncio.run(model.generate_with_logprobs(PROMPTS, **kw))
+    theirs = asyncio.run(static.generate_with_logprobs(PROMPTS, **kw))
+    assert model.stats()["engine_requests"] == 4 + len(PROMPTS)
+    assert [(len(a), t) for a, t in ours] == [(len(b), t) for b, t in theirs]
+    for (a, _), (b, _) in zip(ours, theirs):
+        assert [(s.text, s.tokens, [list(d) for d in s.top_logprobs]) for s in a] == \
+               [(s.text, s.tokens, [list(d) for d in s.top_logprobs]) for s in b]
+        assert [lp for s in a for lp in s.token_logprobs] == pytest.approx([lp for s in b for lp in s.token_logprobs], abs=1e-4)
 
 
 def test_seeded_samples_equal_the_generators_own(gen, loaded):
