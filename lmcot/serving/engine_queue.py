@@ -12,9 +12,11 @@ not for a piece of it.
 Fair admission between callers: the queue hands the engine one prompt at a time, only while the
 engine has none waiting, and each time it picks the job with the fewest rows running (then the
 oldest), so a caller that arrives while another's long job decodes gets the next free slot. Rows
-are never preempted, so a long request (over ``long_tokens`` new tokens) leaves ``reserve_slots``
-slots free (by default one in 16, at least one): a short request starts at the next step even while long ones fill the rest of the
-batch (long-only load runs on ``max_slots - reserve_slots`` rows, the price of that bound). A
+are never preempted, so ``reserve_slots`` slots (by default one per 16 of the engine's, at least one)
+are kept from long requests (over ``long_tokens`` new tokens): a short request starts at the next
+step even while long ones fill the batch. The reserve comes on top of the engine's ``max_slots``
+(the queue raises it by ``reserve_slots``), so long-only load still runs on as many rows as a
+static batch of ``generation.batch_size``, and the bound costs a few rows of memory, not throughput. A
 caller gone (its future cancelled) or past its ``timeout_s`` has its rows cancelled, which frees
 their slots at the next step; its prompts not yet admitted are dropped. A request the engine fails
 (a prefill that raises, an invalid setting) fails its own job only: the job's other rows are
@@ -62,6 +64,7 @@ class EngineQueue(WorkQueue):
         self.engine, self._requests, self._result = engine, requests, result
         self.long_tokens = long_tokens
         self.reserve_slots = max(1, engine.max_slots // 16) if reserve_slots is None else reserve_slots
+        engine.max_slots += self.reserve_slots  # the reserve on top: long requests keep the batch size
         self._engine_turn = 0.0  # seconds of steps owed to the engine after the last static piece
         self._streams: list[_Stream] = []
         self._owner: dict[int, tuple[_Stream, int]] = {}  # id(handle) -> its stream and item index

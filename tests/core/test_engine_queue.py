@@ -124,12 +124,12 @@ def test_a_short_request_submitted_while_a_long_one_runs_finishes_before_it(gen)
 
 
 def test_a_cancelled_request_frees_its_slot_at_the_next_step(gen):
-    model = QueuedModel(gen, LIMITS)  # the engine has 2 slots
+    model = QueuedModel(gen, LIMITS)  # the engine has 3 slots (batch size 2 and the reserve)
     with Gate(gen.engine) as gate:
-        first = model.queue.submit(("generate", 200, 2, 1.0, 1.0, 1), [PROMPTS[0]])  # both slots, 200 tokens
+        first = model.queue.submit(("generate", 200, 3, 1.0, 1.0, 1), [PROMPTS[0]])  # every slot, 200 tokens
         wait_for(lambda: gen.engine.queued == 1)
         gate.gate.set()
-        wait_for(lambda: gen.engine.running_rows == 2)
+        wait_for(lambda: gen.engine.running_rows == 3)
         waiting = model.queue.submit(("generate", 4, 1, 0.0, 1.0, None), [PROMPTS[1]])
         time.sleep(0.2)
         assert not waiting.done() and gen.engine.queued == 0  # no slot yet: held by the queue
@@ -168,14 +168,14 @@ def test_a_failing_request_does_not_fail_its_neighbour(gen, monkeypatch, caplog)
 
 
 def test_long_requests_leave_a_slot_free_so_a_short_one_starts_at_once(gen):
-    model = QueuedModel(gen, LIMITS)  # 2 slots: long requests (over 64 new tokens) take at most 1
-    assert model.queue.reserve_slots == 1
+    model = QueuedModel(gen, LIMITS)  # batch size 2: long requests (over 64 new tokens) take 2 rows, 1 more is kept
+    assert model.queue.reserve_slots == 1 and gen.engine.max_slots == 3
     with Gate(gen.engine) as gate:
         long = model.queue.submit(("generate", 150, 1, 1.0, 1.0, 5), PROMPTS[:3])
         wait_for(lambda: gen.engine.queued == 1)
         gate.gate.set()
         wait_for(lambda: gate.steps >= 3)
-        assert gen.engine.running_rows == 1 and gen.engine.queued == 0  # the second long prompt waits
+        assert gen.engine.running_rows == 2 and gen.engine.queued == 0  # as many as a static batch; the third waits
         steps = gate.steps
         short = model.queue.submit(("generate", 4, 1, 0.0, 1.0, None), [PROMPTS[1]])
         assert short.result(30)[0].texts and not long.done()
