@@ -21,8 +21,10 @@ non-200 answer (the goal: every request answered within ``serve.request_timeout_
 ``--engine static,continuous`` deploys one graph per ``generation.engine`` side by side on the same
 cluster (each under its own route prefix) and runs each phase on each engine in turn, so both meet
 the same machine load; the table adds normal requests' p99 mixed over alone per engine.
-``--maximal-logprobs 0`` sends the maximal requests without logprobs (free generation, which the
-continuous engine runs; log-probabilities run on the static path with either engine).
+``--maximal-logprobs 0`` sends the maximal requests without logprobs. Normal clients are closed-loop
+(each sends its next request when the last is answered), so an engine that answers them faster also
+serves more of them beside the maximal requests; ``--normal-rate R`` sends them open-loop instead, R
+a second on every engine, so the maximal requests' completion times compare under the same work.
 ``--src DIR`` deploys the lmcot package found in DIR instead of this checkout (replicas get it
 through ``PYTHONPATH``), so an older version can be measured with the same script:
 ``git archive REV lmcot configs | tar -x -C /tmp/before``.
@@ -186,21 +188,36 @@ def contention(args) -> dict:
         stop_at = time.perf_counter() + args.seconds
         lat = {"normal": [], "maximal": []}
         bad = {"normal": [], "maximal": []}
-        async with httpx.AsyncClient(timeout=args.timeout + 30) as client:
+        async with httpx.AsyncClient(timeout=args.timeout + 30, limits=httpx.Limits(max_connections=None)) as client:
+            async def one(kind: str, route: str, body: dict):
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(f"{base}/{route}", json=body)
+                    status = r.status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                if status == 200:
+                    lat[kind].append(time.perf_counter() - t0)
+                else:
+                    bad[kind].append(status)
+
             async def loop(kind: str, route: str, body: dict):
                 while time.perf_counter() < stop_at:
-                    t0 = time.perf_counter()
-                    try:
-                        r = await client.post(f"{base}/{route}", json=body)
-                        status = r.status_code
-                    except httpx.HTTPError as exc:
-                        status = type(exc).__name__
-                    if status == 200:
-                        lat[kind].append(time.perf_counter() - t0)
-                    else:
-                        bad[kind].append(status)
+                    await one(kind, route, body)
 
-            tasks = ([loop("normal", "chat/completions", small) for _ in range(args.normal_clients)] if normal else [])
+            async def paced(kind: str, route: str, body: dict, rate: float):
+                """Open loop: one request every 1/rate s whether or not the earlier ones are answered."""
+                start, sent, pending = time.perf_counter(), 0, []
+                while time.perf_counter() < stop_at:
+                    pending.append(asyncio.create_task(one(kind, route, body)))
+                    sent += 1
+                    await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+                await asyncio.gather(*pending)
+
+            tasks = []
+            if normal:
+                tasks = ([paced("normal", "chat/completions", small, args.normal_rate)] if args.normal_rate else
+                         [loop("normal", "chat/completions", small) for _ in range(args.normal_clients)])
             tasks += [loop("maximal", "completions", large) for _ in range(3)] if maximal else []
             await asyncio.gather(*tasks)
         return {kind: summary(lat[kind], bad[kind]) for kind in ("normal", "maximal")
@@ -229,6 +246,7 @@ def contention(args) -> dict:
                       "normal_p99_mixed_over_alone": round(p99[1] / p99[0], 2) if all(p99) else None}
     return {"lmcot": str(Path(lmcot.__file__).parent), "seconds_per_phase": args.seconds,
             "request_timeout_s": args.timeout, "normal_clients": args.normal_clients, "maximal_clients": 3,
+            "normal_rate_per_s": args.normal_rate,
             "generation_batch_size": cfg.generation.batch_size, "max_chunk_tokens": cfg.serve.max_chunk_tokens,
             "maximal_request": {k: v for k, v in large.items() if k != "prompt"} | {"prompts": args.large_prompts},
             "engines": results}
@@ -260,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--contention", action="store_true", help="normal and maximal requests alone and together")
     p.add_argument("--normal-clients", type=int, default=2, help="clients sending normal requests (--contention)")
+    p.add_argument("--normal-rate", type=float, default=0.0,
+                   help="send normal requests open-loop at this rate per second instead of from --normal-clients "
+                        "(the same normal work on every engine, so maximal completion times compare) (--contention)")
     p.add_argument("--timeout", type=float, default=60.0, help="serve.request_timeout_s (--contention)")
     p.add_argument("--large-prompts", type=int, default=16, help="prompts per maximal request (--contention)")
     p.add_argument("--engine", default="static",
