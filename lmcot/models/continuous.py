@@ -19,7 +19,9 @@ order, after the config's ``repetition_penalty``, ``suppress_tokens`` and ``begi
 Any other logits setting in the model's generation config raises
 :class:`~lmcot.models.continuous_batch.UnsupportedModel` (the static engine applies it). Each
 sampled row draws from a generator of its own, seeded from its request's seed and its sample
-index, so its text does not depend on which rows share its batch or when it arrived.
+index, so its text does not depend on which rows share its batch or when it arrived. It draws from
+the same distribution as ``generate`` but among its top-k candidates only (k numbers a step, not
+the vocabulary's), so its samples are not ``generate``'s samples under the same seed.
 
 A request may ask for log-probabilities (``Request.logprobs``): each generated token's, and its
 likeliest alternatives', read off the same step's logits (the model's own distribution, before

@@ -295,21 +295,32 @@ class RowSampler:
         if not sampled:
             return tokens
         index = torch.tensor(sampled, device=scores.device)
-        temperature = torch.tensor([rows[r].temperature for r in sampled], device=scores.device)[:, None]
-        warped = scores[index] / temperature
+        candidates, probs = self.distribution(scores[index], [rows[r] for r in sampled])
+        drawn = [torch.multinomial(probs[j:j + 1], 1, generator=rows[r].generator) for j, r in enumerate(sampled)]
+        tokens[index] = candidates.gather(1, torch.cat(drawn)).view(-1)
+        return tokens
+
+    def distribution(self, scores: torch.Tensor, rows: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sampled row's candidates (token ids, ``[rows, c]``) and their probabilities: transformers'
+        temperature, top-k and top-p warpers in ``generate``'s order, one temperature and top_p per row.
+
+        The draw is made among the top-k candidates only (a row's tokens past its k-th likeliest have
+        probability zero after top-k, so the distribution is the same), which makes each row's draw
+        k numbers instead of the vocabulary's; where several tokens tie with the k-th, k of them stay."""
+        temperature = torch.tensor([row.temperature for row in rows], device=scores.device)[:, None]
+        warped = scores / temperature
         top_k = min(self.top_k, warped.shape[-1])
         if top_k > 0:
-            warped = warped.masked_fill(warped < torch.topk(warped, top_k)[0][..., -1, None], float("-inf"))
+            warped, candidates = torch.topk(warped, top_k)
+        else:
+            candidates = torch.arange(warped.shape[-1], device=scores.device).expand_as(warped)
         # transformers' TopPLogitsWarper, one top_p per row
-        top_p = torch.tensor([rows[r].top_p for r in sampled], device=scores.device)[:, None]
+        top_p = torch.tensor([row.top_p for row in rows], device=scores.device)[:, None]
         ascending, order = torch.sort(warped, descending=False)
         remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
         remove[..., -1:] = False
         warped = warped.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-        probs = torch.softmax(warped, dim=-1)
-        drawn = [torch.multinomial(probs[j:j + 1], 1, generator=rows[r].generator) for j, r in enumerate(sampled)]
-        tokens[index] = torch.cat(drawn).view(-1)
-        return tokens
+        return candidates, torch.softmax(warped, dim=-1)
 
 
 ROWS = {"seq2seq": Seq2SeqRows, "causal": CausalRows}

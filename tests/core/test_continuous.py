@@ -84,14 +84,30 @@ def test_cache_is_compacted_as_rows_leave(generator):
                 assert batch.encoder_mask[:, -1].any(), "no encoder position is padding in every row"
 
 
-def test_sampling_matches_generate_for_one_row_and_is_reproducible(generator):
-    settings = dict(temperature=0.9, top_p=0.8)
-    engine = engine_of(generator)
-    [handle] = [engine.submit(Request(PROMPTS[2], 12, seed=7, **settings))]
-    engine.run([handle])
-    # the same draws as transformers' sampler (suppression, temperature, top-k 50, top-p) from the row's seed
-    assert handle.samples[0] == reference(generator, PROMPTS[2], 12, seed=derive_seed(7, 0), **settings)
+@pytest.mark.parametrize("top_k", [50, 0, 3])
+def test_sampling_distribution_equals_transformers_warpers(top_k):
+    """Each row's candidates and probabilities are transformers' temperature, top-k and top-p warpers'
+    distribution (its own temperature and top_p), the tokens past the top-k left out at probability 0."""
+    from transformers import GenerationConfig as HFGenerationConfig
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+    sampler = RowSampler(HFGenerationConfig(top_k=top_k), torch.device("cpu"))
+    scores = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 3
+    settings = [(0.7, 0.9), (1.0, 1.0), (1.3, 0.5), (0.5, 0.05)]
+    rows = [type("Row", (), {"temperature": t, "top_p": p}) for t, p in settings]
+    candidates, probs = sampler.distribution(scores, rows)
+    for r, (t, p) in enumerate(settings):
+        warped = TemperatureLogitsWarper(t)(None, scores[r:r + 1])
+        if top_k:
+            warped = TopKLogitsWarper(top_k)(None, warped)
+        expected = torch.softmax(TopPLogitsWarper(p)(None, warped), dim=-1)[0]
+        ours = torch.zeros(300).index_add(0, candidates[r], probs[r])
+        assert torch.allclose(ours, expected, atol=1e-6), (t, p)
+        assert (expected > 0).sum() <= (top_k or 300)
+
+
+def test_sampling_is_reproducible_and_a_rows_own(generator):
+    settings = dict(temperature=0.9, top_p=0.8)
     a = generator.generate(PROMPTS, max_new_tokens=8, n=3, seed=5, **settings)
     assert a == generator.generate(PROMPTS, max_new_tokens=8, n=3, seed=5, **settings)
     wide = ContinuousGenerator(generator.spec, batch_size=16, loaded=_loaded(generator))
