@@ -66,7 +66,7 @@ class GenerationConfig:
     per-row seeds, so it differs from the static engine's. Pick ``continuous`` where output lengths
     vary (rationales, self-consistency samples) and for many concurrent requests; ``static`` for
     compiled static-cache decoding on a GPU, which the continuous engine does not do (it decodes
-    eagerly; yes/no scoring and log-probabilities run on the static path either way)."""
+    eagerly; yes/no scoring runs on the static path either way, log-probabilities on the engine)."""
 
     def __post_init__(self):
         if self.batch_size < 1:
