@@ -14,7 +14,9 @@ engine has none waiting, and each time it picks the job with the fewest rows run
 oldest), so a caller that arrives while another's long job decodes gets the next free slot. Rows
 are never preempted, so ``reserve_slots`` slots (by default one per 16 of the engine's, at least one)
 are kept from long requests (over ``long_tokens`` new tokens): a short request starts at the next
-step even while long ones fill the batch. The reserve comes on top of the engine's ``max_slots``
+step even while long ones fill the batch, and even past a long prompt that waits for room (a
+prompt that does not fit holds the line for long prompts only; a short one passing it takes only the
+reserved slots, so it cannot keep the long one waiting). The reserve comes on top of the engine's ``max_slots``
 (the queue raises it by ``reserve_slots``), so long-only load still runs on as many rows as a
 static batch of ``generation.batch_size``, and the bound costs a few rows of memory, not throughput. A
 caller gone (its future cancelled) or past its ``timeout_s`` has its rows cancelled, which frees
@@ -144,25 +146,53 @@ class EngineQueue(WorkQueue):
 
     def _feed(self) -> None:
         """Hand the engine prompts while it has free slots and none waiting, the job with the fewest
-        rows running first (then the oldest); a prompt that does not fit holds the line."""
+        rows running first (then the oldest). A long prompt that does not fit holds the line for the
+        other long ones, not for short ones: those may still take the reserved slots."""
         engine = self.engine
         while not engine.queued:
-            waiting = [s for s in self._streams if s.job.next < len(s.job.items)]
-            if not waiting:
+            waiting = sorted((s for s in self._streams if s.job.next < len(s.job.items)),
+                             key=lambda s: (s.rows, s.job.seq))
+            long_rows = sum(s.rows for s in self._streams if self._long(s.requests[0]))
+            blocked = False  # a long prompt is waiting for room
+            for stream in waiting:
+                request = stream.requests[stream.job.next]
+                long = self._long(request)
+                if blocked and long:
+                    continue
+                if self._fits(request.n, long, long_rows, blocked):
+                    self._submit(stream)
+                    break
+                if not long:
+                    return  # no room even for a short prompt
+                blocked = True
+            else:
                 return
-            stream = min(waiting, key=lambda s: (s.rows, s.job.seq))
-            job, index = stream.job, stream.job.next
-            request = stream.requests[index]
-            limit = engine.max_slots - (self.reserve_slots if request.max_new_tokens > self.long_tokens else 0)
-            if engine.running_rows and engine.running_rows + request.n > limit:
-                return
-            handle = engine.submit(request)
-            job.next += 1
-            self.counts["engine_requests"] += 1
-            stream.live[handle], stream.rows = index, stream.rows + request.n
-            self._owner[id(handle)] = (stream, index)
-            if handle.done:  # refused at submit (an invalid setting): fails its job now
-                self._ended(handle)
+
+    def _long(self, request) -> bool:
+        return request.max_new_tokens > self.long_tokens
+
+    def _fits(self, n: int, long: bool, long_rows: int, blocked: bool) -> bool:
+        """Whether ``n`` more rows may start: long rows stay out of the reserved slots; a short prompt
+        passing a waiting long one only takes reserved slots (so it cannot keep the long one waiting)."""
+        rows, slots = self.engine.running_rows, self.engine.max_slots
+        if not rows:
+            return True  # alone, even over the limits
+        if blocked:
+            return rows - long_rows + n <= self.reserve_slots and rows + n <= slots
+        if long:
+            return long_rows + n <= slots - self.reserve_slots and rows + n <= slots
+        return rows + n <= slots
+
+    def _submit(self, stream: _Stream) -> None:
+        job, index = stream.job, stream.job.next
+        request = stream.requests[index]
+        handle = self.engine.submit(request)
+        job.next += 1
+        self.counts["engine_requests"] += 1
+        stream.live[handle], stream.rows = index, stream.rows + request.n
+        self._owner[id(handle)] = (stream, index)
+        if handle.done:  # refused at submit (an invalid setting): fails its job now
+            self._ended(handle)
 
     def _ended(self, handle) -> None:
         """A request the engine ended: its result goes to its job; a failure fails that job alone."""

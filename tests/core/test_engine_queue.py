@@ -183,6 +183,25 @@ def test_long_requests_leave_a_slot_free_so_a_short_one_starts_at_once(gen):
         assert len(long.result(120)) == 3
 
 
+def test_a_short_request_passes_a_long_one_waiting_for_room(gen):
+    """A second long request (fewer rows running, so the queue's first pick) that does not fit waits, and
+    holds the line for long ones only: a short request behind it takes the reserved slot at once."""
+    model = QueuedModel(gen, LIMITS)
+    with Gate(gen.engine) as gate:
+        first = model.queue.submit(("generate", 150, 2, 1.0, 1.0, 5), [PROMPTS[0]])  # the 2 long slots
+        wait_for(lambda: gen.engine.queued == 1)
+        gate.gate.set()
+        wait_for(lambda: gen.engine.running_rows == 2)
+        second = model.queue.submit(("generate", 150, 1, 1.0, 1.0, 6), [PROMPTS[2]])  # no room: waits
+        time.sleep(0.2)
+        assert gen.engine.running_rows == 2 and not second.done()
+        steps = gate.steps
+        short = model.queue.submit(("generate", 4, 1, 0.0, 1.0, None), [PROMPTS[1]])
+        assert short.result(30)[0].texts and not first.done() and not second.done()
+        assert gate.steps - steps <= 6  # it joined at the next step, in the reserved slot
+        assert len(second.result(120)) == 1 and len(first.result(120)) == 1
+
+
 def test_a_request_past_its_timeout_fails_alone_and_frees_its_rows(gen):
     model = QueuedModel(gen, LIMITS)
     with Gate(gen.engine, delay=0.01) as gate:  # 200 steps: 2 s at least
