@@ -78,8 +78,8 @@ def test_extraction_targets_are_whole_sentences_of_the_source_context(extraction
 
 
 @pytest.mark.xfail(strict=True, reason="a defect of the data the shipped small T5 was trained on: targets follow "
-                   "the dataset's paragraph order, which the shuffled context does not show (docs/design.md); "
-                   "fixing it changes the data, so it waits for the next pretraining of the small T5")
+                   "the dataset's paragraph order, which the shuffled context does not show; fixing it changes the "
+                   "data, and a small T5 trained on the fixed data grounded no better (docs/design.md)")
 def test_extraction_targets_follow_the_context_order(extractions):
     """As :func:`~lmcot.tinyworld.pairs.sentences_about` promises: the order is then one the small T5 can
     read off its source; the examples' own paragraph order (before the context was shuffled) is not."""
@@ -108,8 +108,8 @@ def test_extraction_targets_hold_their_entities(extractions):
 
 
 @pytest.mark.xfail(strict=True, reason="a defect of the shipped small T5's data: sentences of other paragraphs that "
-                   "name an entity come on top of two sentences each, so a few targets pass MAX_TARGET and are cut "
-                   "(docs/design.md); fixing it changes the data, so it waits for the next pretraining")
+                   "name an entity come on top of two sentences each, so a few targets pass MAX_TARGET and are cut"
+                   "; fixing it changes the data, and a small T5 trained on the fixed data grounded no better (docs/design.md)")
 def test_extract_two_targets_fit_max_target(extractions, tokenizer):
     """Training cuts a target at MAX_TARGET tokens (``pairs.tokenize``): a longer one would teach the small
     T5 to stop mid-sentence. The two-entity target keeps two sentences of each entity's own paragraph
