@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmcot.config import GenerationConfig, ModelSpec
-from lmcot.models.continuous import Cancelled, ContinuousEngine, ContinuousGenerator, Request, derive_seed
+from lmcot.models.continuous import Cancelled, ContinuousEngine, ContinuousGenerator, Request
 from lmcot.models.continuous_batch import ROWS, RowSampler, UnsupportedModel
 from lmcot.prompting.fitting import PromptTooLong
 
@@ -38,14 +38,12 @@ def engine_of(gen, **limits) -> ContinuousEngine:
                             **{"max_slots": 3, **limits})
 
 
-def reference(gen, prompt: str, max_new_tokens: int, seed: int | None = None, **sampling) -> list[int]:
-    """``model.generate``'s new tokens for ``prompt`` alone (fitted and formatted as the engine does)."""
+def reference(gen, prompt: str, max_new_tokens: int) -> list[int]:
+    """``model.generate``'s greedy new tokens for ``prompt`` alone (fitted and formatted as the engine does)."""
     [fitted] = gen.fit([prompt], reserve=max_new_tokens)
     enc = gen.tokenizer([fitted.text], return_tensors="pt")
-    if seed is not None:
-        torch.manual_seed(seed)
     out = gen.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=gen.tokenizer.pad_token_id,
-                             do_sample=bool(sampling), **sampling)[0]
+                             do_sample=False)[0]
     return out[enc["input_ids"].shape[1]:].tolist() if gen.family == "causal" else out[1:].tolist()
 
 
