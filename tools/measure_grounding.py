@@ -8,7 +8,9 @@ questions of tuning worlds (:data:`lmcot.tinyworld.seeds.TUNING`), with the pres
 - name recall: the share of the gold supporting facts' names and numbers the rationale states
   (:func:`lmcot.training.faithfulness.name_recall`);
 - what the rationale does for the large LM: LM-guided F1 against the empty rationale in the same prompt,
-  paired on the same questions, with its 95% interval (and the gold chain of thought's, as the ceiling).
+  paired on the same questions, with its 95% interval (and the gold chain of thought's, as the ceiling);
+- the same per question type (``bridge``, ``comparison``, ...), with the share of rationales that reached
+  ``generation.rationale_max_new_tokens`` (cut before their end), so a gap shows where it is.
 
 These are the success criterion of the small T5's pretraining (``docs/design.md``)::
 
@@ -55,10 +57,14 @@ def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
     smalls = {str(d): HFGenerator(ModelSpec(str(d), device="cpu"), config=cfg.generation) for d in small_dirs}
     f1: dict[str, dict[str, float]] = {}
     grounding: dict[str, dict[str, list[float]]] = {name: {"faithful": [], "recall": []} for name in smalls}
+    kinds: dict[str, str] = {}  # question key -> dataset/type
+    per_type: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in smalls}
+    cap = cfg.generation.rationale_max_new_tokens
     for world in worlds:
         sets, aliases = world_questions(world, limit, cfg, large.tokenizer)
         for ds, examples, qs in sets:
             key = f"{world}/{ds}"
+            kinds.update({f"{key}/{ex.id}": f"{ds}/{ex.type}" for ex in examples})
             for row, results in (("empty", method.empty_rationale(qs, large, cfg.generation)),
                                  ("gold", method.gold_rationale(qs, large, cfg.generation))):
                 f1.setdefault(row, {}).update(f1_by_question(key, examples, results, aliases))
@@ -66,8 +72,13 @@ def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
                 results = method.lm_guided(qs, small, large, cfg.generation, 1)
                 f1.setdefault(name, {}).update(f1_by_question(key, examples, results, aliases))
                 for ex, q, r in zip(examples, qs, results):
-                    grounding[name]["faithful"].append(float(is_faithful(r.rationales[0], q.context)))
+                    faithful = float(is_faithful(r.rationales[0], q.context))
+                    grounding[name]["faithful"].append(faithful)
                     grounding[name]["recall"].append(name_recall(r.rationales[0], ex.evidence))
+                    cut = float(len(small.tokenizer(r.rationales[0])["input_ids"]) >= cap)
+                    kind = per_type[name].setdefault(f"{ds}/{ex.type}", {"faithful": [], "cut": []})
+                    kind["faithful"].append(faithful)
+                    kind["cut"].append(cut)
                 print(f"{key} {name}: e.g. {results[0].rationales[0]!r}", file=sys.stderr, flush=True)
     out = {"worlds": worlds, "questions": len(f1["empty"]), "empty_f1": 100 * sum(f1["empty"].values()) / len(f1["empty"]),
            "gold_vs_empty": paired(f1["empty"], f1["gold"]).as_dict(), "small": {}}
@@ -75,7 +86,21 @@ def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
         out["small"][name] = {"faithful_share": sum(g["faithful"]) / len(g["faithful"]),
                               "name_recall": sum(g["recall"]) / len(g["recall"]),
                               "lm_guided_f1": 100 * sum(f1[name].values()) / len(f1[name]),
-                              "lm_guided_vs_empty": paired(f1["empty"], f1[name]).as_dict()}
+                              "lm_guided_vs_empty": paired(f1["empty"], f1[name]).as_dict(),
+                              "by_type": by_type(f1, name, kinds, per_type[name])}
+    return out
+
+
+def by_type(f1: dict[str, dict[str, float]], name: str, kinds: dict[str, str], per_type: dict) -> dict:
+    """Per question type: questions, empty F1, gold and LM-guided against empty (paired), faithful and cut shares."""
+    out = {}
+    for kind, g in sorted(per_type.items()):
+        keys = [k for k, v in kinds.items() if v == kind]
+        rows = {row: {k: f1[row][k] for k in keys} for row in ("empty", "gold", name)}
+        out[kind] = {"questions": len(keys), "empty_f1": 100 * sum(rows["empty"].values()) / len(keys),
+                     "gold_vs_empty": paired(rows["empty"], rows["gold"]).as_dict(),
+                     "lm_guided_vs_empty": paired(rows["empty"], rows[name]).as_dict(),
+                     "faithful_share": sum(g["faithful"]) / len(g["faithful"]), "cut_share": sum(g["cut"]) / len(g["cut"])}
     return out
 
 
@@ -89,6 +114,15 @@ def table(result: dict) -> str:
         p = r["lm_guided_vs_empty"]
         rows.append(f"| `{name}` | {100 * r['faithful_share']:.1f}% | {100 * r['name_recall']:.1f}% | "
                     f"{r['lm_guided_f1']:.1f} | {fmt_interval(p['delta'], p['low'], p['high'])} ({p['verdict']}) |")
+    for name, r in result["small"].items():
+        rows += ["", f"By question type, `{name}`:", "",
+                 "| dataset/type | questions | empty F1 | gold - empty | LM-guided - empty | faithful | cut at the cap |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        for kind, t in r.get("by_type", {}).items():
+            g, p = t["gold_vs_empty"], t["lm_guided_vs_empty"]
+            rows.append(f"| {kind} | {t['questions']} | {t['empty_f1']:.1f} | {fmt_interval(g['delta'], g['low'], g['high'])} | "
+                        f"{fmt_interval(p['delta'], p['low'], p['high'])} | {100 * t['faithful_share']:.0f}% | "
+                        f"{100 * t['cut_share']:.0f}% |")
     return "\n".join(rows)
 
 

@@ -58,8 +58,9 @@ from lmcot.tinyworld import synthetic as world_gen  # noqa: E402
 from lmcot.tinyworld.corruption import CORRUPTIONS, JUDGE_CORRUPTION, Corruptor  # noqa: E402,F401
 from lmcot.tinyworld.pairs import (CRITIC_REPEAT, CRITIC_WARMUP, LARGE_TASK_WEIGHTS, MAX_SOURCE,  # noqa: E402
                                    MAX_TARGET, RATIONALE_TASK_WEIGHTS, READING_TASKS, critic_pairs, large_pairs,
-                                   SMALL_RANDOM_COPY, SMALL_TASK_WEIGHTS, extraction_pairs, random_copy_pairs,
+                                   SMALL_RANDOM_COPY, random_copy_pairs,
                                    rationale_pairs, small_line_pairs, tokenize, training_context, weighted)
+from lmcot.tinyworld.small_recipes import SMALL_RECIPES  # noqa: E402
 from lmcot.tinyworld.training import (SIZES, SMOKE_SIZES, TOKENIZER_WORLDS, build_t5, load_t5, save,  # noqa: E402
                                       train, world_tokenizer)
 
@@ -126,13 +127,14 @@ def build_pairs(args, tokenizer) -> tuple[list, list, list, dict]:
     critic_rng = random.Random(args.seed + 4)  # a stream of its own: the mixture's data is the same with or without it
     worlds = world_seeds(args.seed, args.worlds)
     large, small, critic = [], [], []
+    recipe = SMALL_RECIPES[args.small_recipe]
     for world, examples in pretraining_worlds(args.seed, args.worlds, args.questions):
         corrupt = Corruptor(world)
         for ex in examples:
             ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
             large += large_pairs(rng, ex, ctx, distractors, corrupt)
             critic += critic_pairs(critic_rng, ex, ctx, distractors, corrupt)
-            small += extraction_pairs(small_rng, ex, ctx)
+            small += recipe.question_pairs(small_rng, ex, ctx, world)
         for title in world.titles:
             small += small_line_pairs(small_rng, render_paragraph(Paragraph(title, tuple(world.paragraphs[title]))))
     return large, small, critic, {"world_seeds": worlds, "questions_per_dataset_and_world": args.questions,
@@ -161,7 +163,8 @@ def pretrain(args) -> dict:
     t0 = time.monotonic()
     large_raw, small_raw, critic_raw, provenance = build_pairs(args, tokenizer)
     large = tokenize(tokenizer, large_raw)
-    small = weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw), SMALL_TASK_WEIGHTS)
+    recipe = SMALL_RECIPES[args.small_recipe]
+    small = weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw, recipe.max_target), recipe.task_weights)
     critic = [x for x in (tokenize(tokenizer, critic_raw) if args.critic_steps else [])  # none unless trained on
               for _ in range(CRITIC_REPEAT["judge" if x[2].startswith("judge") else x[2]])]
     weights = LARGE_TASK_WEIGHTS
@@ -176,8 +179,10 @@ def pretrain(args) -> dict:
     provenance["tokenizer_world_seeds"] = world_seeds(args.seed, args.worlds + TOKENIZER_WORLDS)[args.worlds:]
     summary = {"training": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                             if k not in ("out", "eval")}, "data": provenance,
-               "task_weights": weights, "small_task_weights": SMALL_TASK_WEIGHTS, "sizes": sizes, "max_source_tokens": MAX_SOURCE,
-               "max_target_tokens": MAX_TARGET, "torch": torch.__version__, "models": {}}
+               "task_weights": weights, "small_recipe": args.small_recipe, "small_task_weights": recipe.task_weights,
+               "sizes": sizes, "max_source_tokens": MAX_SOURCE,
+               "max_target_tokens": MAX_TARGET, "small_max_target_tokens": recipe.max_target,
+               "torch": torch.__version__, "models": {}}
     # the small T5 first: it is quick, so a long run stopped early still leaves both models
     jobs = (("small", small, args.small_steps, args.small_share, args.lr),
             ("large", mixed, args.large_steps, 1 - args.small_share, args.lr))
@@ -217,6 +222,8 @@ def pretrain(args) -> dict:
             result, phases = continued["train"], dict(continued.get("phases", {}))
         record = {"name": f"tiny-world-{name}", "seed": args.seed, "size": sizes[name], "train": result,
                   "pairs": len(data), "rerun": f"--seed {args.seed} --{name}-steps {result['steps']}"}
+        if not reads and args.small_recipe != "shipped":
+            record["rerun"] += f" --small-recipe {args.small_recipe}"
         if phases:
             record.update(phases=phases, rerun=f"{record['rerun']} --copy-steps {args.copy_steps}"
                                                + (f" --reading-steps {args.reading_steps}" if reads else ""))
@@ -325,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="encoder (and decoder) layers of the small T5")
     p.add_argument("--small-d-model", type=int, default=SIZES["small"]["d_model"],
                    help="width of the small T5 (its feed-forward is twice that)")
+    p.add_argument("--small-recipe", choices=sorted(SMALL_RECIPES), default="shipped",
+                   help="what the small T5 learns from each question (lmcot/tinyworld/small_recipes.py); "
+                        "'shipped' reproduces the shipped weights")
     p.add_argument("--copy-steps", type=int, default=3000,
                    help="first steps of each T5: copying random token sequences")
     p.add_argument("--reading-steps", type=int, default=2000,

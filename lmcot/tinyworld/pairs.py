@@ -167,41 +167,45 @@ def small_line_pairs(rng: random.Random, paragraph_line: str) -> list[tuple[str,
             ("continue", " ".join(words[:cut]), " ".join(words[cut:]))]
 
 
-def sentences_about(ex: Example, context: str, entities: list[str], own: int = 4) -> list[str]:
+def sentences_about(ex: Example, context: str, entities: list[str], own: int = 4, elsewhere: bool = True,
+                    context_order: bool = False) -> list[str]:
     """The context's sentences about ``entities``: the first ``own`` sentences of a paragraph titled with one
-    of them, and every other sentence that names one, as long as the context keeps it whole.
+    of them and, with ``elsewhere``, every other sentence that names one, as long as the context keeps it whole.
 
-    They come in the example's paragraph order, not the (shuffled) context's, and sentences naming an
-    entity elsewhere come on top of ``own``, so a few two-entity targets pass :data:`MAX_TARGET` and are
-    cut: two defects of the data the shipped small T5 learned from, kept so the code reproduces it
-    (``tests/core/test_tinyworld_pairs.py`` marks both)."""
+    Without ``context_order`` they come in the example's paragraph order, not the (shuffled) context's,
+    and the two-entity target takes sentences naming an entity elsewhere on top of ``own``, so a few pass
+    :data:`MAX_TARGET` and are cut: two defects of the data the shipped small T5 learned from, kept as its
+    recipe (:data:`lmcot.tinyworld.small_recipes.SMALL_RECIPES`, ``shipped``) so the code reproduces it."""
     out = []
     for p in ex.paragraphs:
         for i, s in enumerate(p.sentences):
-            about = (p.title in entities and i < own) or any(e in s for e in entities)
+            about = (p.title in entities and i < own) or (elsewhere and any(e in s for e in entities))
             if about and s in context and s not in out:
                 out.append(s)
-    return out
+    return sorted(out, key=context.index) if context_order else out
 
 
-def extraction_pairs(rng: random.Random, ex: Example, context: str) -> list[tuple[str, str, str]]:
+def extraction_pairs(rng: random.Random, ex: Example, context: str, fixed: bool = False) -> list[tuple[str, str, str]]:
     """Extraction for one question's context: one entity (a gold paragraph's title), and two entities (a
     gold title and another paragraph's; their first two sentences each, so the target fits
     :data:`MAX_TARGET`) in, the context's sentences about them out, verbatim.
 
     Generic reading, not the rationale task: the entity is named, never asked about; what the small LM
-    must bring to distillation is finding an entity's sentences and copying them whole."""
+    must bring to distillation is finding an entity's sentences and copying them whole. ``fixed``: targets
+    in the context's order, and two-entity targets from each entity's own paragraph only (so none is cut);
+    without it, the shipped small T5's data (:func:`sentences_about`)."""
     titles = [p.title for p in ex.paragraphs if f"{p.title}:" in context]
     gold = [t for t in ex.gold_titles if t in titles]
     if not gold:
         return []
     one = rng.choice(gold)
     others = [t for t in titles if t != one]
-    out = [("extract", one, sentences_about(ex, context, [one]))]
+    out = [("extract", one, sentences_about(ex, context, [one], context_order=fixed))]
     if others:
         two = [one, rng.choice(others)]
         rng.shuffle(two)
-        out.append(("extract_two", " and ".join(two), sentences_about(ex, context, two, own=2)))
+        out.append(("extract_two", " and ".join(two),
+                    sentences_about(ex, context, two, own=2, elsewhere=not fixed, context_order=fixed)))
     return [(task, EXTRACT_PROMPT.format(entity=entity, context=context), " ".join(target))
             for task, entity, target in out if target]
 
@@ -232,9 +236,9 @@ def weighted(rng: random.Random, pairs: list, weights: dict) -> list:
     return mixed
 
 
-def tokenize(tokenizer, pairs):
-    """Token ids of (source, target) pairs; over-long sources are dropped, targets capped."""
+def tokenize(tokenizer, pairs, max_target: int = MAX_TARGET):
+    """Token ids of (source, target) pairs; over-long sources are dropped, targets capped at ``max_target``."""
     src = tokenizer([p[1] for p in pairs], truncation=False)["input_ids"]
-    tgt = tokenizer([p[2] for p in pairs], truncation=True, max_length=MAX_TARGET)["input_ids"]
+    tgt = tokenizer([p[2] for p in pairs], truncation=True, max_length=max_target)["input_ids"]
     keep = [(s, t, p[0]) for s, t, p in zip(src, tgt, pairs) if len(s) <= MAX_SOURCE]
     return keep
