@@ -155,3 +155,20 @@ def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, 
                                                f1_by_id(results, fresh, dataset_aliases(fresh_spec)).items()})
     reading = paired(scores["blind"], scores["reading"])  # both datasets: 40 questions alone are too few
     assert reading.verdict == HOLDS, reading
+
+
+@pytest.mark.xfail(strict=True, reason="a defect of the preset and of the shipped large T5: 2Wiki's bridge-comparison "
+                   "chains of thought are 128-175 tokens, the preset caps rationales at 96 and the large T5 learned its "
+                   "CoT and teacher targets cut at 96, so no LM can write one to its conclusion; mending it means "
+                   "retraining the large T5's rationale phase (docs/design.md)")
+def test_every_gold_chain_of_thought_fits_the_rationale_cap(large, dev):
+    """A rationale the preset cuts before its comparison step cannot lead to the answer: every gold chain of
+    thought of the dev sets fits both ``generation.rationale_max_new_tokens`` and the pretraining's target cap."""
+    from lmcot.tinyworld.pairs import MAX_TARGET
+    from lmcot.tinyworld.reasoning import reasoned_rationale
+
+    world, _ = synthetic.generate_world()
+    cap = min(CFG.generation.rationale_max_new_tokens, MAX_TARGET)
+    too_long = [(ex.type, n) for examples, _, _ in dev.values() for ex in examples
+                if (n := len(large.tokenizer(reasoned_rationale(world, ex))["input_ids"])) > cap]
+    assert not too_long, too_long
