@@ -51,7 +51,7 @@ def large():
 
 SHIPPED_DEV = {"hotpotqa": ("sample:hotpotqa_synthetic_dev", ""),
                "2wiki": ("sample:2wiki_synthetic_dev", "sample:2wiki_synthetic_id_aliases")}
-"""The tests' dev sets: the shipped samples (world 20240404); the preset itself reports on world 2000002."""
+"""The tests' dev sets: the shipped samples (world 20240404); the preset itself reports on world 2000003."""
 
 
 @pytest.fixture(scope="module")
