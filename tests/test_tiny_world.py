@@ -157,10 +157,10 @@ def test_a_world_no_model_has_seen_scores_like_the_shipped_dev_sets(large, dev, 
     assert reading.verdict == HOLDS, reading
 
 
-@pytest.mark.xfail(strict=True, reason="a defect of the preset and of the shipped large T5: 2Wiki's bridge-comparison "
-                   "chains of thought are 128-175 tokens, the preset caps rationales at 96 and the large T5 learned its "
-                   "CoT and teacher targets cut at 96, so no LM can write one to its conclusion; mending it means "
-                   "retraining the large T5's rationale phase (docs/design.md)")
+@pytest.mark.xfail(strict=True, reason="a defect of the shipped large T5: 2Wiki's bridge-comparison chains of thought "
+                   "are 128-175 tokens and it learned its CoT and teacher targets cut at 96 (pairs.MAX_TARGET), so "
+                   "as the teacher it never writes one to its conclusion (the preset's cap is 192); mending it means "
+                   "retraining its rationale phase (docs/design.md)")
 def test_every_gold_chain_of_thought_fits_the_rationale_cap(large, dev):
     """A rationale the preset cuts before its comparison step cannot lead to the answer: every gold chain of
     thought of the dev sets fits both ``generation.rationale_max_new_tokens`` and the pretraining's target cap."""
