@@ -67,7 +67,7 @@ def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
 
 
 def test_training_data_is_deterministic_and_uses_lmcot_templates(tool, tokenizer):
-    args = argparse.Namespace(seed=3, worlds=1, questions=3, context_tokens=256, small_recipe="shipped")
+    args = argparse.Namespace(seed=3, worlds=1, questions=3, context_tokens=256, small_recipe="extraction")
     large_a, small_a, critic_a, prov = tool.build_pairs(args, tokenizer)
     large_b, small_b, critic_b, _ = tool.build_pairs(args, tokenizer)
     assert large_a == large_b and small_a == small_b and critic_a == critic_b
@@ -118,7 +118,7 @@ def test_each_corruption_changes_the_rationale(tool):
 def test_judge_pairs_cannot_be_told_apart_by_the_answer_cue(tool, tokenizer):
     """As many negatives as positives end in ``So the answer is:``: a first recipe gave the cue to
     half the positives and few negatives, and the judge learned the cue instead of the aspects."""
-    args = argparse.Namespace(seed=4, worlds=1, questions=40, context_tokens=256, small_recipe="shipped")
+    args = argparse.Namespace(seed=4, worlds=1, questions=40, context_tokens=256, small_recipe="extraction")
     large, _, _, _ = tool.build_pairs(args, tokenizer)
     share = {}
     for label in ("judge_yes", "judge_no"):
@@ -133,7 +133,7 @@ def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenize
     the answer cue equally often; the misled answers' rationales are wrong, their targets right."""
     from lmcot.prompting import prompts
 
-    args = argparse.Namespace(seed=4, worlds=1, questions=20, context_tokens=256, small_recipe="shipped")
+    args = argparse.Namespace(seed=4, worlds=1, questions=20, context_tokens=256, small_recipe="extraction")
     _, _, critic, _ = tool.build_pairs(args, tokenizer)
     judged = [p for p in critic if p[0].startswith("judge_pair")]
     assert len(judged) == 2 * 2 * 40  # two aspects of each of 40 questions, a "yes" and a "no" each

@@ -222,7 +222,7 @@ def pretrain(args) -> dict:
             result, phases = continued["train"], dict(continued.get("phases", {}))
         record = {"name": f"tiny-world-{name}", "seed": args.seed, "size": sizes[name], "train": result,
                   "pairs": len(data), "rerun": f"--seed {args.seed} --{name}-steps {result['steps']}"}
-        if not reads and args.small_recipe != "shipped":
+        if not reads:
             record["rerun"] += f" --small-recipe {args.small_recipe}"
         if phases:
             record.update(phases=phases, rerun=f"{record['rerun']} --copy-steps {args.copy_steps}"
@@ -332,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="encoder (and decoder) layers of the small T5")
     p.add_argument("--small-d-model", type=int, default=SIZES["small"]["d_model"],
                    help="width of the small T5 (its feed-forward is twice that)")
-    p.add_argument("--small-recipe", choices=sorted(SMALL_RECIPES), default="shipped",
+    p.add_argument("--small-recipe", choices=sorted(SMALL_RECIPES), default="reasoned",
                    help="what the small T5 learns from each question (lmcot/tinyworld/small_recipes.py); "
-                        "'shipped' reproduces the shipped weights")
+                        "the default is the shipped weights' recipe")
     p.add_argument("--copy-steps", type=int, default=3000,
                    help="first steps of each T5: copying random token sequences")
     p.add_argument("--reading-steps", type=int, default=2000,

@@ -73,16 +73,21 @@ class Example:
         return tuple(dict.fromkeys(title for title, _ in self.supporting_facts))
 
     @property
-    def evidence(self) -> str:
-        """The supporting-fact sentences, in the order the dataset lists them ("" without labels):
-        the gold rationale of the ``gold_rationale`` reference method."""
+    def supporting_sentences(self) -> list[str]:
+        """The supporting-fact sentences, each once, in the order the dataset lists them (none without labels)."""
         by_title = {p.title: p for p in self.paragraphs}
         out: list[str] = []
         for title, i in self.supporting_facts:
             p = by_title.get(title)
             if p is not None and i < len(p.sentences) and p.sentences[i].strip() not in out:
                 out.append(p.sentences[i].strip())
-        return " ".join(out)
+        return out
+
+    @property
+    def evidence(self) -> str:
+        """The supporting-fact sentences joined ("" without labels): the gold rationale of the
+        ``gold_rationale`` reference method."""
+        return " ".join(self.supporting_sentences)
 
 
 def _fail(source: str, rid: Any, field: str, problem: str, fix: str) -> DataError:

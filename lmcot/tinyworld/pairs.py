@@ -174,8 +174,8 @@ def sentences_about(ex: Example, context: str, entities: list[str], own: int = 4
 
     Without ``context_order`` they come in the example's paragraph order, not the (shuffled) context's,
     and the two-entity target takes sentences naming an entity elsewhere on top of ``own``, so a few pass
-    :data:`MAX_TARGET` and are cut: two defects of the data the shipped small T5 learned from, kept as its
-    recipe (:data:`lmcot.tinyworld.small_recipes.SMALL_RECIPES`, ``shipped``) so the code reproduces it."""
+    :data:`MAX_TARGET` and are cut: two defects of the data the earlier small T5 learned from, kept as its
+    recipe (:data:`lmcot.tinyworld.small_recipes.SMALL_RECIPES`, ``extraction``) so the code reproduces it."""
     out = []
     for p in ex.paragraphs:
         for i, s in enumerate(p.sentences):
@@ -193,7 +193,7 @@ def extraction_pairs(rng: random.Random, ex: Example, context: str, fixed: bool 
     Generic reading, not the rationale task: the entity is named, never asked about; what the small LM
     must bring to distillation is finding an entity's sentences and copying them whole. ``fixed``: targets
     in the context's order, and two-entity targets from each entity's own paragraph only (so none is cut);
-    without it, the shipped small T5's data (:func:`sentences_about`)."""
+    without it, the earlier small T5's data (:func:`sentences_about`)."""
     titles = [p.title for p in ex.paragraphs if f"{p.title}:" in context]
     gold = [t for t in ex.gold_titles if t in titles]
     if not gold:

@@ -1,13 +1,14 @@
 """The small T5's pretraining recipes: which question-level tasks its mixture holds, by name.
 
 Why names: each recipe measured on the tuning worlds (``docs/design.md``, ``docs/tuning/grounding.json``)
-stays reproducible from this code with ``tools/pretrain_tiny_world.py --small-recipe NAME``, while the
-default, ``shipped``, keeps reproducing the weights the package ships. Every recipe keeps the lines
+stays reproducible from this code with ``tools/pretrain_tiny_world.py --small-recipe NAME``; the
+default, ``reasoned``, is the one of the weights the package ships. Every recipe keeps the lines
 (whole-line denoising, copying, continuation) and the random copies of :mod:`lmcot.tinyworld.pairs`; they
 differ in what is built from each pretraining question:
 
-- ``shipped``: extraction (one or two entities in, their sentences out), with the shipped data's two
-  defects (targets in the dataset's paragraph order; a few two-entity targets cut at the target length);
+- ``extraction``: extraction (one or two entities in, their sentences out), with two defects (targets in
+  the dataset's paragraph order; a few two-entity targets cut at the target length): the earlier shipped
+  small T5's recipe;
 - ``fixed``: the same extraction without the defects;
 - ``evidence``: ``fixed`` plus the supporting-facts task (question and context in, the sentences the
   question needs out, verbatim, in the reasoning's order);
@@ -55,18 +56,14 @@ class SmallRecipe:
     def question_pairs(self, rng: random.Random, ex: Example, context: str, world) -> list[tuple[str, str, str]]:
         """(task, source, target) of one pretraining question and its training context."""
         out = extraction_pairs(rng, ex, context, fixed=self.fixed_extraction)
-        return out + evidence_pairs(ex, context, world if self.evidence == "reasoned" else None) if self.evidence else out
+        if self.evidence:
+            out += evidence_pairs(ex, context, world if self.evidence == "reasoned" else None)
+        return out
 
 
-SMALL_RECIPES = {"shipped": SmallRecipe(), "fixed": SmallRecipe(fixed_extraction=True),
+SMALL_RECIPES = {"extraction": SmallRecipe(), "fixed": SmallRecipe(fixed_extraction=True),
                  "evidence": SmallRecipe(fixed_extraction=True, evidence="facts"),
                  "reasoned": SmallRecipe(fixed_extraction=True, evidence="reasoned", max_target=192)}
-
-
-def supporting_sentences(ex: Example) -> list[str]:
-    """The supporting-fact sentences of ``ex``, one per fact, in the dataset's order."""
-    by_title = {p.title: p.sentences for p in ex.paragraphs}
-    return [by_title[t][i] for t, i in ex.supporting_facts if t in by_title and i < len(by_title[t])]
 
 
 def evidence_pairs(ex: Example, context: str, world=None) -> list[tuple[str, str, str]]:
@@ -80,7 +77,8 @@ def evidence_pairs(ex: Example, context: str, world=None) -> list[tuple[str, str
     reading tasks of this kind; the tiny one learns it here."""
     from lmcot.tinyworld.reasoning import reasoned_rationale
 
-    if not ex.evidence or not all(s in context for s in supporting_sentences(ex)):
+    facts = ex.supporting_sentences
+    if not facts or not all(s in context for s in facts):
         return []
     if world is None:
         return [("evidence", EVIDENCE_PROMPT.format(context=context, question=ex.question), ex.evidence)]

@@ -41,7 +41,7 @@ def build_extractions(tool, tokenizer, fixed: bool):
 @pytest.fixture(scope="module")
 def extractions(tool, tokenizer):
     """(example, its training context, its extraction pairs) for every question of the worlds: the
-    shipped small T5's data."""
+    ``extraction`` recipe's data (the earlier small T5's)."""
     return build_extractions(tool, tokenizer, fixed=False)
 
 
@@ -98,16 +98,16 @@ def test_extraction_targets_are_whole_sentences_of_the_source_context(data, requ
             assert sentences and len(set(sentences)) == len(sentences), (task, target)
 
 
-SHIPPED_DEFECT = pytest.mark.xfail(strict=True, reason="a defect of the data the shipped small T5 was trained on, "
-                                   "kept by the 'shipped' recipe so the code reproduces its weights; the 'fixed' "
+EARLIER_DEFECT = pytest.mark.xfail(strict=True, reason="a defect of the data the earlier small T5 was trained on, "
+                                   "kept by the 'extraction' recipe so the code reproduces its weights; the 'fixed' "
                                    "recipe mends it, and a small T5 trained on that grounded no better (docs/design.md)")
 
 
-@pytest.mark.parametrize("recipe", [pytest.param("shipped", marks=SHIPPED_DEFECT), "fixed"])
+@pytest.mark.parametrize("recipe", [pytest.param("extraction", marks=EARLIER_DEFECT), "fixed"])
 def test_extraction_targets_follow_the_context_order(recipe, request):
     """The order is then one the small T5 can read off its source; the examples' own paragraph order
     (before the context was shuffled) is not."""
-    extractions = request.getfixturevalue("extractions" if recipe == "shipped" else "fixed_extractions")
+    extractions = request.getfixturevalue("extractions" if recipe == "extraction" else "fixed_extractions")
     wrong = []
     for ex, ctx, made in extractions:
         in_context = [s for p in ex.paragraphs for s in p.sentences if s in ctx]
@@ -134,12 +134,12 @@ def test_extraction_targets_hold_their_entities(data, request):
                 assert titles & set(named) or any(e in s for e in named), (named, s)
 
 
-@pytest.mark.parametrize("recipe", [pytest.param("shipped", marks=SHIPPED_DEFECT), "fixed"])
+@pytest.mark.parametrize("recipe", [pytest.param("extraction", marks=EARLIER_DEFECT), "fixed"])
 def test_extract_two_targets_fit_max_target(recipe, request, tokenizer):
     """Training cuts a target at MAX_TARGET tokens (``pairs.tokenize``): a longer one would teach the small
     T5 to stop mid-sentence. The two-entity target keeps two sentences of each entity's own paragraph for
-    this reason; in the shipped data, sentences of other paragraphs that name an entity came on top."""
-    extractions = request.getfixturevalue("extractions" if recipe == "shipped" else "fixed_extractions")
+    this reason; in the earlier data, sentences of other paragraphs that name an entity came on top."""
+    extractions = request.getfixturevalue("extractions" if recipe == "extraction" else "fixed_extractions")
     too_long = [(len(tokenizer(t)["input_ids"]), t) for _, _, made in extractions for task, _, t in made
                 if task == "extract_two" and len(tokenizer(t)["input_ids"]) > pairs.MAX_TARGET]
     assert not too_long, too_long[:2]
@@ -180,7 +180,7 @@ def test_evidence_targets_are_the_supporting_facts_copied_in_order(questions):
     made = 0
     for _, ex, ctx in questions:
         got = small_recipes.evidence_pairs(ex, ctx)
-        facts = small_recipes.supporting_sentences(ex)
+        facts = ex.supporting_sentences
         if not all(f in ctx for f in facts):
             assert got == []
             continue
@@ -188,7 +188,7 @@ def test_evidence_targets_are_the_supporting_facts_copied_in_order(questions):
         made += 1
         assert task == "evidence"
         assert source == small_recipes.EVIDENCE_PROMPT.format(context=ctx, question=ex.question)
-        assert as_sentences(target, facts) == list(dict.fromkeys(facts))
+        assert as_sentences(target, facts) == facts
     assert made >= 0.9 * len(questions)
 
 
