@@ -177,6 +177,29 @@ def test_the_critic_phase_continued_from_a_checkpoint_equals_a_full_run(tmp_path
     assert refused.returncode != 0 and "--continue-from" in refused.stderr
 
 
+def test_a_second_rationale_phase_keeps_the_first_and_records_its_target_cap(tmp_path):
+    """A rationale phase continued from a model that had one is recorded beside it (its own name, its
+    own data stream, its target cap), and the rerun line names every phase's arguments."""
+    def run(out, *extra):
+        return subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+
+    assert run(tmp_path / "base").returncode == 0
+    first = run(tmp_path / "one", "--continue-from", str(tmp_path / "base"), "--rationale-steps", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run(tmp_path / "two", "--continue-from", str(tmp_path / "one"), "--rationale-steps", "2",
+                 "--rationale-max-target", "192")
+    assert second.returncode == 0, second.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "large" / "lmcot_tiny_world.json").read_text()) for d in ("one", "two"))
+    assert two["phases"]["rationale"] == one["phases"]["rationale"]
+    assert two["phases"]["rationale"]["max_target_tokens"] == 96
+    assert two["phases"]["rationale_2"]["max_target_tokens"] == 192
+    assert two["continued_from"] == one["sha256"] and two["sha256"] != one["sha256"]
+    assert two["rerun"] == one["rerun"] + " --rationale-steps 2 --rationale-lr 0.001 --rationale-max-target 192"
+    summary = json.loads((tmp_path / "two" / "tiny_world.json").read_text())
+    assert summary["training"]["rationale_max_target"] == 192
+
+
 def test_training_is_deterministic_from_the_seed(tool, tokenizer):
     data = [([5, 6, 7, 1], [8, 1], "x"), ([9, 10, 1], [11, 12, 1], "x"), ([13, 1], [14, 1], "x")]
     digests = []

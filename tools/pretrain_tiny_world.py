@@ -80,8 +80,10 @@ def pretraining_worlds(seed: int, n: int, questions: int):
 def rationale_phase(args) -> dict:
     """``--rationale-steps``: continue the large T5 of ``--continue-from`` on :data:`RATIONALE_TASK_WEIGHTS`.
 
-    Same worlds and contexts as the mixture (seeds from ``--seed``), a fresh data stream (seed + 5),
-    warmup to ``--rationale-lr``; the small T5 and its record are copied as they are."""
+    Same worlds and contexts as the mixture (seeds from ``--seed``), a fresh data stream (seed + 5, and
+    100 more for each rationale phase the model already had, so a second pass sees new contexts),
+    targets cut at ``--rationale-max-target``, warmup to ``--rationale-lr``; the small T5 and its record
+    are copied as they are."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -89,33 +91,39 @@ def rationale_phase(args) -> dict:
     torch.set_num_threads(args.threads)
     src = args.continue_from / "large"
     record = json.loads((src / "lmcot_tiny_world.json").read_text())
+    passes = sum(name.startswith("rationale") for name in record.get("phases", {}))
+    phase_name, stream = ("rationale" if not passes else f"rationale_{passes + 1}"), args.seed + 5 + 100 * passes
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = load_t5(src)
-    rng = random.Random(args.seed + 5)
+    rng = random.Random(stream)
     pairs = []
     for world, examples in pretraining_worlds(args.seed, args.worlds, args.questions):
         corrupt = Corruptor(world)
         for ex in examples:
             ctx, distractors = training_context(rng, ex, tokenizer, args.context_tokens)
             pairs += rationale_pairs(rng, ex, ctx, distractors, corrupt, world)
-    data = weighted(rng, tokenize(tokenizer, pairs), RATIONALE_TASK_WEIGHTS)
-    print(f"rationale phase: {len(data)} pairs from {args.worlds} worlds", flush=True)
+    data = weighted(rng, tokenize(tokenizer, pairs, args.rationale_max_target), RATIONALE_TASK_WEIGHTS)
+    print(f"{phase_name} phase: {len(data)} pairs from {args.worlds} worlds", flush=True)
 
     def checkpoint(step):
         save(model, tokenizer, args.out / "large", dict(record, checkpoint_step=step))
 
     phase = train(model, data, steps=args.rationale_steps, seconds=0, lr=args.rationale_lr,
-                  batch_size=args.batch_size, seed=args.seed + 5, pad_id=tokenizer.pad_token_id,
-                  log_every=args.log_every, name="large/rationale", warmup=CRITIC_WARMUP, checkpoint=checkpoint,
+                  batch_size=args.batch_size, seed=stream, pad_id=tokenizer.pad_token_id,
+                  log_every=args.log_every, name=f"large/{phase_name}", warmup=CRITIC_WARMUP, checkpoint=checkpoint,
                   checkpoint_every=args.checkpoint_every)
-    record = dict(record, phases=dict(record.get("phases", {}), rationale=phase),
-                  rationale_task_weights=RATIONALE_TASK_WEIGHTS, continued_from=record["sha256"],
-                  rerun=f"{record['rerun']} --rationale-steps {args.rationale_steps} --rationale-lr {args.rationale_lr}")
+    phase["max_target_tokens"] = args.rationale_max_target
+    rerun = f"{record['rerun']} --rationale-steps {args.rationale_steps} --rationale-lr {args.rationale_lr}"
+    if args.rationale_max_target != MAX_TARGET:
+        rerun += f" --rationale-max-target {args.rationale_max_target}"
+    record = dict(record, phases=dict(record.get("phases", {}), **{phase_name: phase}),
+                  rationale_task_weights=RATIONALE_TASK_WEIGHTS, continued_from=record["sha256"], rerun=rerun)
     summary = json.loads((args.continue_from / "tiny_world.json").read_text())
     summary["models"]["large"] = save(model, tokenizer, args.out / "large", record)
     if args.out.resolve() != args.continue_from.resolve():
         shutil.copytree(args.continue_from / "small", args.out / "small", dirs_exist_ok=True)
-    summary["training"].update(rationale_steps=args.rationale_steps, rationale_lr=args.rationale_lr)
+    summary["training"].update(rationale_steps=args.rationale_steps, rationale_lr=args.rationale_lr,
+                               rationale_max_target=args.rationale_max_target)
     (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -345,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rationale-steps", type=int, default=0,
                    help="with --continue-from: continue its large T5 on the rationale phase (RATIONALE_TASK_WEIGHTS)")
     p.add_argument("--rationale-lr", type=float, default=1e-3, help="peak learning rate of the rationale phase")
+    p.add_argument("--rationale-max-target", type=int, default=MAX_TARGET,
+                   help="target tokens of the rationale phase's pairs (a longer chain of thought is cut there)")
     p.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
                    help="with --only large: start from DIR/large, trained with the same arguments up to the "
                         "mixture's end, and train only the critic phase")
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.continue_from is None:
             raise SystemExit("--rationale-steps continues a trained large T5: pass --continue-from DIR")
         summary = rationale_phase(args)
-        print(json.dumps(summary["models"]["large"]["phases"]["rationale"]))
+        print(json.dumps(summary["models"]["large"]["phases"]))
         return 0
     summary = pretrain(args)
     print(json.dumps({k: v.get("train") for k, v in summary["models"].items()}))
