@@ -96,7 +96,7 @@ def test_pretraining_cannot_reach_a_held_out_world(tool):
                                                     "spent evaluation"}
 
 
-@pytest.mark.parametrize("world", [2_000_001, 2_000_002, 2_000_003])
+@pytest.mark.parametrize("world", [2_000_001, 2_000_002, 2_000_003, 2_000_004])
 def test_the_tool_refuses_to_probe_models_on_an_evaluation_world(tool, world, capsys):
     """Probing on the world the report is measured on (or one a diagnosis spent) would make it a tuning world."""
     with pytest.raises(SystemExit):

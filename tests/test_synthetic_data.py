@@ -102,7 +102,7 @@ def test_world_grows_with_the_request(tool):
 
 
 def test_the_evaluation_world_files_are_what_the_registry_generates():
-    """lmcot/data/tiny_world/eval/ is world 2000003 (seeds.EVALUATION) drawn as evaluation worlds are, with gold chains of
+    """lmcot/data/tiny_world/eval/ is world 2000004 (seeds.EVALUATION) drawn as evaluation worlds are, with gold chains of
     thought; its aliases file adds that world's aliases to the training world's (ids never collide)."""
     from lmcot.tinyworld import seeds
 

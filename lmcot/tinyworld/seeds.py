@@ -28,11 +28,11 @@ UNSEEN_TEST = 777
 """The unseen-world test (``tests/test_tiny_world.py``)."""
 TUNING = (1_000_001, 1_000_002)
 """Worlds where recipe choices are made."""
-EVALUATION = (2_000_003,)
+EVALUATION = (2_000_004,)
 """Worlds ``make run`` reports on (``lmcot/data/tiny_world/eval/``); no choice is made on them."""
-SPENT = (2_000_001, 2_000_002)
-"""Earlier evaluation worlds: one a diagnosis was read off (which rows fail and why), or one an earlier small T5
-was reported on before the small T5 was retrained. They could have informed later choices, so they are never
+SPENT = (2_000_001, 2_000_002, 2_000_003)
+"""Earlier evaluation worlds: one a diagnosis was read off (which rows fail and why), or ones earlier models
+were reported on before they were retrained. They could have informed later choices, so they are never
 reported as unseen again and never used to choose; their figures stay on record."""
 PRETRAINING_LIMIT = 1_000_000
 """Pretraining seeds are below this; every held-out purpose above it (by range, not by listing)."""
@@ -70,7 +70,7 @@ def pretraining_seeds(seed: int, n: int) -> list[int]:
 def purpose(seed: int) -> str:
     """What a world seed is for.
 
-    >>> purpose(5), purpose(101), purpose(2_000_003), purpose(1_000_002), purpose(2_000_001)
+    >>> purpose(5), purpose(101), purpose(2_000_004), purpose(1_000_002), purpose(2_000_003)
     ('pretraining', 'preset training', 'evaluation', 'tuning', 'spent evaluation')
     """
     named = {SHIPPED_DEV: "shipped dev sets (tests)", PRESET_TRAIN: "preset training", UNSEEN_TEST: "unseen-world test"}

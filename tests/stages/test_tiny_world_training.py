@@ -34,7 +34,7 @@ OVERRIDES = ["distill.scaling.num_workers=1", "refine.scaling.num_workers=1", "r
              "refine.max_steps=12"]
 SHIPPED_DEV = {"hotpotqa": ("sample:hotpotqa_synthetic_dev", ""),
                "2wiki": ("sample:2wiki_synthetic_dev", "sample:2wiki_synthetic_id_aliases")}
-"""The tests' dev sets (world 20240404); the preset itself reports on world 2000003."""
+"""The tests' dev sets (world 20240404); the preset itself reports on world 2000004."""
 
 
 @pytest.fixture(scope="module")
