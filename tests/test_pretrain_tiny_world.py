@@ -44,6 +44,8 @@ def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
         assert record["sha256"]["model.safetensors"] == digest == summary["models"][name]["sha256"]["model.safetensors"]
         assert record["train"]["steps"] == 2 and record["world_seeds"] == summary["data"]["world_seeds"]
         assert (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file()
+        # the training targets' cap is not saved with the tokenizer
+        assert json.loads((folder / "tokenizer.json").read_text())["truncation"] is None
     import torch
 
     from lmcot.config import ModelSpec

@@ -155,8 +155,15 @@ def sha256(path: Path) -> str:
 
 
 def save(model, tokenizer, out: Path, record: dict) -> dict:
+    """Write the model, its tokenizer and its record (with the weights' sha256) to ``out``.
+
+    The tokenizer is saved without the truncation the last call to it set (the training targets' cap),
+    so a saved folder tokenizes as the tokenizer it was built from."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
     tokenizer.save_pretrained(out)
     record = dict(record, parameters=sum(p.numel() for p in model.parameters()),
                   sha256={"model.safetensors": sha256(out / "model.safetensors")})
