@@ -33,6 +33,8 @@ numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain t
     python tools/pretrain_tiny_world.py --eval lmcot/weights/tiny_world  # dev EM/F1 through lmcot.inference.method
     python tools/pretrain_tiny_world.py --only large --continue-from lmcot/weights/tiny_world --out DIR \\
         --large-steps 6065 --critic-steps 3000                         # the critic phase alone
+    python tools/pretrain_tiny_world.py --continue-from DIR --out DIR2 --rationale-steps 1500 \\
+        --rationale-lr 5e-4 --rationale-max-target 192                 # one more rationale phase, longer targets
 """
 
 from __future__ import annotations
@@ -357,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="target tokens of the rationale phase's pairs (a longer chain of thought is cut there)")
     p.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
                    help="with --only large: start from DIR/large, trained with the same arguments up to the "
-                        "mixture's end, and train only the critic phase")
+                        "mixture's end, and train only the critic phase; with --rationale-steps: continue "
+                        "DIR/large on one more rationale phase")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=400, help="linear warmup steps, then inverse-square-root decay")
