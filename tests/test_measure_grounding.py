@@ -25,3 +25,25 @@ def test_by_type_pairs_each_type_on_its_own_questions(load_script):
                        "small": {"s": {"faithful_share": 0.7, "name_recall": 0.5, "lm_guided_f1": 60.0,
                                        "lm_guided_vs_empty": comparison["lm_guided_vs_empty"], "by_type": out}}})
     assert "| hotpotqa/bridge | 4 | 0.0 |" in text and "50% |" in text
+
+
+def test_summary_pairs_each_small_lm_against_cot_and_against_the_first(load_script):
+    """The large LM's own CoT is the baseline LM-guided CoT must beat, and two candidate small LMs are
+    compared with each other on the same questions: a candidate right where the first is wrong gains."""
+    tool = load_script("tools/measure_grounding.py")
+    keys = [f"w/2wiki/q{i}" for i in range(8)]
+    kinds = dict.fromkeys(keys, "2wiki/comparison")
+    f1 = {"empty": dict.fromkeys(keys, 0.0), "gold": dict.fromkeys(keys, 1.0),
+          "cot": {k: float(i < 4) for i, k in enumerate(keys)},
+          "first": {k: float(i < 2) for i, k in enumerate(keys)},
+          "second": {k: float(i < 6) for i, k in enumerate(keys)}}
+    grounding = {name: {"faithful": [1.0] * 8, "recall": [0.5] * 8} for name in ("first", "second")}
+    per_type = {name: {"2wiki/comparison": {"faithful": [1.0] * 8, "cut": [0.0] * 8}} for name in grounding}
+    out = tool.summarize([1], f1, grounding, kinds, per_type)
+    assert out["cot_f1"] == 50.0 and out["cot_vs_empty"]["delta"] == 0.5
+    first, second = out["small"]["first"], out["small"]["second"]
+    assert first["lm_guided_vs_cot"]["delta"] == -0.25 and second["lm_guided_vs_cot"]["delta"] == 0.25
+    assert "vs_first" not in first and second["vs_first"]["delta"] == 0.5
+    assert second["by_type"]["2wiki/comparison"]["cot_vs_empty"]["delta"] == 0.5
+    text = tool.table(out)
+    assert "own CoT 50.0 F1 (+50.0" in text and "| -25.0 [" in text and "| +50.0 [" in text

@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "pretrain_tiny_world.py"
 
 
+def run(out, *extra):
+    """The tool's smoke run into ``out``, with ``extra`` arguments."""
+    return subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def tool(load_script):
     return load_script("tools/pretrain_tiny_world.py")
@@ -32,8 +38,7 @@ def tokenizer():
 
 
 def test_smoke_run_writes_models_tokenizer_and_record(tmp_path):
-    done = subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    done = run(tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = json.loads((tmp_path / "tiny_world.json").read_text())
     assert summary["data"]["world_seeds"] and 20240404 not in summary["data"]["world_seeds"]
@@ -162,10 +167,6 @@ def test_critic_judge_pairs_differ_only_by_the_aspects_corruption(tool, tokenize
 def test_the_critic_phase_continued_from_a_checkpoint_equals_a_full_run(tmp_path):
     """``--continue-from`` trains only the critic phase, and gives the bytes a run from scratch gives;
     it refuses a checkpoint trained with other arguments."""
-    def run(out, *extra):
-        return subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(out), *extra],
-                              capture_output=True, text=True, timeout=600)
-
     assert run(tmp_path / "base").returncode == 0
     assert run(tmp_path / "full", "--critic-steps", "2").returncode == 0
     done = run(tmp_path / "cont", "--only", "large", "--continue-from", str(tmp_path / "base"), "--critic-steps", "2")
@@ -182,10 +183,6 @@ def test_the_critic_phase_continued_from_a_checkpoint_equals_a_full_run(tmp_path
 def test_a_second_rationale_phase_keeps_the_first_and_records_its_target_cap(tmp_path):
     """A rationale phase continued from a model that had one is recorded beside it (its own name, its
     own data stream, its target cap), and the rerun line names every phase's arguments."""
-    def run(out, *extra):
-        return subprocess.run([sys.executable, str(TOOL), "--smoke", "--threads", "1", "--out", str(out), *extra],
-                              capture_output=True, text=True, timeout=600)
-
     assert run(tmp_path / "base").returncode == 0
     first = run(tmp_path / "one", "--continue-from", str(tmp_path / "base"), "--rationale-steps", "2")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -200,6 +197,49 @@ def test_a_second_rationale_phase_keeps_the_first_and_records_its_target_cap(tmp
     assert two["rerun"] == one["rerun"] + " --rationale-steps 2 --rationale-lr 0.001 --rationale-max-target 192"
     summary = json.loads((tmp_path / "two" / "tiny_world.json").read_text())
     assert summary["training"]["rationale_max_target"] == 192
+
+
+def test_the_small_t5_trained_longer_goes_on_where_its_run_stopped(tmp_path):
+    """``--small-more-steps`` continues the small T5 after the steps it took, each continuation recorded
+    as a phase of its own with the step it started from; the large T5 is copied untouched, and a small
+    T5 of another recipe is refused (its data would not be the run's)."""
+    assert run(tmp_path / "base").returncode == 0
+    one = run(tmp_path / "one", "--continue-from", str(tmp_path / "base"), "--small-more-steps", "3")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run(tmp_path / "two", "--continue-from", str(tmp_path / "one"), "--small-more-steps", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    base, first, second = (json.loads((tmp_path / d / "small" / "lmcot_tiny_world.json").read_text())
+                           for d in ("base", "one", "two"))
+    assert first["phases"]["more"]["first_step"] == base["train"]["steps"] == 2
+    assert second["phases"]["more"] == first["phases"]["more"] and second["phases"]["more_2"]["first_step"] == 5
+    assert first["continued_from"] == base["sha256"] and first["sha256"] != base["sha256"]
+    assert second["rerun"] == base["rerun"] + " --small-more-steps 3 --small-more-steps 2"
+    large = [json.loads((tmp_path / d / "large" / "lmcot_tiny_world.json").read_text())["sha256"] for d in ("base", "two")]
+    assert large[0] == large[1]
+    refused = run(tmp_path / "other", "--continue-from", str(tmp_path / "base"), "--small-more-steps", "2",
+                  "--small-recipe", "extraction")
+    assert refused.returncode != 0 and "--small-recipe" in refused.stderr
+
+
+def test_a_continued_run_sees_the_batches_and_learning_rates_a_longer_run_would(tool, tokenizer, monkeypatch, capsys):
+    from lmcot.tinyworld import training
+
+    data = [([5 + i, 1], [20 + i, 1], "x") for i in range(7)]
+    seen, collate = [], training.collate
+    monkeypatch.setattr(training, "collate", lambda d, idx, pad: seen.append(list(idx)) or collate(d, idx, pad))
+
+    def trained(steps, first_step=0):
+        seen.clear()
+        model = tool.build_t5(tool.SMOKE_SIZES["small"], tokenizer, seed=1)
+        training.train(model, data, steps=steps, seconds=0, lr=1e-3, batch_size=2, seed=3, pad_id=0, log_every=1,
+                       name="t", warmup=4, first_step=first_step)
+        return list(seen)
+
+    longer = trained(9)
+    capsys.readouterr()
+    assert trained(3, first_step=6) == longer[6:]
+    lrs = re.findall(r"lr (\S+) ", capsys.readouterr().out)
+    assert lrs == [f"{training.lr_at(s, 1e-3, 4):.2e}" for s in (6, 7, 8)]
 
 
 def test_training_is_deterministic_from_the_seed(tool, tokenizer):

@@ -9,6 +9,9 @@ questions of tuning worlds (:data:`lmcot.tinyworld.seeds.TUNING`), with the pres
   (:func:`lmcot.training.faithfulness.name_recall`);
 - what the rationale does for the large LM: LM-guided F1 against the empty rationale in the same prompt,
   paired on the same questions, with its 95% interval (and the gold chain of thought's, as the ceiling);
+- against the large LM's own chain of thought (CoT prompting, the baseline LM-guided CoT must beat), paired;
+  and, when several small LMs are given, each against the first, paired, so two candidates are compared
+  on the same questions;
 - the same per question type (``bridge``, ``comparison``, ...), with the share of rationales that reached
   ``generation.rationale_max_new_tokens`` (cut before their end), so a gap shows where it is.
 
@@ -66,7 +69,8 @@ def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
             key = f"{world}/{ds}"
             kinds.update({f"{key}/{ex.id}": f"{ds}/{ex.type}" for ex in examples})
             for row, results in (("empty", method.empty_rationale(qs, large, cfg.generation)),
-                                 ("gold", method.gold_rationale(qs, large, cfg.generation))):
+                                 ("gold", method.gold_rationale(qs, large, cfg.generation)),
+                                 ("cot", method.cot(qs, large, cfg.generation))):
                 f1.setdefault(row, {}).update(f1_by_question(key, examples, results, aliases))
             for name, small in smalls.items():
                 results = method.lm_guided(qs, small, large, cfg.generation, 1)
@@ -80,48 +84,73 @@ def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
                     kind["faithful"].append(faithful)
                     kind["cut"].append(cut)
                 print(f"{key} {name}: e.g. {results[0].rationales[0]!r}", file=sys.stderr, flush=True)
+    return summarize(worlds, f1, grounding, kinds, per_type)
+
+
+def summarize(worlds: list[int], f1: dict[str, dict[str, float]], grounding: dict, kinds: dict[str, str],
+              per_type: dict) -> dict:
+    """The figures of :func:`measure` from per-question F1 (rows ``empty``, ``gold``, ``cot`` and one per small
+    LM, keyed alike) and each small LM's grounding lists; every comparison is paired on the same questions."""
     out = {"worlds": worlds, "questions": len(f1["empty"]), "empty_f1": 100 * sum(f1["empty"].values()) / len(f1["empty"]),
-           "gold_vs_empty": paired(f1["empty"], f1["gold"]).as_dict(), "small": {}}
+           "gold_vs_empty": paired(f1["empty"], f1["gold"]).as_dict(),
+           "cot_f1": 100 * sum(f1["cot"].values()) / len(f1["cot"]),
+           "cot_vs_empty": paired(f1["empty"], f1["cot"]).as_dict(), "small": {}}
+    first = next(iter(grounding))
     for name, g in grounding.items():
         out["small"][name] = {"faithful_share": sum(g["faithful"]) / len(g["faithful"]),
                               "name_recall": sum(g["recall"]) / len(g["recall"]),
                               "lm_guided_f1": 100 * sum(f1[name].values()) / len(f1[name]),
                               "lm_guided_vs_empty": paired(f1["empty"], f1[name]).as_dict(),
+                              "lm_guided_vs_cot": paired(f1["cot"], f1[name]).as_dict(),
                               "by_type": by_type(f1, name, kinds, per_type[name])}
+        if name != first:
+            out["small"][name]["vs_first"] = paired(f1[first], f1[name]).as_dict()
     return out
 
 
 def by_type(f1: dict[str, dict[str, float]], name: str, kinds: dict[str, str], per_type: dict) -> dict:
-    """Per question type: questions, empty F1, gold and LM-guided against empty (paired), faithful and cut shares."""
+    """Per question type: questions, empty F1, gold, LM-guided and (when measured) the large LM's own CoT
+    against empty (paired), faithful and cut shares."""
     out = {}
     for kind, g in sorted(per_type.items()):
         keys = [k for k, v in kinds.items() if v == kind]
-        rows = {row: {k: f1[row][k] for k in keys} for row in ("empty", "gold", name)}
+        rows = {row: {k: f1[row][k] for k in keys} for row in ("empty", "gold", "cot", name) if row in f1}
         out[kind] = {"questions": len(keys), "empty_f1": 100 * sum(rows["empty"].values()) / len(keys),
                      "gold_vs_empty": paired(rows["empty"], rows["gold"]).as_dict(),
                      "lm_guided_vs_empty": paired(rows["empty"], rows[name]).as_dict(),
                      "faithful_share": sum(g["faithful"]) / len(g["faithful"]), "cut_share": sum(g["cut"]) / len(g["cut"])}
+        if "cot" in rows:
+            out[kind]["cot_vs_empty"] = paired(rows["empty"], rows["cot"]).as_dict()
     return out
 
 
 def table(result: dict) -> str:
     g = result["gold_vs_empty"]
     rows = [f"Tuning worlds {', '.join(map(str, result['worlds']))}: {result['questions']} questions; empty rationale "
-            f"{result['empty_f1']:.1f} F1, gold chain of thought {fmt_interval(g['delta'], g['low'], g['high'])} over it.",
-            "", "| small LM | faithful share | name recall | LM-guided F1 | LM-guided - empty (95% CI) |",
-            "|---|---:|---:|---:|---:|"]
+            f"{result['empty_f1']:.1f} F1, gold chain of thought {fmt_interval(g['delta'], g['low'], g['high'])} over it"]
+    if "cot_vs_empty" in result:
+        c = result["cot_vs_empty"]
+        rows[0] += f", the large LM's own CoT {result['cot_f1']:.1f} F1 ({fmt_interval(c['delta'], c['low'], c['high'])})"
+    rows[0] += "."
+    rows += ["", "| small LM | faithful share | name recall | LM-guided F1 | LM-guided - empty (95% CI) "
+             "| LM-guided - CoT | against the first |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def interval(p: dict | None) -> str:
+        return "" if p is None else f"{fmt_interval(p['delta'], p['low'], p['high'])} ({p['verdict']})"
+
     for name, r in result["small"].items():
-        p = r["lm_guided_vs_empty"]
         rows.append(f"| `{name}` | {100 * r['faithful_share']:.1f}% | {100 * r['name_recall']:.1f}% | "
-                    f"{r['lm_guided_f1']:.1f} | {fmt_interval(p['delta'], p['low'], p['high'])} ({p['verdict']}) |")
+                    f"{r['lm_guided_f1']:.1f} | {interval(r['lm_guided_vs_empty'])} | {interval(r.get('lm_guided_vs_cot'))} "
+                    f"| {interval(r.get('vs_first'))} |")
     for name, r in result["small"].items():
         rows += ["", f"By question type, `{name}`:", "",
-                 "| dataset/type | questions | empty F1 | gold - empty | LM-guided - empty | faithful | cut at the cap |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+                 "| dataset/type | questions | empty F1 | gold - empty | LM-guided - empty | CoT - empty | faithful "
+                 "| cut at the cap |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for kind, t in r.get("by_type", {}).items():
-            g, p = t["gold_vs_empty"], t["lm_guided_vs_empty"]
+            g, p, c = t["gold_vs_empty"], t["lm_guided_vs_empty"], t.get("cot_vs_empty")
+            cot = "" if c is None else fmt_interval(c["delta"], c["low"], c["high"])
             rows.append(f"| {kind} | {t['questions']} | {t['empty_f1']:.1f} | {fmt_interval(g['delta'], g['low'], g['high'])} | "
-                        f"{fmt_interval(p['delta'], p['low'], p['high'])} | {100 * t['faithful_share']:.0f}% | "
+                        f"{fmt_interval(p['delta'], p['low'], p['high'])} | {cot} | {100 * t['faithful_share']:.0f}% | "
                         f"{100 * t['cut_share']:.0f}% |")
     return "\n".join(rows)
 

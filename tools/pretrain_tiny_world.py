@@ -35,6 +35,8 @@ numbers reproduces the weights (their sha256 is in ``tiny_world.json``). Plain t
         --large-steps 6065 --critic-steps 3000                         # the critic phase alone
     python tools/pretrain_tiny_world.py --continue-from DIR --out DIR2 --rationale-steps 1500 \\
         --rationale-lr 5e-4 --rationale-max-target 192                 # one more rationale phase, longer targets
+    python tools/pretrain_tiny_world.py --continue-from DIR --out DIR2 --small-more-steps 12000 \\
+        --threads 1                                                    # the small T5, trained longer
 """
 
 from __future__ import annotations
@@ -126,6 +128,55 @@ def rationale_phase(args) -> dict:
         shutil.copytree(args.continue_from / "small", args.out / "small", dirs_exist_ok=True)
     summary["training"].update(rationale_steps=args.rationale_steps, rationale_lr=args.rationale_lr,
                                rationale_max_target=args.rationale_max_target)
+    (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def small_more_phase(args) -> dict:
+    """``--small-more-steps``: continue the small T5 of ``--continue-from`` for that many more steps.
+
+    The data, batches and learning-rate schedule are those its own run would have gone on with (its
+    recipe, rebuilt from ``--seed``; :func:`lmcot.tinyworld.training.train`'s ``first_step``), so a small
+    T5 whose loss was still falling is trained longer without repeating its first steps. The record
+    and the rerun line name the phase; the large T5 and its record are copied as they are."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    src = args.continue_from / "small"
+    record = json.loads((src / "lmcot_tiny_world.json").read_text())
+    wanted = f"--seed {args.seed} --small-steps "
+    if not record.get("rerun", "").startswith(wanted) or f"--small-recipe {args.small_recipe}" not in record["rerun"]:
+        raise SystemExit(f"--continue-from {args.continue_from}: its small T5 was trained with "
+                         f"{record.get('rerun')!r}; pass its --seed and --small-recipe")
+    done = record["train"]["steps"] + sum(p["steps"] for k, p in record.get("phases", {}).items() if k.startswith("more"))
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = load_t5(src)
+    _, small_raw, _, _ = build_pairs(args, tokenizer)
+    recipe = SMALL_RECIPES[args.small_recipe]
+    data = weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw, recipe.max_target), recipe.task_weights)
+    data += random_copy_pairs(random.Random(args.seed + 2), tokenizer, 20_000)[:SMALL_RANDOM_COPY]
+    if len(data) != record["pairs"]:
+        raise SystemExit(f"--continue-from {args.continue_from}: rebuilt {len(data)} pairs, its small T5 trained on "
+                         f"{record['pairs']}; pass the --worlds and --questions it was trained with")
+    passes = sum(name.startswith("more") for name in record.get("phases", {}))
+    phase_name = "more" if not passes else f"more_{passes + 1}"
+    print(f"small/{phase_name}: {args.small_more_steps} steps after step {done}, {len(data)} pairs", flush=True)
+
+    def checkpoint(step):
+        save(model, tokenizer, args.out / "small", dict(record, checkpoint_step=done + step))
+
+    phase = train(model, data, steps=args.small_more_steps, seconds=0, lr=args.lr, batch_size=args.batch_size,
+                  seed=args.seed, pad_id=tokenizer.pad_token_id, log_every=args.log_every, name=f"small/{phase_name}",
+                  warmup=args.warmup, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, first_step=done)
+    record = dict(record, phases=dict(record.get("phases", {}), **{phase_name: dict(phase, first_step=done)}),
+                  continued_from=record["sha256"], rerun=f"{record['rerun']} --small-more-steps {args.small_more_steps}")
+    summary = json.loads((args.continue_from / "tiny_world.json").read_text())
+    summary["models"]["small"] = save(model, tokenizer, args.out / "small", record)
+    if args.out.resolve() != args.continue_from.resolve():
+        shutil.copytree(args.continue_from / "large", args.out / "large", dirs_exist_ok=True)
+    summary["training"].update(small_more_steps=args.small_more_steps)
     (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -357,10 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rationale-lr", type=float, default=1e-3, help="peak learning rate of the rationale phase")
     p.add_argument("--rationale-max-target", type=int, default=MAX_TARGET,
                    help="target tokens of the rationale phase's pairs (a longer chain of thought is cut there)")
+    p.add_argument("--small-more-steps", type=int, default=0,
+                   help="with --continue-from: train its small T5 this many more steps, as its run would have gone on")
     p.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
                    help="with --only large: start from DIR/large, trained with the same arguments up to the "
                         "mixture's end, and train only the critic phase; with --rationale-steps: continue "
-                        "DIR/large on one more rationale phase")
+                        "DIR/large on one more rationale phase; with --small-more-steps: train DIR/small longer")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=400, help="linear warmup steps, then inverse-square-root decay")
@@ -390,12 +443,14 @@ def main(argv: list[str] | None = None) -> int:
         args.copy_steps = args.reading_steps = 2
         args.critic_steps = min(args.critic_steps, 2)
         args.log_every, args.batch_size = 1, 4
-    if args.rationale_steps:
-        if args.continue_from is None:
-            raise SystemExit("--rationale-steps continues a trained large T5: pass --continue-from DIR")
-        summary = rationale_phase(args)
-        print(json.dumps(summary["models"]["large"]["phases"]))
-        return 0
+    continuations = (("--rationale-steps", args.rationale_steps, "large", rationale_phase),
+                     ("--small-more-steps", args.small_more_steps, "small", small_more_phase))
+    for flag, steps, name, phase in continuations:
+        if steps:
+            if args.continue_from is None:
+                raise SystemExit(f"{flag} continues a trained {name} T5: pass --continue-from DIR")
+            print(json.dumps(phase(args)["models"][name]["phases"]))
+            return 0
     summary = pretrain(args)
     print(json.dumps({k: v.get("train") for k, v in summary["models"].items()}))
     return 0

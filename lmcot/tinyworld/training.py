@@ -101,19 +101,25 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
 
 
 def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_size: int, seed: int, pad_id: int,
-          log_every: int, name: str, warmup: int = 100, checkpoint=None, checkpoint_every: int = 0) -> dict:
+          log_every: int, name: str, warmup: int = 100, checkpoint=None, checkpoint_every: int = 0,
+          first_step: int = 0) -> dict:
     """AdamW for ``steps`` steps, or fewer when ``seconds`` > 0 runs out (the steps taken are recorded).
 
     ``checkpoint(step)`` is called every ``checkpoint_every`` steps, so a long run can be
-    evaluated (and used) before it ends."""
+    evaluated (and used) before it ends. ``first_step`` continues a run that already took that many
+    steps with these arguments: its batches are skipped and the schedule goes on from there, so the
+    continuation sees the data a longer run would (only AdamW's moments and the dropout draws start
+    afresh)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     losses, stream, step, start = [], batches(rng, data, batch_size), 0, time.monotonic()
+    for _ in range(first_step):
+        next(stream)
     model.train()
     while step < steps:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr, warmup)
+            g["lr"] = lr_at(first_step + step, lr, warmup)
         loss = model(**collate(data, next(stream), pad_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,7 +131,8 @@ def train(model, data: list, *, steps: int, seconds: float, lr: float, batch_siz
         out_of_time = seconds > 0 and elapsed >= seconds
         if step % log_every == 0 or step == steps or out_of_time:
             recent = losses[-log_every:]
-            print(f"[{name}] step {step}/{steps} loss {sum(recent) / len(recent):.3f} lr {lr_at(step - 1, lr, warmup):.2e} "
+            print(f"[{name}] step {step}/{steps} loss {sum(recent) / len(recent):.3f} "
+                  f"lr {lr_at(first_step + step - 1, lr, warmup):.2e} "
                   f"{elapsed:.0f}s", flush=True)
         if out_of_time:
             break
