@@ -47,3 +47,30 @@ def test_summary_pairs_each_small_lm_against_cot_and_against_the_first(load_scri
     assert second["by_type"]["2wiki/comparison"]["cot_vs_empty"]["delta"] == 0.5
     text = tool.table(out)
     assert "own CoT 50.0 F1 (+50.0" in text and "| -25.0 [" in text and "| +50.0 [" in text
+
+
+def test_comparison_steps_are_checked_for_their_conclusion_and_for_comparing_two_values(load_script):
+    """A faithful step that copies one entity's year twice is counted as comparing nothing, and its
+    conclusion against the gold step's; a question without a comparison step is left out of both shares."""
+    tool = load_script("tools/measure_grounding.py")
+    gold = ("A was founded in 1951. B was founded in 1963. A was founded in 1951 and B in 1963; "
+            "1951 is earlier than 1963, so A was founded first.")
+    same = "A was founded in 1951 and B in 1951; 1951 is earlier than 1951, so A was founded first."
+    wrong = "A was founded in 1963 and B in 1951; 1951 is earlier than 1963, so B was founded first."
+    assert tool.comparison_check(gold, gold) == {"conclusion": 1.0, "distinct": 1.0}
+    assert tool.comparison_check(same, gold) == {"conclusion": 1.0, "distinct": 0.0}
+    assert tool.comparison_check(wrong, gold) == {"conclusion": 0.0, "distinct": 1.0}
+    assert tool.comparison_check("A is B.", "A is B.") == {}
+    countries = "A is from X and B is from Y, so they are not both from X."
+    assert tool.comparison_check(countries, countries) == {"conclusion": 1.0}
+    kinds = {"w/hotpotqa/c0": "hotpotqa/comparison", "w/hotpotqa/c1": "hotpotqa/comparison"}
+    f1 = {row: dict.fromkeys(kinds, 0.5) for row in ("empty", "gold", "s")}
+    per_type = {"hotpotqa/comparison": {"faithful": [1.0, 1.0], "cut": [0.0, 0.0], "conclusion": [1.0, 0.0],
+                                        "distinct": [0.0, 0.0]}}
+    out = tool.by_type(f1, "s", kinds, per_type)["hotpotqa/comparison"]
+    assert (out["conclusion_share"], out["distinct_share"]) == (0.5, 0.0)
+    text = tool.table({"worlds": [1], "questions": 2, "empty_f1": 50.0, "gold_vs_empty": out["gold_vs_empty"],
+                       "small": {"s": {"faithful_share": 1.0, "name_recall": 1.0, "lm_guided_f1": 50.0,
+                                       "lm_guided_vs_empty": out["lm_guided_vs_empty"],
+                                       "by_type": {"hotpotqa/comparison": out}}}})
+    assert text.rstrip().endswith("| 100% | 0% | 50% | 0% |")

@@ -13,7 +13,11 @@ questions of tuning worlds (:data:`lmcot.tinyworld.seeds.TUNING`), with the pres
   and, when several small LMs are given, each against the first, paired, so two candidates are compared
   on the same questions;
 - the same per question type (``bridge``, ``comparison``, ...), with the share of rationales that reached
-  ``generation.rationale_max_new_tokens`` (cut before their end), so a gap shows where it is.
+  ``generation.rationale_max_new_tokens`` (cut before their end), so a gap shows where it is;
+- on questions whose gold chain of thought ends in a comparison step (:mod:`lmcot.tinyworld.reasoning`):
+  the share of rationales whose conclusion (after the last ", so ") is the gold step's, and, where the
+  step compares dates, the share that compares two different values (a step that copies one entity's
+  year twice is faithful and says nothing).
 
 These are the success criterion of the small T5's pretraining (``docs/design.md``)::
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -37,6 +42,34 @@ from lmcot.models.generation import HFGenerator
 from lmcot.scoring.metrics import load_aliases
 from lmcot.tinyworld import seeds
 from lmcot.training.faithfulness import is_faithful, name_recall
+
+
+EARLIER = re.compile(r"; (.+?) is earlier than (.+?), so ")
+
+
+def comparison_check(rationale: str, gold: str) -> dict[str, float]:
+    """Whether ``rationale`` ends in ``gold``'s conclusion (``conclusion``) and, where the gold step compares
+    dates, whether its own step compares two different values (``distinct``); {} when the gold chain of
+    thought has no comparison step.
+
+    >>> gold = "A was founded in 1951. B was founded in 1963. A was founded in 1951 and B in 1963; 1951 is earlier than 1963, so A was founded first."
+    >>> comparison_check(gold, gold)
+    {'conclusion': 1.0, 'distinct': 1.0}
+    >>> comparison_check("A was founded in 1951 and B in 1951; 1951 is earlier than 1951, so B was founded first.", gold)
+    {'conclusion': 0.0, 'distinct': 0.0}
+    >>> comparison_check("A is from X and B is from Y, so they are not both from X.", "B is from X, so they are both from X."), comparison_check("A is B.", "A is B.")
+    ({'conclusion': 0.0}, {})
+    """
+    if ", so " not in gold:
+        return {}
+    def conclusion(text):
+        return text.rsplit(", so ", 1)[1].strip().rstrip(".") if ", so " in text else None
+
+    out = {"conclusion": float(conclusion(rationale) == conclusion(gold))}
+    if EARLIER.search(gold):
+        step = EARLIER.search(rationale)
+        out["distinct"] = float(bool(step) and step[1].strip() != step[2].strip())
+    return out
 
 
 def world_questions(world: int, limit: int, cfg, tokenizer):
@@ -83,6 +116,8 @@ def measure(small_dirs: list[Path], worlds: list[int], limit: int, cfg) -> dict:
                     kind = per_type[name].setdefault(f"{ds}/{ex.type}", {"faithful": [], "cut": []})
                     kind["faithful"].append(faithful)
                     kind["cut"].append(cut)
+                    for check, value in comparison_check(r.rationales[0], ex.rationale).items():
+                        kind.setdefault(check, []).append(value)
                 print(f"{key} {name}: e.g. {results[0].rationales[0]!r}", file=sys.stderr, flush=True)
     return summarize(worlds, f1, grounding, kinds, per_type)
 
@@ -119,6 +154,9 @@ def by_type(f1: dict[str, dict[str, float]], name: str, kinds: dict[str, str], p
                      "gold_vs_empty": paired(rows["empty"], rows["gold"]).as_dict(),
                      "lm_guided_vs_empty": paired(rows["empty"], rows[name]).as_dict(),
                      "faithful_share": sum(g["faithful"]) / len(g["faithful"]), "cut_share": sum(g["cut"]) / len(g["cut"])}
+        for check in ("conclusion", "distinct"):
+            if g.get(check):
+                out[kind][f"{check}_share"] = sum(g[check]) / len(g[check])
         if "cot" in rows:
             out[kind]["cot_vs_empty"] = paired(rows["empty"], rows["cot"]).as_dict()
     return out
@@ -145,13 +183,15 @@ def table(result: dict) -> str:
     for name, r in result["small"].items():
         rows += ["", f"By question type, `{name}`:", "",
                  "| dataset/type | questions | empty F1 | gold - empty | LM-guided - empty | CoT - empty | faithful "
-                 "| cut at the cap |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| cut at the cap | conclusion = gold's | compares two values |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for kind, t in r.get("by_type", {}).items():
             g, p, c = t["gold_vs_empty"], t["lm_guided_vs_empty"], t.get("cot_vs_empty")
             cot = "" if c is None else fmt_interval(c["delta"], c["low"], c["high"])
+            checks = " | ".join(f"{100 * t[k]:.0f}%" if k in t else "" for k in ("conclusion_share", "distinct_share"))
             rows.append(f"| {kind} | {t['questions']} | {t['empty_f1']:.1f} | {fmt_interval(g['delta'], g['low'], g['high'])} | "
                         f"{fmt_interval(p['delta'], p['low'], p['high'])} | {cot} | {100 * t['faithful_share']:.0f}% | "
-                        f"{100 * t['cut_share']:.0f}% |")
+                        f"{100 * t['cut_share']:.0f}% | {checks} |")
     return "\n".join(rows)
 
 
