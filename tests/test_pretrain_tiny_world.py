@@ -202,7 +202,8 @@ def test_a_second_rationale_phase_keeps_the_first_and_records_its_target_cap(tmp
 def test_the_small_t5_trained_longer_goes_on_where_its_run_stopped(tmp_path):
     """``--small-more-steps`` continues the small T5 after the steps it took, each continuation recorded
     as a phase of its own with the step it started from; the large T5 is copied untouched, and a small
-    T5 of another recipe is refused (its data would not be the run's)."""
+    T5 of another recipe or another learning rate is refused (its data or schedule would not be the
+    run's), as is continuing both T5s in one call."""
     assert run(tmp_path / "base").returncode == 0
     one = run(tmp_path / "one", "--continue-from", str(tmp_path / "base"), "--small-more-steps", "3")
     assert one.returncode == 0, one.stderr[-2000:]
@@ -219,6 +220,12 @@ def test_the_small_t5_trained_longer_goes_on_where_its_run_stopped(tmp_path):
     refused = run(tmp_path / "other", "--continue-from", str(tmp_path / "base"), "--small-more-steps", "2",
                   "--small-recipe", "extraction")
     assert refused.returncode != 0 and "--small-recipe" in refused.stderr
+    refused = run(tmp_path / "other", "--continue-from", str(tmp_path / "two"), "--small-more-steps", "2",
+                  "--lr", "0.01")
+    assert refused.returncode != 0 and "'lr': 0.01" in refused.stderr
+    refused = run(tmp_path / "other", "--continue-from", str(tmp_path / "base"), "--small-more-steps", "2",
+                  "--rationale-steps", "2")
+    assert refused.returncode != 0 and "one at a time" in refused.stderr
 
 
 def test_a_continued_run_sees_the_batches_and_learning_rates_a_longer_run_would(tool, tokenizer, monkeypatch, capsys):

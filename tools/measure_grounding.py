@@ -44,7 +44,7 @@ from lmcot.tinyworld import seeds
 from lmcot.training.faithfulness import is_faithful, name_recall
 
 
-EARLIER = re.compile(r"; (.+?) is earlier than (.+?), so ")
+EARLIER = re.compile(r"; ([^;]+?) is earlier than ([^;]+?), so ")
 
 
 def comparison_check(rationale: str, gold: str) -> dict[str, float]:

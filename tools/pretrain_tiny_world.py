@@ -137,8 +137,10 @@ def small_more_phase(args) -> dict:
 
     The data, batches and learning-rate schedule are those its own run would have gone on with (its
     recipe, rebuilt from ``--seed``; :func:`lmcot.tinyworld.training.train`'s ``first_step``), so a small
-    T5 whose loss was still falling is trained longer without repeating its first steps. The record
-    and the rerun line name the phase; the large T5 and its record are copied as they are."""
+    T5 whose loss was still falling is trained longer without repeating its first steps. Refused: another
+    recipe, a mid-run checkpoint, another warmup, learning rate or batch size. The record (each pass with its
+    first step, learning rate, batch size and threads) and the rerun line name the phase; the large T5 and
+    its record are copied as they are."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -150,6 +152,15 @@ def small_more_phase(args) -> dict:
     if not record.get("rerun", "").startswith(wanted) or f"--small-recipe {args.small_recipe}" not in record["rerun"]:
         raise SystemExit(f"--continue-from {args.continue_from}: its small T5 was trained with "
                          f"{record.get('rerun')!r}; pass its --seed and --small-recipe")
+    if "checkpoint_step" in record:
+        raise SystemExit(f"--continue-from {args.continue_from}: its small T5 is a checkpoint taken mid-run "
+                         f"(step {record['checkpoint_step']}); continue from the folder of a finished run")
+    ran = {"warmup": record["train"]["warmup"], **{k: p[k] for p in record.get("phases", {}).values()
+                                                   for k in ("lr", "batch_size") if k in p}}
+    asked = {"warmup": args.warmup, "lr": args.lr, "batch_size": args.batch_size}
+    if any(asked[k] != v for k, v in ran.items()):
+        raise SystemExit(f"--continue-from {args.continue_from}: its small T5 ran with {ran}, not {asked}; "
+                         "pass those, so the schedule and the batches go on as its run's")
     done = record["train"]["steps"] + sum(p["steps"] for k, p in record.get("phases", {}).items() if k.startswith("more"))
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = load_t5(src)
@@ -170,13 +181,13 @@ def small_more_phase(args) -> dict:
     phase = train(model, data, steps=args.small_more_steps, seconds=0, lr=args.lr, batch_size=args.batch_size,
                   seed=args.seed, pad_id=tokenizer.pad_token_id, log_every=args.log_every, name=f"small/{phase_name}",
                   warmup=args.warmup, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, first_step=done)
-    record = dict(record, phases=dict(record.get("phases", {}), **{phase_name: dict(phase, first_step=done)}),
+    phase.update(first_step=done, lr=args.lr, batch_size=args.batch_size, threads=args.threads)
+    record = dict(record, phases=dict(record.get("phases", {}), **{phase_name: phase}),
                   continued_from=record["sha256"], rerun=f"{record['rerun']} --small-more-steps {args.small_more_steps}")
     summary = json.loads((args.continue_from / "tiny_world.json").read_text())
     summary["models"]["small"] = save(model, tokenizer, args.out / "small", record)
     if args.out.resolve() != args.continue_from.resolve():
         shutil.copytree(args.continue_from / "large", args.out / "large", dirs_exist_ok=True)
-    summary["training"].update(small_more_steps=args.small_more_steps)
     (args.out / "tiny_world.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -445,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         args.log_every, args.batch_size = 1, 4
     continuations = (("--rationale-steps", args.rationale_steps, "large", rationale_phase),
                      ("--small-more-steps", args.small_more_steps, "small", small_more_phase))
+    if args.rationale_steps and args.small_more_steps:
+        raise SystemExit("--rationale-steps and --small-more-steps continue one model each: run them one at a time")
     for flag, steps, name, phase in continuations:
         if steps:
             if args.continue_from is None:
