@@ -81,6 +81,19 @@ def pretraining_worlds(seed: int, n: int, questions: int):
                                               f"world {s} {name}")]
 
 
+def next_phase(record: dict, kind: str) -> tuple[str, int]:
+    """(name, passes): the name of one more phase of ``kind`` for a model whose ``record`` had ``passes``
+    of them (``kind``, then ``kind_2``, ``kind_3``, ...)."""
+    passes = sum(name.startswith(kind) for name in record.get("phases", {}))
+    return (kind if not passes else f"{kind}_{passes + 1}"), passes
+
+
+def small_mixture(args, tokenizer, small_raw: list) -> list:
+    """The small T5's tokenized pairs of its recipe, repeated by the recipe's task weights."""
+    recipe = SMALL_RECIPES[args.small_recipe]
+    return weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw, recipe.max_target), recipe.task_weights)
+
+
 def rationale_phase(args) -> dict:
     """``--rationale-steps``: continue the large T5 of ``--continue-from`` on :data:`RATIONALE_TASK_WEIGHTS`.
 
@@ -95,8 +108,8 @@ def rationale_phase(args) -> dict:
     torch.set_num_threads(args.threads)
     src = args.continue_from / "large"
     record = json.loads((src / "lmcot_tiny_world.json").read_text())
-    passes = sum(name.startswith("rationale") for name in record.get("phases", {}))
-    phase_name, stream = ("rationale" if not passes else f"rationale_{passes + 1}"), args.seed + 5 + 100 * passes
+    phase_name, passes = next_phase(record, "rationale")
+    stream = args.seed + 5 + 100 * passes
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = load_t5(src)
     rng = random.Random(stream)
@@ -164,15 +177,12 @@ def small_more_phase(args) -> dict:
     done = record["train"]["steps"] + sum(p["steps"] for k, p in record.get("phases", {}).items() if k.startswith("more"))
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = load_t5(src)
-    _, small_raw, _, _ = build_pairs(args, tokenizer)
-    recipe = SMALL_RECIPES[args.small_recipe]
-    data = weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw, recipe.max_target), recipe.task_weights)
-    data += random_copy_pairs(random.Random(args.seed + 2), tokenizer, 20_000)[:SMALL_RANDOM_COPY]
+    _, small_raw, _, _ = build_pairs(args, tokenizer)  # the large pairs too: they draw the contexts' randomness
+    data = small_mixture(args, tokenizer, small_raw) + random_copy_pairs(random.Random(args.seed + 2), tokenizer, 20_000)[:SMALL_RANDOM_COPY]
     if len(data) != record["pairs"]:
         raise SystemExit(f"--continue-from {args.continue_from}: rebuilt {len(data)} pairs, its small T5 trained on "
                          f"{record['pairs']}; pass the --worlds and --questions it was trained with")
-    passes = sum(name.startswith("more") for name in record.get("phases", {}))
-    phase_name = "more" if not passes else f"more_{passes + 1}"
+    phase_name, _ = next_phase(record, "more")
     print(f"small/{phase_name}: {args.small_more_steps} steps after step {done}, {len(data)} pairs", flush=True)
 
     def checkpoint(step):
@@ -236,7 +246,7 @@ def pretrain(args) -> dict:
     large_raw, small_raw, critic_raw, provenance = build_pairs(args, tokenizer)
     large = tokenize(tokenizer, large_raw)
     recipe = SMALL_RECIPES[args.small_recipe]
-    small = weighted(random.Random(args.seed + 6), tokenize(tokenizer, small_raw, recipe.max_target), recipe.task_weights)
+    small = small_mixture(args, tokenizer, small_raw)
     critic = [x for x in (tokenize(tokenizer, critic_raw) if args.critic_steps else [])  # none unless trained on
               for _ in range(CRITIC_REPEAT["judge" if x[2].startswith("judge") else x[2]])]
     weights = LARGE_TASK_WEIGHTS
